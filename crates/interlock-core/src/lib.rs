@@ -1,0 +1,25 @@
+//! Interlock's core: the domain types and the deterministic state machine.
+//!
+//! Map of the crate:
+//! - [`command`]: what can be proposed to the Raft log ([`Request`], [`Command`])
+//!   and what applying it answers ([`Response`]), with input validation.
+//! - [`state`]: [`State`], the replicated state, and its pure `apply`.
+//! - [`codec`]: the versioned binary encoding used for everything persisted.
+//! - [`node`]: the node descriptor stored in the Raft membership.
+//!
+//! Architecture invariant: nothing in this crate performs IO, reads a clock,
+//! spawns a task or draws a random number. Time reaches the state machine as
+//! the proposing leader's wall clock inside each [`Request`]. `clippy.toml`
+//! forbids `Instant::now`/`SystemTime::now` here.
+
+pub mod codec;
+pub mod command;
+pub mod node;
+pub mod state;
+
+pub use command::{Command, InvalidArgument, Request, Response};
+pub use node::NodeInfo;
+pub use state::State;
+
+/// Identifier of a coordinator node (a Raft member). Never reused.
+pub type NodeId = u64;

@@ -1,0 +1,25 @@
+//! The gRPC contract of Interlock.
+//!
+//! API boundary: this crate and the gRPC edges (`interlock-server::grpc`,
+//! `interlock-client`) are the only code that sees prost/tonic types; the
+//! generated code lives in the modules below, one per proto package.
+
+#![allow(clippy::all, unused_qualifications, missing_docs)]
+
+/// `proto/interlock/v1`: the public API.
+pub mod v1 {
+    tonic::include_proto!("interlock.v1");
+}
+
+/// `proto/interlock/raft/v1`: Raft's node-to-node RPCs.
+pub mod raft {
+    tonic::include_proto!("interlock.raft.v1");
+}
+
+/// The gRPC metadata key carrying the id of the leader, on UNAVAILABLE errors
+/// and forwarded requests.
+pub const LEADER_ID_METADATA: &str = "x-interlock-leader-id";
+/// The gRPC metadata key carrying the leader's gRPC address.
+pub const LEADER_ADDR_METADATA: &str = "x-interlock-leader-addr";
+/// Set on a request a node forwards to the leader, so it is forwarded at most once.
+pub const FORWARDED_METADATA: &str = "x-interlock-forwarded";

@@ -1,0 +1,234 @@
+//! The state-machine store: [`interlock_core::State`] in memory, made durable
+//! by snapshots kept in a [`SnapshotVault`].
+//!
+//! The state itself is not written on every apply. After a restart openraft
+//! gets the latest snapshot from here and re-applies the committed log after
+//! it (the log store keeps the committed log id for that purpose).
+
+use crate::{
+    read_err, write_err, Entry, LogId, Snapshot, SnapshotMeta, StoreError, StoreObserver, StoredMembership,
+    TypeConfig,
+};
+use interlock_core::{codec, Response, State};
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
+use serde::{Deserialize, Serialize};
+use std::io::{Cursor, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+
+/// File name of the current snapshot inside a [`SnapshotVault::Dir`].
+pub const SNAPSHOT_FILE: &str = "snapshot.bin";
+
+/// What the applied state is, as of which log entry.
+#[derive(Debug, Default, Clone)]
+pub struct Applied {
+    pub last_applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub state: State,
+}
+
+/// A snapshot as persisted: its openraft metadata and the encoded [`State`].
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// Where the latest snapshot is kept.
+#[derive(Clone)]
+pub enum SnapshotVault {
+    /// A directory on disk; the snapshot is replaced atomically (write, fsync, rename).
+    Dir(PathBuf),
+    /// Memory shared with whoever made the vault (simulation, tests).
+    Memory(Arc<Mutex<Option<Vec<u8>>>>),
+}
+
+impl SnapshotVault {
+    pub fn memory() -> Self {
+        SnapshotVault::Memory(Arc::default())
+    }
+
+    async fn save(&self, blob: Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            SnapshotVault::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || write_atomically(&dir, &blob))
+                    .await
+                    .map_err(write_err)?
+                    .map_err(write_err)
+            }
+            SnapshotVault::Memory(slot) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(blob);
+                Ok(())
+            }
+        }
+    }
+
+    fn load(&self) -> Result<Option<StoredSnapshot>, StoreError> {
+        let blob = match self {
+            SnapshotVault::Dir(dir) => match std::fs::read(dir.join(SNAPSHOT_FILE)) {
+                Ok(blob) => blob,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(read_err(format!("{}: {e}", dir.join(SNAPSHOT_FILE).display()))),
+            },
+            SnapshotVault::Memory(slot) => match slot.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                Some(blob) => blob,
+                None => return Ok(None),
+            },
+        };
+        codec::decode(&blob).map(Some).map_err(|e| read_err(format!("snapshot: {e}")))
+    }
+}
+
+fn write_atomically(dir: &std::path::Path, blob: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(blob)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(SNAPSHOT_FILE))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// A read handle on the applied state, for serving reads.
+#[derive(Clone)]
+pub struct StateReader {
+    applied: Arc<RwLock<Applied>>,
+}
+
+impl StateReader {
+    /// Locks the applied state for reading. Keep the guard short-lived.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The openraft state machine. Clones share the same state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    applied: Arc<RwLock<Applied>>,
+    vault: SnapshotVault,
+    observer: Arc<dyn StoreObserver>,
+    /// Distinguishes snapshots built at the same log id.
+    snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl StateMachineStore {
+    /// Opens the state machine, restoring the vault's snapshot if there is one.
+    pub fn open(vault: SnapshotVault, observer: Arc<dyn StoreObserver>) -> Result<Self, StoreError> {
+        let mut applied = Applied::default();
+        if let Some(stored) = vault.load()? {
+            applied = Applied {
+                last_applied: stored.meta.last_log_id,
+                membership: stored.meta.last_membership.clone(),
+                state: codec::decode(&stored.data).map_err(|e| read_err(format!("snapshot state: {e}")))?,
+            };
+        }
+        Ok(StateMachineStore {
+            applied: Arc::new(RwLock::new(applied)),
+            vault,
+            observer,
+            snapshot_seq: Arc::default(),
+        })
+    }
+
+    pub fn reader(&self) -> StateReader {
+        StateReader { applied: self.applied.clone() }
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.applied.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StoreError> {
+        let (meta, data) = {
+            let applied = self.read();
+            let data = codec::encode(&applied.state).map_err(write_err)?;
+            let seq = self.snapshot_seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let snapshot_id = match applied.last_applied {
+                Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
+                None => format!("empty-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.vault.save(codec::encode(&stored).map_err(write_err)?).await?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StoreError> {
+        let applied = self.read();
+        Ok((applied.last_applied, applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StoreError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let started = Instant::now();
+        let mut responses = Vec::new();
+        {
+            let mut applied = self.write();
+            for entry in entries {
+                let index = entry.log_id.index;
+                applied.last_applied = Some(entry.log_id);
+                let response = match entry.payload {
+                    EntryPayload::Blank => {
+                        applied.state.apply_marker(index);
+                        Response::Applied { revision: index }
+                    }
+                    EntryPayload::Normal(request) => applied.state.apply(index, &request),
+                    EntryPayload::Membership(membership) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        applied.state.apply_marker(index);
+                        Response::Applied { revision: index }
+                    }
+                };
+                responses.push(response);
+            }
+        }
+        self.observer.apply_seconds(started.elapsed().as_secs_f64());
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StoreError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StoreError> {
+        let data = snapshot.into_inner();
+        let state: State = codec::decode(&data).map_err(|e| read_err(format!("received snapshot: {e}")))?;
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.vault.save(codec::encode(&stored).map_err(write_err)?).await?;
+        *self.write() = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
+        Ok(self.vault.load()?.map(|stored| Snapshot {
+            meta: stored.meta,
+            snapshot: Box::new(Cursor::new(stored.data)),
+        }))
+    }
+}
