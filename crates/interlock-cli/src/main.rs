@@ -1,1 +1,227 @@
-fn main() {}
+//! `interlockctl`: the operator CLI for Interlock (etcdctl / patronictl style).
+//!
+//! Exit codes (SPEC §8): 0 ok, 1 failed, 2 usage or invalid argument,
+//! 3 unreachable or no leader, 4 refused by a safety rule or precondition.
+
+mod output;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use interlock_client::{Client, ClientError, ClusterStatus};
+use output::{print_members, print_status, Format, Printer};
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+/// Where `interlockd dev` writes its endpoints; used when no endpoint is given.
+const DEV_ENDPOINTS_FILE: &str = ".interlock-dev/endpoints";
+
+/// Operate an Interlock cluster.
+///
+/// Endpoints come from --endpoints, else INTERLOCK_ENDPOINTS, else the file
+/// .interlock-dev/endpoints that `interlockd dev` writes in the current directory.
+///
+/// Exit codes: 0 ok, 1 failed, 2 usage or invalid argument, 3 unreachable or
+/// no leader, 4 refused by a safety rule or precondition.
+#[derive(Parser)]
+#[command(name = "interlockctl", version, about, long_about)]
+struct Cli {
+    /// gRPC endpoints of the cluster, comma separated (HOST:PORT,...).
+    #[arg(long, global = true, env = "INTERLOCK_ENDPOINTS", value_delimiter = ',')]
+    endpoints: Vec<String>,
+
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "table")]
+    output: Format,
+
+    /// Answer yes to confirmations (needed for dangerous commands without a terminal).
+    #[arg(long, global = true)]
+    yes: bool,
+
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Cluster membership and health.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+    /// The linearizable key-value space.
+    #[command(subcommand)]
+    Kv(KvCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Leader, term, and every member with its role and applied index.
+    ///
+    /// JSON shape (stable): {"leader": ID, "term": N, "members": [{"id",
+    /// "region", "grpc_addr", "role", "last_applied", "reachable"}]}.
+    /// "last_applied" is null for a member that did not answer.
+    Status,
+    /// The members: id, region, address and role.
+    Members,
+    /// Add a node: first as a learner; once it has caught up, as a voter.
+    ///
+    /// Start the new node first, with no initial_peers, then run this.
+    Add {
+        /// The new node's id (as in its config).
+        id: u64,
+        /// The new node's gRPC address, as other nodes will dial it.
+        addr: String,
+        /// The region the new node runs in.
+        #[arg(long)]
+        region: String,
+        /// Keep it a learner (it receives the log but does not vote).
+        #[arg(long)]
+        learner: bool,
+    },
+    /// Remove a node from the cluster (dangerous: asks for confirmation).
+    Remove {
+        /// The id of the node to remove.
+        id: u64,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCmd {
+    /// Set KEY to VALUE.
+    Put { key: String, value: String },
+    /// Print the value of KEY (linearizable unless --serializable).
+    Get {
+        key: String,
+        /// Read the answering node's local state instead of confirming with a quorum.
+        #[arg(long)]
+        serializable: bool,
+    },
+    /// Delete KEY.
+    Del { key: String },
+    /// List keys starting with PREFIX.
+    List {
+        #[arg(default_value = "")]
+        prefix: String,
+        /// At most this many keys.
+        #[arg(long, default_value_t = 1000)]
+        limit: u32,
+    },
+}
+
+/// A failure with the exit code it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::InvalidArgument(_) => 2,
+            ClientError::Unavailable(_) => 3,
+            ClientError::Refused(_) | ClientError::AlreadyExists(_) => 4,
+            _ => 1,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Failure { code: 1, message: format!("{e:#}") }
+    }
+}
+
+fn endpoints(cli: &Cli) -> Result<Vec<String>, Failure> {
+    if !cli.endpoints.is_empty() {
+        return Ok(cli.endpoints.clone());
+    }
+    match std::fs::read_to_string(DEV_ENDPOINTS_FILE) {
+        Ok(text) => Ok(text.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
+        Err(_) => Err(Failure {
+            code: 2,
+            message: format!(
+                "no endpoints: pass --endpoints HOST:PORT,... or set INTERLOCK_ENDPOINTS \
+                 (or run `interlockd dev` here, which writes {DEV_ENDPOINTS_FILE})"
+            ),
+        }),
+    }
+}
+
+/// Asks for confirmation on a terminal; without one, requires --yes.
+fn confirm(cli: &Cli, what: &str) -> Result<(), Failure> {
+    if cli.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(Failure { code: 2, message: format!("{what}: refusing without a terminal; pass --yes to confirm") });
+    }
+    eprint!("{what}. Type 'yes' to continue: ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer).context("reading the confirmation")?;
+    if answer.trim() == "yes" {
+        Ok(())
+    } else {
+        Err(Failure { code: 1, message: "not confirmed; nothing changed".to_string() })
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let client = Client::new(endpoints(&cli)?)?;
+    let out = Printer::new(cli.output);
+    match &cli.command {
+        Cmd::Cluster(ClusterCmd::Status) => print_status(&out, &client.cluster_status().await?),
+        Cmd::Cluster(ClusterCmd::Members) => print_members(&out, &client.cluster_status().await?.members),
+        Cmd::Cluster(ClusterCmd::Add { id, addr, region, learner }) => {
+            let reply = client.add_member(*id, addr, region, *learner).await?;
+            eprintln!("node {id} added as a {} at revision {}", if *learner { "learner" } else { "voter" }, reply.revision);
+            print_members(&out, &reply.members)
+        }
+        Cmd::Cluster(ClusterCmd::Remove { id }) => {
+            let status: ClusterStatus = client.cluster_status().await?;
+            if !status.members.iter().any(|m| m.id == *id) {
+                return Err(ClientError::NotFound(format!("node {id} is not a member")).into());
+            }
+            confirm(&cli, &format!("Remove node {id} from the cluster ({} members now)", status.members.len()))?;
+            let reply = client.remove_member(*id).await?;
+            eprintln!("node {id} removed at revision {}", reply.revision);
+            print_members(&out, &reply.members)
+        }
+        Cmd::Kv(KvCmd::Put { key, value }) => {
+            let revision = client.put(key, value.clone().into_bytes()).await?;
+            out.record(&serde_json::json!({"key": key, "revision": revision}), || format!("OK (revision {revision})"))
+        }
+        Cmd::Kv(KvCmd::Get { key, serializable }) => match client.get(key, !serializable).await? {
+            Some(v) => {
+                let text = String::from_utf8_lossy(&v.value).to_string();
+                out.record(&serde_json::json!({"key": key, "value": text, "mod_revision": v.mod_revision}), || text.clone())
+            }
+            None => Err(ClientError::NotFound(format!("key {key:?}")).into()),
+        },
+        Cmd::Kv(KvCmd::Del { key }) => {
+            let revision = client.delete(key).await?;
+            out.record(&serde_json::json!({"key": key, "revision": revision}), || format!("OK (revision {revision})"))
+        }
+        Cmd::Kv(KvCmd::List { prefix, limit }) => {
+            let kvs = client.range(prefix, true, *limit).await?;
+            output::print_kvs(&out, &kvs)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("interlockctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("interlockctl: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}

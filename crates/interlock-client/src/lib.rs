@@ -1,1 +1,289 @@
+//! The Interlock client SDK.
+//!
+//! A [`Client`] holds an endpoint list and follows the leader: any node
+//! accepts any call (followers forward writes to the leader), and the client
+//! moves on to the next endpoint when one cannot be reached.
+//!
+//! Retries: a call that is safe to repeat (reads, status) is retried with
+//! backoff on any UNAVAILABLE until [`ClientOptions::retry_budget`] is spent.
+//! A write is retried only when the request certainly did not reach a node
+//! (the connection could not be made) or a node refused it before proposing
+//! it (it names no leader); anything else is returned, because repeating it
+//! could apply it twice.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), interlock_client::ClientError> {
+//! let client = interlock_client::Client::new(["127.0.0.1:7001", "127.0.0.1:7002"])?;
+//! let revision = client.put("greeting", b"hello".to_vec()).await?;
+//! let value = client.get("greeting", true).await?;
+//! assert_eq!(value.map(|v| v.value), Some(b"hello".to_vec()));
+//! println!("written at revision {revision}");
+//! # Ok(()) }
+//! ```
 
+mod error;
+
+pub use error::ClientError;
+
+use interlock_proto::v1::cluster_client::ClusterClient;
+use interlock_proto::v1::kv_client::KvClient;
+use interlock_proto::v1::{
+    AddMemberRequest, DeleteRequest, GetRequest, NodeStatusRequest, PutRequest, RangeRequest, RemoveMemberRequest,
+    StatusRequest,
+};
+use interlock_proto::LEADER_ADDR_METADATA;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+pub use interlock_proto::v1::{ClusterStatus, KeyValue, Member, MembershipResponse, NodeStatus};
+
+/// Tunables of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Deadline of one RPC attempt.
+    pub request_timeout: Duration,
+    /// Total time a call may spend retrying.
+    pub retry_budget: Duration,
+    /// First backoff between retries; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            request_timeout: Duration::from_secs(10),
+            retry_budget: Duration::from_secs(15),
+            backoff_initial: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// A value read from the key-value space.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Value {
+    pub value: Vec<u8>,
+    /// Revision (log index) of the write that set it.
+    pub mod_revision: u64,
+}
+
+/// Whether a call may be sent again after a failure whose outcome is unknown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idempotence {
+    Idempotent,
+    NotIdempotent,
+}
+
+/// A connection to an Interlock cluster. Cheap to share (`&Client` is enough).
+pub struct Client {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    /// Index of the endpoint that answered last; tried first.
+    preferred: AtomicUsize,
+    options: ClientOptions,
+}
+
+impl Client {
+    /// A client for `endpoints` (`host:port`, optionally with `http://`).
+    pub fn new<I, S>(endpoints: I) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        Client::with_options(endpoints, ClientOptions::default())
+    }
+
+    pub fn with_options<I, S>(endpoints: I, options: ClientOptions) -> Result<Client, ClientError>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let endpoints: Vec<String> = endpoints
+            .into_iter()
+            .map(|e| e.as_ref().trim().trim_start_matches("http://").to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ClientError::InvalidArgument("endpoints: the list is empty".to_string()));
+        }
+        let channels = endpoints
+            .iter()
+            .map(|e| {
+                Endpoint::from_shared(format!("http://{e}"))
+                    .map(|ep| ep.connect_timeout(options.connect_timeout).tcp_nodelay(true).connect_lazy())
+                    .map_err(|err| ClientError::InvalidArgument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client { endpoints, channels, preferred: AtomicUsize::new(0), options })
+    }
+
+    /// The endpoints this client dials.
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Runs `call` against the endpoints, following leader hints and
+    /// retrying as the module documentation describes.
+    async fn call<T, F, Fut>(&self, idempotence: Idempotence, mut call: F) -> Result<T, ClientError>
+    where
+        F: FnMut(Channel) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = tokio::time::Instant::now();
+        let mut backoff = self.options.backoff_initial;
+        let mut index = self.preferred.load(Ordering::Relaxed) % self.channels.len();
+        let mut last: Option<Status> = None;
+        loop {
+            let attempt = tokio::time::timeout(self.options.request_timeout, call(self.channels[index].clone())).await;
+            let status = match attempt {
+                Ok(Ok(reply)) => {
+                    self.preferred.store(index, Ordering::Relaxed);
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) => status,
+                Err(_) => Status::deadline_exceeded(format!(
+                    "{} did not answer within {:?}",
+                    self.endpoints[index], self.options.request_timeout
+                )),
+            };
+            if !retryable(&status, idempotence) || started.elapsed() + backoff > self.options.retry_budget {
+                return Err(ClientError::from_status(status, last.as_ref()));
+            }
+            index = self.next_endpoint(index, &status);
+            last = Some(status);
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.options.backoff_max);
+        }
+    }
+
+    /// The endpoint to try after `index` failed with `status`: the leader it
+    /// named if we know that address, else the next one in the list.
+    fn next_endpoint(&self, index: usize, status: &Status) -> usize {
+        let hinted = status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
+        hinted
+            .and_then(|addr| self.endpoints.iter().position(|e| e == addr))
+            .unwrap_or((index + 1) % self.channels.len())
+    }
+
+    /// Writes `key` = `value`; returns the revision it was committed at.
+    pub async fn put(&self, key: &str, value: Vec<u8>) -> Result<u64, ClientError> {
+        let request = PutRequest { key: key.to_string(), value };
+        let reply = self
+            .call(Idempotence::NotIdempotent, |ch| {
+                let request = request.clone();
+                async move { KvClient::new(ch).put(request).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// Removes `key`; returns the revision of the delete.
+    pub async fn delete(&self, key: &str) -> Result<u64, ClientError> {
+        let request = DeleteRequest { key: key.to_string() };
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { KvClient::new(ch).delete(request).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// Reads `key`. `linearizable` confirms leadership with a quorum first;
+    /// otherwise the answering node's applied state is used (may be stale).
+    pub async fn get(&self, key: &str, linearizable: bool) -> Result<Option<Value>, ClientError> {
+        let request = GetRequest { key: key.to_string(), linearizable };
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { KvClient::new(ch).get(request).await }
+            })
+            .await?;
+        Ok(reply.found.then_some(Value { value: reply.value, mod_revision: reply.mod_revision }))
+    }
+
+    /// Keys starting with `prefix`, at most `limit` (0: the server's limit).
+    pub async fn range(&self, prefix: &str, linearizable: bool, limit: u32) -> Result<Vec<KeyValue>, ClientError> {
+        let request = RangeRequest { prefix: prefix.to_string(), linearizable, limit };
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { KvClient::new(ch).range(request).await }
+            })
+            .await?;
+        Ok(reply.kvs)
+    }
+
+    /// The cluster as the leader sees it.
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, ClientError> {
+        self.call(Idempotence::Idempotent, |ch| async move { ClusterClient::new(ch).status(StatusRequest {}).await })
+            .await
+    }
+
+    /// What the node at endpoint `index` says about itself (no retries, no failover).
+    pub async fn node_status(&self, index: usize) -> Result<NodeStatus, ClientError> {
+        let channel = self
+            .channels
+            .get(index)
+            .cloned()
+            .ok_or_else(|| ClientError::InvalidArgument(format!("endpoint index {index} out of range")))?;
+        let mut client = ClusterClient::new(channel);
+        match tokio::time::timeout(self.options.request_timeout, client.node_status(NodeStatusRequest {})).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(status, None)),
+            Err(_) => Err(ClientError::Unavailable(format!("{} did not answer", self.endpoints[index]))),
+        }
+    }
+
+    /// Adds node `id` at `grpc_addr` in `region`: as a learner, then (unless
+    /// `learner_only`) as a voter once it has caught up.
+    pub async fn add_member(
+        &self,
+        id: u64,
+        grpc_addr: &str,
+        region: &str,
+        learner_only: bool,
+    ) -> Result<MembershipResponse, ClientError> {
+        let request =
+            AddMemberRequest { id, grpc_addr: grpc_addr.to_string(), region: region.to_string(), learner_only };
+        self.call(Idempotence::Idempotent, |ch| {
+            let request = request.clone();
+            async move { ClusterClient::new(ch).add_member(request).await }
+        })
+        .await
+    }
+
+    /// Removes node `id` from the cluster.
+    pub async fn remove_member(&self, id: u64) -> Result<MembershipResponse, ClientError> {
+        self.call(Idempotence::NotIdempotent, |ch| async move {
+            ClusterClient::new(ch).remove_member(RemoveMemberRequest { id }).await
+        })
+        .await
+    }
+}
+
+/// Whether a failed attempt may be repeated (possibly on another endpoint).
+fn retryable(status: &Status, idempotence: Idempotence) -> bool {
+    if status.code() != Code::Unavailable {
+        return idempotence == Idempotence::Idempotent && status.code() == Code::DeadlineExceeded;
+    }
+    match idempotence {
+        Idempotence::Idempotent => true,
+        // Refused before proposing (our own "not the leader"/"knows no leader"
+        // answers), or never sent (the connection could not be made).
+        Idempotence::NotIdempotent => {
+            let message = status.message();
+            message.contains("not the leader")
+                || message.contains("knows no leader")
+                || message.contains("tcp connect")
+                || message.contains("connection refused")
+                || message.contains("Connection refused")
+        }
+    }
+}

@@ -1,1 +1,23 @@
+//! interlockd: the coordinator node.
+//!
+//! Map of the crate:
+//! - [`config`]: the node's configuration (file, flags, env) and its validation.
+//! - [`node`]: assembly and lifecycle of a running node.
+//! - [`network`]: Raft's transport over gRPC (client and server side).
+//! - [`channels`]: reused gRPC channels to peers, made by an injected maker.
+//! - [`ctx`]: what request handlers share; proposing and forwarding.
+//! - [`kv`], [`cluster`]: the public gRPC services.
+//! - [`admin`]: `/livez`, `/readyz`, `/metrics`.
+//! - [`metrics`]: the Prometheus metrics.
+//! - [`dev`]: `interlockd dev`, a local three-region cluster.
 
+pub mod admin;
+pub mod channels;
+pub mod cluster;
+pub mod config;
+pub mod ctx;
+pub mod dev;
+pub mod kv;
+pub mod metrics;
+pub mod network;
+pub mod node;

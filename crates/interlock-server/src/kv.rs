@@ -1,0 +1,122 @@
+//! The `interlock.v1.Kv` service: a linearizable key-value space.
+
+use crate::ctx::{forwarded, NodeCtx, ProposeError};
+use interlock_core::command::validate_key;
+use interlock_core::{Command, InvalidArgument};
+use interlock_proto::v1::kv_client::KvClient;
+use interlock_proto::v1::kv_server::{Kv, KvServer};
+use interlock_proto::v1::{
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
+    RangeResponse,
+};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// Most keys one Range answers.
+pub const RANGE_LIMIT_MAX: u32 = 10_000;
+
+pub struct KvService {
+    pub ctx: Arc<NodeCtx>,
+}
+
+impl KvService {
+    pub fn into_service(self) -> KvServer<Self> {
+        KvServer::new(self)
+    }
+
+    /// Waits until this node may serve a linearizable read. `Ok(None)`: go
+    /// ahead locally; `Ok(Some(client))`: forward to the leader.
+    async fn read_barrier(
+        &self,
+        metadata: &tonic::metadata::MetadataMap,
+    ) -> Result<Option<KvClient<tonic::transport::Channel>>, Status> {
+        match self.ctx.raft.ensure_linearizable().await {
+            Ok(_) => Ok(None),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Ok(Some(KvClient::new(self.ctx.forward_target(metadata, &f)?)))
+            }
+            Err(e) => Err(Status::unavailable(format!("cannot confirm leadership: {e}"))),
+        }
+    }
+}
+
+pub fn invalid(e: InvalidArgument) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let command = Command::Put { key: message.key.clone(), value: message.value.clone() };
+        command.validate().map_err(invalid)?;
+        match self.ctx.propose(command).await {
+            Ok(revision) => Ok(Response::new(PutResponse { revision })),
+            Err(ProposeError::NotLeader(f)) => {
+                KvClient::new(self.ctx.forward_target(&metadata, &f)?).put(forwarded(message)).await
+            }
+            Err(ProposeError::Status(s)) => Err(s),
+        }
+    }
+
+    async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let command = Command::Delete { key: message.key.clone() };
+        command.validate().map_err(invalid)?;
+        match self.ctx.propose(command).await {
+            Ok(revision) => Ok(Response::new(DeleteResponse { revision })),
+            Err(ProposeError::NotLeader(f)) => {
+                KvClient::new(self.ctx.forward_target(&metadata, &f)?).delete(forwarded(message)).await
+            }
+            Err(ProposeError::Status(s)) => Err(s),
+        }
+    }
+
+    async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        validate_key(&message.key).map_err(invalid)?;
+        if message.linearizable {
+            if let Some(mut leader) = self.read_barrier(&metadata).await? {
+                return leader.get(forwarded(message)).await;
+            }
+        }
+        let applied = self.ctx.state.read();
+        let reply = match applied.state.kv.get(&message.key) {
+            Some(entry) => GetResponse {
+                found: true,
+                value: entry.value.clone(),
+                mod_revision: entry.mod_revision,
+                revision: applied.state.revision,
+            },
+            None => GetResponse { found: false, value: Vec::new(), mod_revision: 0, revision: applied.state.revision },
+        };
+        Ok(Response::new(reply))
+    }
+
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        if message.limit > RANGE_LIMIT_MAX {
+            return Err(invalid(InvalidArgument::new("limit", format!("must be at most {RANGE_LIMIT_MAX}"))));
+        }
+        if message.linearizable {
+            if let Some(mut leader) = self.read_barrier(&metadata).await? {
+                return leader.range(forwarded(message)).await;
+            }
+        }
+        let limit = if message.limit == 0 { RANGE_LIMIT_MAX } else { message.limit } as usize;
+        let applied = self.ctx.state.read();
+        let mut matching = applied
+            .state
+            .kv
+            .range(message.prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&message.prefix));
+        let kvs: Vec<KeyValue> = matching
+            .by_ref()
+            .take(limit)
+            .map(|(k, e)| KeyValue { key: k.clone(), value: e.value.clone(), mod_revision: e.mod_revision })
+            .collect();
+        let more = matching.next().is_some();
+        Ok(Response::new(RangeResponse { kvs, revision: applied.state.revision, more }))
+    }
+}

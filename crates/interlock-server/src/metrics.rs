@@ -1,0 +1,107 @@
+//! Prometheus metrics of a node (`/metrics`, all prefixed `interlock_`).
+
+use interlock_core::NodeId;
+use interlock_store::StoreObserver;
+use openraft::{RaftMetrics, ServerState};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+/// Every metric the node exports.
+pub struct Metrics {
+    registry: Registry,
+    pub is_leader: Gauge,
+    pub term: Gauge,
+    pub last_log_index: Gauge,
+    pub last_applied_index: Gauge,
+    pub leader_changes: Counter,
+    pub append_seconds: Histogram,
+    pub apply_seconds: Histogram,
+    pub forwarded_requests: Counter,
+    /// Last leader seen, to count changes (0: none).
+    last_leader: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("interlock");
+        let metrics = Metrics {
+            is_leader: Gauge::default(),
+            term: Gauge::default(),
+            last_log_index: Gauge::default(),
+            last_applied_index: Gauge::default(),
+            leader_changes: Counter::default(),
+            // 50 µs .. ~3 s
+            append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
+            apply_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 20)),
+            forwarded_requests: Counter::default(),
+            last_leader: AtomicU64::new(0),
+            registry: Registry::default(),
+        };
+        registry.register("is_leader", "1 if this node is the Raft leader", metrics.is_leader.clone());
+        registry.register("term", "Current Raft term", metrics.term.clone());
+        registry.register("last_log_index", "Index of the last entry in the local log", metrics.last_log_index.clone());
+        registry.register("last_applied_index", "Index of the last applied entry", metrics.last_applied_index.clone());
+        registry.register(
+            "leader_changes",
+            "Times this node saw the leader change (including to none)",
+            metrics.leader_changes.clone(),
+        );
+        registry.register(
+            "append_latency_seconds",
+            "Time to make a batch of log entries durable (write and flush)",
+            metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "apply_latency_seconds",
+            "Time to apply a batch of committed entries to the state machine",
+            metrics.apply_seconds.clone(),
+        );
+        registry.register(
+            "forwarded_requests",
+            "Requests this node forwarded to the leader",
+            metrics.forwarded_requests.clone(),
+        );
+        Metrics { registry, ..metrics }
+    }
+
+    /// Mirrors openraft's metrics into the gauges.
+    pub fn observe_raft(&self, m: &RaftMetrics<NodeId, interlock_core::NodeInfo>) {
+        self.is_leader.set(i64::from(m.state == ServerState::Leader));
+        self.term.set(m.current_term as i64);
+        self.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
+        self.last_applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+        let leader = m.current_leader.unwrap_or(0);
+        let previous = self.last_leader.swap(leader, std::sync::atomic::Ordering::Relaxed);
+        if previous != leader {
+            self.leader_changes.inc();
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.push_str("# error encoding metrics\n");
+        }
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StoreObserver for Metrics {
+    fn append_seconds(&self, seconds: f64) {
+        self.append_seconds.observe(seconds);
+    }
+    fn apply_seconds(&self, seconds: f64) {
+        self.apply_seconds.observe(seconds);
+    }
+}

@@ -1,0 +1,160 @@
+//! The Raft transport: openraft's `RaftNetwork` over the `interlock.raft.v1`
+//! gRPC service, and that service's server side.
+//!
+//! Payloads are openraft messages in [`interlock_core::codec`]. Every RPC has
+//! a deadline (openraft's `hard_ttl`): a peer that does not answer becomes a
+//! timeout, never a hung replication stream.
+
+use crate::channels::{Channels, PEER_MESSAGE_MAX_BYTES};
+use interlock_core::{codec, NodeId, NodeInfo};
+use interlock_proto::raft::raft_client::RaftClient;
+use interlock_proto::raft::raft_server::{Raft as RaftService, RaftServer};
+use interlock_proto::raft::RaftMessage;
+use interlock_store::{Raft, TypeConfig};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
+};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use openraft::AnyError;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::future::Future;
+use std::time::Duration;
+use tonic::{Request, Response, Status};
+
+/// Makes a [`PeerClient`] per target, sharing channels.
+#[derive(Clone)]
+pub struct Network {
+    pub id: NodeId,
+    pub channels: Channels,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &NodeInfo) -> PeerClient {
+        PeerClient { id: self.id, target, channel: self.channels.get(&node.grpc_addr) }
+    }
+}
+
+/// The transport to one peer.
+pub struct PeerClient {
+    id: NodeId,
+    target: NodeId,
+    /// `Err` if the peer's address could not even be turned into a channel.
+    channel: Result<tonic::transport::Channel, String>,
+}
+
+type RpcResult<T, E> = Result<T, RPCError<NodeId, NodeInfo, RaftError<NodeId, E>>>;
+
+impl PeerClient {
+    async fn call<Req, Resp, E, F, Fut>(
+        &self,
+        action: RPCTypes,
+        request: &Req,
+        ttl: Duration,
+        send: F,
+    ) -> RpcResult<Resp, E>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+        F: FnOnce(RaftClient<tonic::transport::Channel>, RaftMessage) -> Fut,
+        Fut: Future<Output = Result<Response<RaftMessage>, Status>>,
+    {
+        let channel = self.channel.clone().map_err(|e| RPCError::Unreachable(Unreachable::new(&AnyError::error(e))))?;
+        let payload = codec::encode(request).map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(e))))?;
+        let client = RaftClient::new(channel)
+            .max_decoding_message_size(PEER_MESSAGE_MAX_BYTES)
+            .max_encoding_message_size(PEER_MESSAGE_MAX_BYTES);
+        let timeout = Timeout { action, id: self.id, target: self.target, timeout: ttl };
+        let response = match tokio::time::timeout(ttl, send(client, RaftMessage { payload })).await {
+            Err(_) => return Err(RPCError::Timeout(timeout)),
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                return Err(RPCError::Unreachable(Unreachable::new(&status)))
+            }
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => return Err(RPCError::Timeout(timeout)),
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            Ok(Ok(response)) => response.into_inner(),
+        };
+        let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(&response.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&AnyError::error(format!("bad reply: {e}")))))?;
+        decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl(), |mut c, m| async move {
+            c.append_entries(m).await
+        })
+        .await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.call(RPCTypes::InstallSnapshot, &rpc, option.hard_ttl(), |mut c, m| async move {
+            c.install_snapshot(m).await
+        })
+        .await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> RpcResult<VoteResponse<NodeId>, openraft::error::Infallible> {
+        self.call(RPCTypes::Vote, &rpc, option.hard_ttl(), |mut c, m| async move { c.vote(m).await }).await
+    }
+}
+
+/// The server side of the Raft service: decodes, hands to openraft, encodes.
+pub struct RaftRpcServer {
+    pub raft: Raft,
+}
+
+impl RaftRpcServer {
+    pub fn into_service(self) -> RaftServer<Self> {
+        RaftServer::new(self)
+            .max_decoding_message_size(PEER_MESSAGE_MAX_BYTES)
+            .max_encoding_message_size(PEER_MESSAGE_MAX_BYTES)
+    }
+}
+
+fn decode_request<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
+    codec::decode(&request.into_inner().payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+}
+
+fn encode_reply<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
+    let payload = codec::encode(value).map_err(Status::internal)?;
+    Ok(Response::new(RaftMessage { payload }))
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftRpcServer {
+    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        encode_reply(&self.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: VoteRequest<NodeId> = decode_request(request)?;
+        encode_reply(&self.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
+        encode_reply(&self.raft.install_snapshot(rpc).await)
+    }
+}

@@ -1,0 +1,233 @@
+//! Node assembly: binds the listeners, opens the data directory, starts Raft,
+//! bootstraps the cluster once, serves gRPC and admin HTTP, and shuts down
+//! cleanly.
+//!
+//! Order matters for "bad input changes nothing": everything that can be
+//! refused (config, ports, data directory, identity) is checked before the
+//! first byte is written.
+
+use crate::admin;
+use crate::channels::{tcp_channel_maker, Channels};
+use crate::cluster::ClusterService;
+use crate::config::{format_peers, NodeConfig};
+use crate::ctx::{NodeCtx, SystemClock};
+use crate::kv::KvService;
+use crate::metrics::Metrics;
+use crate::network::{Network, RaftRpcServer};
+use interlock_core::{NodeId, NodeInfo};
+use interlock_store::{Raft, SledLogStore, SnapshotVault, StateMachineStore};
+use openraft::SnapshotPolicy;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// Why a node could not start. Each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{field} {addr}: cannot listen: {reason}")]
+    Listen { field: &'static str, addr: SocketAddr, reason: String },
+    #[error("data_dir {path}: {reason}")]
+    DataDir { path: String, reason: String },
+    #[error("{field}: {reason}")]
+    Identity { field: &'static str, reason: String },
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Who this data directory belongs to, written once on the first start.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredIdentity {
+    pub node_id: NodeId,
+    /// The initial peer list this node was first started with (empty for a
+    /// node that joined an existing cluster).
+    pub initial_peers: BTreeMap<NodeId, NodeInfo>,
+}
+
+const IDENTITY_KEY: &str = "identity";
+
+/// Entries kept in the log after a snapshot, for followers that lag a little.
+fn logs_to_keep(snapshot_every: u64) -> u64 {
+    (snapshot_every / 2).min(1000)
+}
+
+/// The openraft configuration for a node.
+pub fn raft_config(config: &NodeConfig) -> Result<openraft::Config, StartError> {
+    let ms = |d: Duration| d.as_millis() as u64;
+    openraft::Config {
+        cluster_name: "interlock".to_string(),
+        heartbeat_interval: ms(config.timing.heartbeat),
+        election_timeout_min: ms(config.timing.election_min),
+        election_timeout_max: ms(config.timing.election_max),
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_every),
+        max_in_snapshot_log_to_keep: logs_to_keep(config.snapshot_every),
+        purge_batch_size: 256,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| StartError::Raft(e.to_string()))
+}
+
+async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|e| StartError::Listen { field, addr, reason: e.to_string() })
+}
+
+/// Creates the data directory if needed and proves it is writable.
+fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
+    let err = |reason: String| StartError::DataDir { path: dir.display().to_string(), reason };
+    if dir.exists() && !dir.is_dir() {
+        return Err(err("exists and is not a directory".to_string()));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
+    let probe = dir.join(".write-probe");
+    std::fs::write(&probe, b"").map_err(|e| err(format!("not writable: {e}")))?;
+    std::fs::remove_file(&probe).map_err(|e| err(format!("not writable: {e}")))?;
+    Ok(())
+}
+
+/// Checks the stored identity against the config; `Ok(true)` on first start.
+fn check_identity(store: &SledLogStore, config: &NodeConfig) -> Result<bool, StartError> {
+    let stored: Option<StoredIdentity> = store
+        .get_meta(IDENTITY_KEY)
+        .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    let Some(stored) = stored else { return Ok(true) };
+    if stored.node_id != config.id {
+        return Err(StartError::Identity {
+            field: "id",
+            reason: format!(
+                "is {}, but data_dir {} belongs to node {}",
+                config.id,
+                config.data_dir.display(),
+                stored.node_id
+            ),
+        });
+    }
+    if !config.initial_peers.is_empty() && config.initial_peers != stored.initial_peers {
+        return Err(StartError::Identity {
+            field: "initial_peers",
+            reason: format!(
+                "[{}] disagrees with the membership this data directory was bootstrapped with: [{}]. \
+                 initial_peers is only read on the first start; restore the original list, leave it empty, \
+                 or change membership with `interlockctl cluster add/remove`",
+                format_peers(&config.initial_peers).join(","),
+                format_peers(&stored.initial_peers).join(",")
+            ),
+        });
+    }
+    Ok(false)
+}
+
+/// Checks that the membership on disk lists this node where the config says it is.
+fn check_stored_address(raft: &Raft, config: &NodeConfig) -> Result<(), StartError> {
+    let metrics = raft.metrics().borrow().clone();
+    match metrics.membership_config.membership().get_node(&config.id) {
+        Some(stored) if stored.grpc_addr != config.grpc_advertise => Err(StartError::Identity {
+            field: "grpc_advertise",
+            reason: format!(
+                "is {}, but the stored membership lists node {} at {}; other members would not find it. \
+                 Use the old address, or remove and re-add the node",
+                config.grpc_advertise, config.id, stored.grpc_addr
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let grpc_listener = bind("grpc_listen", config.grpc_listen).await?;
+    let admin_listener = bind("admin_listen", config.admin_listen).await?;
+    prepare_data_dir(&config.data_dir)?;
+
+    let metrics = Arc::new(Metrics::new());
+    let log_store = SledLogStore::open(&config.data_dir.join("raft"), metrics.clone())
+        .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    let first_start = check_identity(&log_store, &config)?;
+    let state_machine = StateMachineStore::open(SnapshotVault::Dir(config.data_dir.clone()), metrics.clone())
+        .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    let state = state_machine.reader();
+
+    let channels = Channels::new(tcp_channel_maker());
+    let network = Network { id: config.id, channels: channels.clone() };
+    let raft = Raft::new(config.id, Arc::new(raft_config(&config)?), network, log_store.clone(), state_machine)
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+    if let Err(e) = check_stored_address(&raft, &config) {
+        let _ = raft.shutdown().await;
+        return Err(e);
+    }
+
+    if first_start {
+        let identity = StoredIdentity { node_id: config.id, initial_peers: config.initial_peers.clone() };
+        log_store
+            .put_meta(IDENTITY_KEY, &identity)
+            .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    }
+    let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+    if !initialized && !config.initial_peers.is_empty() {
+        tracing::info!(peers = ?format_peers(&config.initial_peers), "bootstrapping the cluster");
+        if let Err(e) = raft.initialize(config.initial_peers.clone()).await {
+            // Another member may have bootstrapped and replicated to us first.
+            tracing::warn!("initialize: {e}");
+        }
+    } else if !initialized {
+        tracing::info!("no initial_peers and no stored membership: waiting to be added with `interlockctl cluster add`");
+    }
+
+    let ctx = Arc::new(NodeCtx {
+        id: config.id,
+        raft: raft.clone(),
+        state,
+        channels,
+        metrics: metrics.clone(),
+        clock: Arc::new(SystemClock),
+        write_timeout: config.timing.election_max * 10,
+    });
+    tokio::spawn(mirror_raft_metrics(raft.clone(), metrics.clone()));
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let grpc = tonic::transport::Server::builder()
+        .add_service(RaftRpcServer { raft: raft.clone() }.into_service())
+        .add_service(KvService { ctx: ctx.clone() }.into_service())
+        .add_service(ClusterService { ctx: ctx.clone() }.into_service())
+        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped());
+    let admin = axum::serve(admin_listener, admin::router(ctx.clone())).with_graceful_shutdown(stopped());
+    let grpc_task = tokio::spawn(grpc);
+    let admin_task = tokio::spawn(async move { admin.await });
+    tracing::info!("{config}: serving");
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    if let Err(e) = raft.shutdown().await {
+        tracing::warn!("raft shutdown: {e}");
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), admin_task).await;
+    drop(log_store);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn mirror_raft_metrics(raft: Raft, metrics: Arc<Metrics>) {
+    let mut rx = raft.metrics();
+    loop {
+        metrics.observe_raft(&rx.borrow_and_update().clone());
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
