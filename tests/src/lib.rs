@@ -1,1 +1,281 @@
+//! A harness for tests that run real `interlockd` processes.
+//!
+//! Nodes listen on ports the OS hands out, keep their data and logs in a
+//! temporary directory, and are killed (SIGKILL) when the [`TestCluster`] is
+//! dropped, so a failing test leaves nothing running.
+//!
+//! The binaries must be built first (`cargo build --bins`, which the README's
+//! test command does); [`bin`] finds them next to the test executable.
 
+use interlock_client::{Client, ClientOptions, ClusterStatus, KeyValue};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary (`interlockd`, `interlockctl`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (the README test command does)", path.display());
+    path
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+}
+
+/// One node of a test cluster.
+pub struct TestNode {
+    pub id: u64,
+    pub region: String,
+    pub grpc: String,
+    pub admin: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    /// Extra `--key value` flags every start of this node gets.
+    pub extra_args: Vec<String>,
+    /// Peers for the first start (`ID@REGION=ADDR`), empty for a joining node.
+    pub initial_peers: Vec<String>,
+    child: Option<Child>,
+}
+
+impl TestNode {
+    /// The command line that starts this node.
+    pub fn command(&self) -> Command {
+        let mut cmd = Command::new(bin("interlockd"));
+        cmd.arg("run")
+            .args(["--id", &self.id.to_string()])
+            .args(["--region", &self.region])
+            .args(["--grpc-listen", &self.grpc])
+            .args(["--admin-listen", &self.admin])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--log", "info"])
+            .args(&self.extra_args);
+        if !self.initial_peers.is_empty() {
+            cmd.args(["--initial-peers", &self.initial_peers.join(",")]);
+        }
+        cmd
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "node {} is already running", self.id);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let child = self
+            .command()
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn interlockd");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// A client that talks to this node only.
+    pub fn client(&self) -> Client {
+        let options = ClientOptions { retry_budget: Duration::from_secs(2), ..ClientOptions::default() };
+        Client::with_options([&self.grpc], options).expect("client")
+    }
+
+    /// The node's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// The value of a Prometheus gauge or counter from `/metrics`.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let body = http_get(&self.admin, "/metrics").await.ok()?.1;
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A minimal HTTP/1.0 GET, returning the status code and the body.
+pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Options for [`TestCluster::start`].
+#[derive(Clone, Default)]
+pub struct ClusterOptions {
+    /// Extra flags for every node, e.g. `["--snapshot-every", "50"]`.
+    pub extra_args: Vec<String>,
+}
+
+/// A cluster of real `interlockd` processes in a temporary directory.
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<TestNode>,
+}
+
+const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
+
+impl TestCluster {
+    /// Starts `n` nodes that bootstrap together and waits for a leader.
+    pub async fn start(n: usize, options: ClusterOptions) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let specs: Vec<(u64, String, String)> = (1..=n as u64)
+            .map(|id| (id, REGIONS[(id as usize - 1) % REGIONS.len()].to_string(), format!("127.0.0.1:{}", free_port())))
+            .collect();
+        let peers: Vec<String> = specs.iter().map(|(id, r, a)| format!("{id}@{r}={a}")).collect();
+        let nodes = specs
+            .into_iter()
+            .map(|(id, region, grpc)| TestNode {
+                id,
+                region,
+                grpc,
+                admin: format!("127.0.0.1:{}", free_port()),
+                data_dir: dir.path().join(format!("node-{id}")),
+                log_path: dir.path().join(format!("node-{id}.log")),
+                extra_args: options.extra_args.clone(),
+                initial_peers: peers.clone(),
+                child: None,
+            })
+            .collect();
+        let mut cluster = TestCluster { dir, nodes };
+        for node in &mut cluster.nodes {
+            node.start();
+        }
+        cluster.wait_for_leader(Duration::from_secs(30)).await;
+        cluster
+    }
+
+    /// A node that is not started yet and will join through `cluster add`.
+    pub fn new_joiner(&self, id: u64, region: &str) -> TestNode {
+        TestNode {
+            id,
+            region: region.to_string(),
+            grpc: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
+            data_dir: self.dir.path().join(format!("node-{id}")),
+            log_path: self.dir.path().join(format!("node-{id}.log")),
+            extra_args: self.nodes.first().map(|n| n.extra_args.clone()).unwrap_or_default(),
+            initial_peers: Vec::new(),
+            child: None,
+        }
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| n.grpc.clone()).collect()
+    }
+
+    /// A client over every node's endpoint.
+    pub fn client(&self) -> Client {
+        Client::new(self.endpoints()).expect("client")
+    }
+
+    pub fn node(&mut self, id: u64) -> &mut TestNode {
+        self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
+    }
+
+    /// Waits until a running node reports a leader that is running; returns its id.
+    pub async fn wait_for_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                if let Ok(status) = node.client().node_status(0).await {
+                    let leader_running = self.nodes.iter().any(|n| n.id == status.leader && n.is_running());
+                    if status.leader != 0 && leader_running {
+                        return status.leader;
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no leader within {within:?}\n{}", self.logs());
+    }
+
+    /// The cluster status, retried until it succeeds.
+    pub async fn status(&self) -> ClusterStatus {
+        self.client().cluster_status().await.unwrap_or_else(|e| panic!("status: {e}\n{}", self.logs()))
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        'outer: while Instant::now() < deadline {
+            for node in self.nodes.iter().filter(|n| n.is_running()) {
+                match node.client().node_status(0).await {
+                    Ok(s) if s.last_applied >= index => {}
+                    _ => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue 'outer;
+                    }
+                }
+            }
+            return;
+        }
+        panic!("not every node applied {index} within {within:?}\n{}", self.logs());
+    }
+
+    /// Each running node's local (non-linearizable) view of the key-value space.
+    pub async fn local_views(&self) -> BTreeMap<u64, Vec<KeyValue>> {
+        let mut views = BTreeMap::new();
+        for node in self.nodes.iter().filter(|n| n.is_running()) {
+            let kvs = node.client().range("", false, 0).await.expect("local range");
+            views.insert(node.id, kvs);
+        }
+        views
+    }
+
+    /// Every node's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| {
+                let log = n.log();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                format!("--- node {} (last 40 lines) ---\n{}", n.id, tail.join("\n"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}

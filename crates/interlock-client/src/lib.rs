@@ -208,16 +208,28 @@ impl Client {
         Ok(reply.found.then_some(Value { value: reply.value, mod_revision: reply.mod_revision }))
     }
 
-    /// Keys starting with `prefix`, at most `limit` (0: the server's limit).
+    /// Keys starting with `prefix`, at most `limit` (0: all of them), read
+    /// page by page.
     pub async fn range(&self, prefix: &str, linearizable: bool, limit: u32) -> Result<Vec<KeyValue>, ClientError> {
-        let request = RangeRequest { prefix: prefix.to_string(), linearizable, limit };
-        let reply = self
-            .call(Idempotence::Idempotent, |ch| {
-                let request = request.clone();
-                async move { KvClient::new(ch).range(request).await }
-            })
-            .await?;
-        Ok(reply.kvs)
+        let mut all: Vec<KeyValue> = Vec::new();
+        loop {
+            let request = RangeRequest {
+                prefix: prefix.to_string(),
+                linearizable,
+                limit: if limit == 0 { 0 } else { limit - all.len() as u32 },
+                start_after: all.last().map(|kv| kv.key.clone()).unwrap_or_default(),
+            };
+            let reply = self
+                .call(Idempotence::Idempotent, |ch| {
+                    let request = request.clone();
+                    async move { KvClient::new(ch).range(request).await }
+                })
+                .await?;
+            all.extend(reply.kvs);
+            if !reply.more || (limit != 0 && all.len() >= limit as usize) {
+                return Ok(all);
+            }
+        }
     }
 
     /// The cluster as the leader sees it.

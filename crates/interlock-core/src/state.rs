@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 /// A value in the key-value space with the revision that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvEntry {
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// The log index of the command that last wrote this key.
     pub mod_revision: u64,

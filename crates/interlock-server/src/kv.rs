@@ -15,6 +15,9 @@ use tonic::{Request, Response, Status};
 
 /// Most keys one Range answers.
 pub const RANGE_LIMIT_MAX: u32 = 10_000;
+/// A Range page ends before its keys and values exceed this, so that it
+/// stays under gRPC's default 4 MiB message limit.
+pub const RANGE_PAGE_BYTES_MAX: usize = 3 * 1024 * 1024;
 
 pub struct KvService {
     pub ctx: Arc<NodeCtx>,
@@ -106,17 +109,28 @@ impl Kv for KvService {
         }
         let limit = if message.limit == 0 { RANGE_LIMIT_MAX } else { message.limit } as usize;
         let applied = self.ctx.state.read();
+        let start = if message.start_after.is_empty() {
+            std::ops::Bound::Included(message.prefix.clone())
+        } else {
+            std::ops::Bound::Excluded(message.start_after.clone())
+        };
         let mut matching = applied
             .state
             .kv
-            .range(message.prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&message.prefix));
-        let kvs: Vec<KeyValue> = matching
-            .by_ref()
-            .take(limit)
-            .map(|(k, e)| KeyValue { key: k.clone(), value: e.value.clone(), mod_revision: e.mod_revision })
-            .collect();
-        let more = matching.next().is_some();
+            .range((start, std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(&message.prefix))
+            .peekable();
+        let (mut kvs, mut bytes) = (Vec::new(), 0usize);
+        while let Some((key, entry)) = matching.peek() {
+            let size = key.len() + entry.value.len();
+            if kvs.len() == limit || (!kvs.is_empty() && bytes + size > RANGE_PAGE_BYTES_MAX) {
+                break;
+            }
+            bytes += size;
+            kvs.push(KeyValue { key: (*key).clone(), value: entry.value.clone(), mod_revision: entry.mod_revision });
+            matching.next();
+        }
+        let more = matching.peek().is_some();
         Ok(Response::new(RangeResponse { kvs, revision: applied.state.revision, more }))
     }
 }

@@ -17,6 +17,8 @@ pub struct Metrics {
     pub term: Gauge,
     pub last_log_index: Gauge,
     pub last_applied_index: Gauge,
+    pub snapshot_index: Gauge,
+    pub purged_index: Gauge,
     pub leader_changes: Counter,
     pub append_seconds: Histogram,
     pub apply_seconds: Histogram,
@@ -33,6 +35,8 @@ impl Metrics {
             term: Gauge::default(),
             last_log_index: Gauge::default(),
             last_applied_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            purged_index: Gauge::default(),
             leader_changes: Counter::default(),
             // 50 µs .. ~3 s
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
@@ -45,6 +49,8 @@ impl Metrics {
         registry.register("term", "Current Raft term", metrics.term.clone());
         registry.register("last_log_index", "Index of the last entry in the local log", metrics.last_log_index.clone());
         registry.register("last_applied_index", "Index of the last applied entry", metrics.last_applied_index.clone());
+        registry.register("snapshot_index", "Last log index covered by the latest snapshot", metrics.snapshot_index.clone());
+        registry.register("purged_index", "Last log index purged from the local log", metrics.purged_index.clone());
         registry.register(
             "leader_changes",
             "Times this node saw the leader change (including to none)",
@@ -74,6 +80,8 @@ impl Metrics {
         self.term.set(m.current_term as i64);
         self.last_log_index.set(m.last_log_index.unwrap_or(0) as i64);
         self.last_applied_index.set(m.last_applied.map_or(0, |l| l.index) as i64);
+        self.snapshot_index.set(m.snapshot.map_or(0, |l| l.index) as i64);
+        self.purged_index.set(m.purged.map_or(0, |l| l.index) as i64);
         let leader = m.current_leader.unwrap_or(0);
         let previous = self.last_leader.swap(leader, std::sync::atomic::Ordering::Relaxed);
         if previous != leader {
