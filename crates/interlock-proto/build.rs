@@ -2,11 +2,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = [
-        "interlock/raft/v1/raft.proto",
-        "interlock/v1/cluster.proto",
-        "interlock/v1/kv.proto",
-    ];
+    let files = ["interlock/raft/v1/raft.proto", "interlock/v1/cluster.proto", "interlock/v1/kv.proto"];
     let fds = protox::compile(files, [&root])?;
     tonic_prost_build::configure().compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());

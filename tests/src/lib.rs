@@ -19,7 +19,11 @@ pub fn bin(name: &str) -> PathBuf {
     // target/debug/deps/<test> -> target/debug/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (the README test command does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (the README test command does)",
+        path.display()
+    );
     path
 }
 
@@ -118,9 +122,9 @@ impl TestNode {
     /// The value of a Prometheus gauge or counter from `/metrics`.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let body = http_get(&self.admin, "/metrics").await.ok()?.1;
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')).and_then(|v| v.trim().parse().ok())
+        })
     }
 }
 
@@ -162,7 +166,9 @@ impl TestCluster {
     pub async fn start(n: usize, options: ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let specs: Vec<(u64, String, String)> = (1..=n as u64)
-            .map(|id| (id, REGIONS[(id as usize - 1) % REGIONS.len()].to_string(), format!("127.0.0.1:{}", free_port())))
+            .map(|id| {
+                (id, REGIONS[(id as usize - 1) % REGIONS.len()].to_string(), format!("127.0.0.1:{}", free_port()))
+            })
             .collect();
         let peers: Vec<String> = specs.iter().map(|(id, r, a)| format!("{id}@{r}={a}")).collect();
         let nodes = specs

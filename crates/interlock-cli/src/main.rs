@@ -7,7 +7,7 @@ mod output;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use interlock_client::{Client, ClientError, ClusterStatus};
+use interlock_client::{Client, ClientError, ClientOptions, ClusterStatus};
 use output::{print_members, print_status, Format, Printer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -36,6 +36,10 @@ struct Cli {
     /// Answer yes to confirmations (needed for dangerous commands without a terminal).
     #[arg(long, global = true)]
     yes: bool,
+
+    /// How long a command may keep retrying an unreachable cluster, e.g. 5s.
+    #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
 
     #[command(subcommand)]
     command: Cmd,
@@ -152,7 +156,10 @@ fn confirm(cli: &Cli, what: &str) -> Result<(), Failure> {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(Failure { code: 2, message: format!("{what}: refusing without a terminal; pass --yes to confirm") });
+        return Err(Failure {
+            code: 2,
+            message: format!("{what}: refusing without a terminal; pass --yes to confirm"),
+        });
     }
     eprint!("{what}. Type 'yes' to continue: ");
     let _ = std::io::stderr().flush();
@@ -166,14 +173,19 @@ fn confirm(cli: &Cli, what: &str) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let client = Client::new(endpoints(&cli)?)?;
+    let options = ClientOptions { retry_budget: cli.timeout, ..ClientOptions::default() };
+    let client = Client::with_options(endpoints(&cli)?, options)?;
     let out = Printer::new(cli.output);
     match &cli.command {
         Cmd::Cluster(ClusterCmd::Status) => print_status(&out, &client.cluster_status().await?),
         Cmd::Cluster(ClusterCmd::Members) => print_members(&out, &client.cluster_status().await?.members),
         Cmd::Cluster(ClusterCmd::Add { id, addr, region, learner }) => {
             let reply = client.add_member(*id, addr, region, *learner).await?;
-            eprintln!("node {id} added as a {} at revision {}", if *learner { "learner" } else { "voter" }, reply.revision);
+            eprintln!(
+                "node {id} added as a {} at revision {}",
+                if *learner { "learner" } else { "voter" },
+                reply.revision
+            );
             print_members(&out, &reply.members)
         }
         Cmd::Cluster(ClusterCmd::Remove { id }) => {
@@ -193,7 +205,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Kv(KvCmd::Get { key, serializable }) => match client.get(key, !serializable).await? {
             Some(v) => {
                 let text = String::from_utf8_lossy(&v.value).to_string();
-                out.record(&serde_json::json!({"key": key, "value": text, "mod_revision": v.mod_revision}), || text.clone())
+                out.record(&serde_json::json!({"key": key, "value": text, "mod_revision": v.mod_revision}), || {
+                    text.clone()
+                })
             }
             None => Err(ClientError::NotFound(format!("key {key:?}")).into()),
         },

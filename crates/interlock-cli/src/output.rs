@@ -99,7 +99,11 @@ pub fn print_kvs(out: &Printer, kvs: &[KeyValue]) -> Result<(), Failure> {
     out.record(&value, || {
         let mut t = table(&["KEY", "VALUE", "MOD REVISION"]);
         for kv in kvs {
-            t.add_row(vec![kv.key.clone(), String::from_utf8_lossy(&kv.value).to_string(), kv.mod_revision.to_string()]);
+            t.add_row(vec![
+                kv.key.clone(),
+                String::from_utf8_lossy(&kv.value).to_string(),
+                kv.mod_revision.to_string(),
+            ]);
         }
         t.to_string()
     })

@@ -48,13 +48,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     if version != FORMAT_V1 {
         return Err(DecodeError::UnknownVersion(version));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, config())
-        .map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, config()).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
     if used != body.len() {
-        return Err(DecodeError::Corrupt(format!(
-            "{} trailing bytes after the value",
-            body.len() - used
-        )));
+        return Err(DecodeError::Corrupt(format!("{} trailing bytes after the value", body.len() - used)));
     }
     Ok(value)
 }

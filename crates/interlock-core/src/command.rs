@@ -68,10 +68,7 @@ pub fn validate_key(key: &str) -> Result<(), InvalidArgument> {
         return Err(InvalidArgument::new("key", "must not be empty"));
     }
     if key.len() > KEY_MAX_BYTES {
-        return Err(InvalidArgument::new(
-            "key",
-            format!("is {} bytes, the limit is {KEY_MAX_BYTES}", key.len()),
-        ));
+        return Err(InvalidArgument::new("key", format!("is {} bytes, the limit is {KEY_MAX_BYTES}", key.len())));
     }
     if key.chars().any(char::is_control) {
         return Err(InvalidArgument::new("key", "must not contain control characters"));
@@ -117,10 +114,7 @@ mod tests {
             (Command::Put { key: "a".into(), value: vec![1] }, None),
             (Command::Put { key: String::new(), value: vec![] }, Some(("key", "must not be empty"))),
             (Command::Delete { key: "x\ny".into() }, Some(("key", "control characters"))),
-            (
-                Command::Put { key: "k".repeat(KEY_MAX_BYTES + 1), value: vec![] },
-                Some(("key", "the limit is 1024")),
-            ),
+            (Command::Put { key: "k".repeat(KEY_MAX_BYTES + 1), value: vec![] }, Some(("key", "the limit is 1024"))),
             (
                 Command::Put { key: "k".into(), value: vec![0; VALUE_MAX_BYTES + 1] },
                 Some(("value", "the limit is 65536")),

@@ -106,10 +106,14 @@ impl ClusterService {
     }
 }
 
-fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Result<ForwardToLeader<NodeId, NodeInfo>, Status> {
+fn membership_error(
+    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
+) -> Result<ForwardToLeader<NodeId, NodeInfo>, Status> {
     match e {
         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Ok(f),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Err(Status::failed_precondition(c.to_string())),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+            Err(Status::failed_precondition(c.to_string()))
+        }
         RaftError::Fatal(f) => Err(Status::unavailable(f.to_string())),
     }
 }
@@ -192,7 +196,10 @@ impl Cluster for ClusterService {
         }
     }
 
-    async fn remove_member(&self, request: Request<RemoveMemberRequest>) -> Result<Response<MembershipResponse>, Status> {
+    async fn remove_member(
+        &self,
+        request: Request<RemoveMemberRequest>,
+    ) -> Result<Response<MembershipResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
         if membership.get_node(&message.id).is_none() {

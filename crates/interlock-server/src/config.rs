@@ -185,7 +185,7 @@ fn load_file(path: &Path) -> Result<ConfigKeys, ConfigError> {
     toml::from_str(&text).map_err(|e| {
         // toml's message names the unknown or mistyped key and its line.
         let message = e.message().to_string();
-        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+        let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
         let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
         ConfigError::new(path.display().to_string(), format!("{message}{at}"))
     })
@@ -200,9 +200,9 @@ fn required<T>(value: Option<T>, field: &str) -> Result<T, ConfigError> {
 }
 
 fn socket_addr(value: &str, field: &str) -> Result<SocketAddr, ConfigError> {
-    value
-        .parse()
-        .map_err(|_| ConfigError::new(field, format!("{value:?} is not HOST:PORT with a numeric IP (e.g. 127.0.0.1:7001)")))
+    value.parse().map_err(|_| {
+        ConfigError::new(field, format!("{value:?} is not HOST:PORT with a numeric IP (e.g. 127.0.0.1:7001)"))
+    })
 }
 
 /// Parses a duration like "150ms" or "2s".
@@ -279,19 +279,20 @@ impl ConfigKeys {
         validate_region(&region, "region")?;
         let grpc_listen = socket_addr(&required(self.grpc_listen, "grpc_listen")?, "grpc_listen")?;
         let admin_listen = socket_addr(&required(self.admin_listen, "admin_listen")?, "admin_listen")?;
-        let grpc_advertise = match self.grpc_advertise {
-            Some(a) => {
-                validate_dial_addr(&a, "grpc_advertise")?;
-                a
-            }
-            None if grpc_listen.ip().is_unspecified() => {
-                return Err(ConfigError::new(
+        let grpc_advertise =
+            match self.grpc_advertise {
+                Some(a) => {
+                    validate_dial_addr(&a, "grpc_advertise")?;
+                    a
+                }
+                None if grpc_listen.ip().is_unspecified() => return Err(ConfigError::new(
                     "grpc_advertise",
-                    format!("required when grpc_listen is {grpc_listen}: other nodes cannot dial an unspecified address"),
-                ))
-            }
-            None => grpc_listen.to_string(),
-        };
+                    format!(
+                        "required when grpc_listen is {grpc_listen}: other nodes cannot dial an unspecified address"
+                    ),
+                )),
+                None => grpc_listen.to_string(),
+            };
         let data_dir = required(self.data_dir, "data_dir")?;
         if data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("data_dir", "must not be empty"));
@@ -315,9 +316,7 @@ impl ConfigKeys {
                 Some(me) if me.grpc_addr != grpc_advertise || me.region != region => {
                     return Err(ConfigError::new(
                         "initial_peers",
-                        format!(
-                            "lists this node as {me}, but grpc_advertise/region say {grpc_advertise}@{region}"
-                        ),
+                        format!("lists this node as {me}, but grpc_advertise/region say {grpc_advertise}@{region}"),
                     ))
                 }
                 Some(_) => {}
@@ -432,17 +431,9 @@ mod tests {
                 "lists this node as",
             ),
             (ConfigKeys { heartbeat_interval: Some("fast".into()), ..keys() }, "heartbeat_interval", "duration"),
-            (
-                ConfigKeys { election_timeout_min: Some("150ms".into()), ..keys() },
-                "election_timeout_min",
-                "twice",
-            ),
+            (ConfigKeys { election_timeout_min: Some("150ms".into()), ..keys() }, "election_timeout_min", "twice"),
             (ConfigKeys { snapshot_every: Some(0), ..keys() }, "snapshot_every", "positive"),
-            (
-                ConfigKeys { grpc_listen: Some("0.0.0.0:7001".into()), ..keys() },
-                "grpc_advertise",
-                "required",
-            ),
+            (ConfigKeys { grpc_listen: Some("0.0.0.0:7001".into()), ..keys() }, "grpc_advertise", "required"),
         ];
         for (k, field, reason) in cases {
             let err = k.validate().expect_err(field);

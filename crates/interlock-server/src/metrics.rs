@@ -49,7 +49,11 @@ impl Metrics {
         registry.register("term", "Current Raft term", metrics.term.clone());
         registry.register("last_log_index", "Index of the last entry in the local log", metrics.last_log_index.clone());
         registry.register("last_applied_index", "Index of the last applied entry", metrics.last_applied_index.clone());
-        registry.register("snapshot_index", "Last log index covered by the latest snapshot", metrics.snapshot_index.clone());
+        registry.register(
+            "snapshot_index",
+            "Last log index covered by the latest snapshot",
+            metrics.snapshot_index.clone(),
+        );
         registry.register("purged_index", "Last log index purged from the local log", metrics.purged_index.clone());
         registry.register(
             "leader_changes",

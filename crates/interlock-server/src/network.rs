@@ -11,9 +11,7 @@ use interlock_proto::raft::raft_client::RaftClient;
 use interlock_proto::raft::raft_server::{Raft as RaftService, RaftServer};
 use interlock_proto::raft::RaftMessage;
 use interlock_store::{Raft, TypeConfig};
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable,
-};
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Timeout, Unreachable};
 use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -77,7 +75,9 @@ impl PeerClient {
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 return Err(RPCError::Unreachable(Unreachable::new(&status)))
             }
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => return Err(RPCError::Timeout(timeout)),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                return Err(RPCError::Timeout(timeout))
+            }
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
             Ok(Ok(response)) => response.into_inner(),
         };
@@ -93,10 +93,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
-        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl(), |mut c, m| async move {
-            c.append_entries(m).await
-        })
-        .await
+        self.call(RPCTypes::AppendEntries, &rpc, option.hard_ttl(), |mut c, m| async move { c.append_entries(m).await })
+            .await
     }
 
     async fn install_snapshot(
@@ -104,9 +102,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
-        self.call(RPCTypes::InstallSnapshot, &rpc, option.hard_ttl(), |mut c, m| async move {
-            c.install_snapshot(m).await
-        })
+        self.call(
+            RPCTypes::InstallSnapshot,
+            &rpc,
+            option.hard_ttl(),
+            |mut c, m| async move { c.install_snapshot(m).await },
+        )
         .await
     }
 

@@ -14,7 +14,7 @@ use crate::ctx::{NodeCtx, SystemClock};
 use crate::kv::KvService;
 use crate::metrics::Metrics;
 use crate::network::{Network, RaftRpcServer};
-use interlock_core::{NodeId, NodeInfo};
+use interlock_core::{codec, NodeId, NodeInfo};
 use interlock_store::{Raft, SledLogStore, SnapshotVault, StateMachineStore};
 use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
@@ -48,8 +48,6 @@ pub struct StoredIdentity {
     /// node that joined an existing cluster).
     pub initial_peers: BTreeMap<NodeId, NodeInfo>,
 }
-
-const IDENTITY_KEY: &str = "identity";
 
 /// Entries kept in the log after a snapshot, for followers that lag a little.
 fn logs_to_keep(snapshot_every: u64) -> u64 {
@@ -91,12 +89,37 @@ fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Checks the stored identity against the config; `Ok(true)` on first start.
-fn check_identity(store: &SledLogStore, config: &NodeConfig) -> Result<bool, StartError> {
-    let stored: Option<StoredIdentity> = store
-        .get_meta(IDENTITY_KEY)
-        .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
-    let Some(stored) = stored else { return Ok(true) };
+/// File in the data directory that records whose it is.
+pub const IDENTITY_FILE: &str = "identity";
+
+fn read_identity(config: &NodeConfig) -> Result<Option<StoredIdentity>, StartError> {
+    let path = config.data_dir.join(IDENTITY_FILE);
+    let err = |reason: String| StartError::DataDir { path: path.display().to_string(), reason };
+    match std::fs::read(&path) {
+        Ok(bytes) => codec::decode(&bytes).map(Some).map_err(|e| err(format!("unreadable identity record: {e}"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(err(e.to_string())),
+    }
+}
+
+fn write_identity(config: &NodeConfig, identity: &StoredIdentity) -> Result<(), StartError> {
+    let err = |reason: String| StartError::DataDir { path: config.data_dir.display().to_string(), reason };
+    let bytes = codec::encode(identity).map_err(err)?;
+    let tmp = config.data_dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut file, &bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, config.data_dir.join(IDENTITY_FILE))?;
+        std::fs::File::open(&config.data_dir)?.sync_all()
+    };
+    write().map_err(|e| err(format!("writing the identity record: {e}")))
+}
+
+/// Checks the data directory's identity record against the config, before
+/// anything in the directory is opened for writing. `Ok(true)` on first start.
+fn check_identity(config: &NodeConfig) -> Result<bool, StartError> {
+    let Some(stored) = read_identity(config)? else { return Ok(true) };
     if stored.node_id != config.id {
         return Err(StartError::Identity {
             field: "id",
@@ -144,11 +167,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     let grpc_listener = bind("grpc_listen", config.grpc_listen).await?;
     let admin_listener = bind("admin_listen", config.admin_listen).await?;
     prepare_data_dir(&config.data_dir)?;
+    let first_start = check_identity(&config)?;
 
     let metrics = Arc::new(Metrics::new());
     let log_store = SledLogStore::open(&config.data_dir.join("raft"), metrics.clone())
         .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
-    let first_start = check_identity(&log_store, &config)?;
     let state_machine = StateMachineStore::open(SnapshotVault::Dir(config.data_dir.clone()), metrics.clone())
         .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
     let state = state_machine.reader();
@@ -165,9 +188,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
 
     if first_start {
         let identity = StoredIdentity { node_id: config.id, initial_peers: config.initial_peers.clone() };
-        log_store
-            .put_meta(IDENTITY_KEY, &identity)
-            .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+        write_identity(&config, &identity)?;
     }
     let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
     if !initialized && !config.initial_peers.is_empty() {
@@ -177,7 +198,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             tracing::warn!("initialize: {e}");
         }
     } else if !initialized {
-        tracing::info!("no initial_peers and no stored membership: waiting to be added with `interlockctl cluster add`");
+        tracing::info!(
+            "no initial_peers and no stored membership: waiting to be added with `interlockctl cluster add`"
+        );
     }
 
     let ctx = Arc::new(NodeCtx {

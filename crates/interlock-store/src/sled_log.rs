@@ -1,8 +1,8 @@
 //! The durable Raft log on sled.
 //!
 //! Layout: tree `log` maps a big-endian `u64` index to an encoded entry; tree
-//! `meta` holds the vote, the committed log id, the last purged log id and the
-//! node's identity record. Every value is written with
+//! `meta` holds the vote, the committed log id and the last purged log id.
+//! Every value is written with
 //! [`interlock_core::codec`], so it carries a format byte. Every change is
 //! followed by a flush before it is acknowledged.
 
@@ -56,21 +56,6 @@ impl SledLogStore {
         let log = db.open_tree("log").map_err(io)?;
         let meta = db.open_tree("meta").map_err(io)?;
         Ok(SledLogStore { db, log, meta, observer })
-    }
-
-    /// Reads a typed record from the `meta` tree.
-    pub fn get_meta<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, StoreError> {
-        match self.meta.get(key.as_bytes()).map_err(read_err)? {
-            None => Ok(None),
-            Some(bytes) => codec::decode(&bytes).map(Some).map_err(read_err),
-        }
-    }
-
-    /// Writes a typed record to the `meta` tree and flushes it.
-    pub fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StoreError> {
-        self.meta.insert(key.as_bytes(), codec::encode(value).map_err(write_err)?).map_err(write_err)?;
-        self.db.flush().map_err(write_err)?;
-        Ok(())
     }
 
     async fn flush(&self) -> Result<(), StoreError> {

@@ -6,8 +6,7 @@
 //! it (the log store keeps the committed log id for that purpose).
 
 use crate::{
-    read_err, write_err, Entry, LogId, Snapshot, SnapshotMeta, StoreError, StoreObserver, StoredMembership,
-    TypeConfig,
+    read_err, write_err, Entry, LogId, Snapshot, SnapshotMeta, StoreError, StoreObserver, StoredMembership, TypeConfig,
 };
 use interlock_core::{codec, Response, State};
 use openraft::storage::RaftStateMachine;
@@ -126,12 +125,7 @@ impl StateMachineStore {
                 state: codec::decode(&stored.data).map_err(|e| read_err(format!("snapshot state: {e}")))?,
             };
         }
-        Ok(StateMachineStore {
-            applied: Arc::new(RwLock::new(applied)),
-            vault,
-            observer,
-            snapshot_seq: Arc::default(),
-        })
+        Ok(StateMachineStore { applied: Arc::new(RwLock::new(applied)), vault, observer, snapshot_seq: Arc::default() })
     }
 
     pub fn reader(&self) -> StateReader {
@@ -217,7 +211,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StoreError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StoreError> {
         let data = snapshot.into_inner();
         let state: State = codec::decode(&data).map_err(|e| read_err(format!("received snapshot: {e}")))?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
@@ -227,9 +225,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StoreError> {
-        Ok(self.vault.load()?.map(|stored| Snapshot {
-            meta: stored.meta,
-            snapshot: Box::new(Cursor::new(stored.data)),
-        }))
+        Ok(self
+            .vault
+            .load()?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

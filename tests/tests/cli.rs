@@ -1,0 +1,118 @@
+//! interlockctl against real processes: output shapes, membership changes
+//! and exit codes (SPEC §8: 0 ok, 1 failed, 2 usage, 3 unreachable, 4 refused).
+
+use interlock_tests::{bin, free_port, ClusterOptions, TestCluster};
+use serde_json::Value;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn ctl(endpoints: &[String], args: &[&str]) -> Output {
+    Command::new(bin("interlockctl"))
+        .arg("--endpoints")
+        .arg(endpoints.join(","))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run interlockctl")
+}
+
+fn text(output: &Output) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+fn json(output: &Output) -> Value {
+    assert!(output.status.success(), "{}", text(output));
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(output)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_json_has_the_stable_shape() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let status = json(&ctl(&cluster.endpoints(), &["cluster", "status", "-o", "json"]));
+    let leader = status["leader"].as_u64().expect("leader");
+    assert!((1..=3).contains(&leader));
+    assert!(status["term"].as_u64().expect("term") >= 1);
+    let members = status["members"].as_array().expect("members");
+    assert_eq!(members.len(), 3);
+    for member in members {
+        for key in ["id", "region", "grpc_addr", "role", "last_applied"] {
+            assert!(member.get(key).is_some(), "member lacks {key}: {member}");
+        }
+        let role = member["role"].as_str().expect("role");
+        assert_eq!(role == "leader", member["id"].as_u64() == Some(leader), "{member}");
+        assert!(["leader", "follower"].contains(&role), "{member}");
+    }
+    // YAML and table render too.
+    let yaml = ctl(&cluster.endpoints(), &["cluster", "status", "-o", "yaml"]);
+    assert!(String::from_utf8_lossy(&yaml.stdout).contains("grpc_addr:"), "{}", text(&yaml));
+    let table = ctl(&cluster.endpoints(), &["cluster", "members"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("us-east"), "{}", text(&table));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_added_as_learner_then_voter_and_removed() {
+    let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    cluster.client().put("before-join", b"1".to_vec()).await.expect("write");
+    let mut joiner = cluster.new_joiner(4, "sa-east");
+    joiner.start();
+    let endpoints = cluster.endpoints();
+
+    let added = ctl(&endpoints, &["cluster", "add", "4", &joiner.grpc, "--region", "sa-east", "-o", "json"]);
+    let members = json(&added)["members"].as_array().expect("members").clone();
+    let four = members.iter().find(|m| m["id"] == 4).unwrap_or_else(|| panic!("{}", text(&added)));
+    assert_eq!(four["role"], "follower", "a voter after catching up");
+    assert_eq!(four["region"], "sa-east");
+    cluster.nodes.push(joiner);
+    let revision = cluster.client().put("after-join", b"2".to_vec()).await.expect("write");
+    cluster.wait_applied(revision, Duration::from_secs(20)).await;
+    let on_four = cluster.node(4).client().get("before-join", false).await.expect("read");
+    assert_eq!(on_four.map(|v| v.value), Some(b"1".to_vec()), "the new member has the earlier state");
+
+    // Dangerous without a terminal: needs --yes, and changes nothing otherwise.
+    let refused = ctl(&endpoints, &["cluster", "remove", "4"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "{}", text(&refused));
+    assert_eq!(cluster.status().await.members.len(), 4);
+
+    let removed = ctl(&endpoints, &["cluster", "remove", "4", "--yes", "-o", "json"]);
+    let members = json(&removed)["members"].as_array().expect("members").clone();
+    assert!(members.iter().all(|m| m["id"] != 4), "{}", text(&removed));
+    assert_eq!(cluster.status().await.members.len(), 3);
+
+    let unknown = ctl(&endpoints, &["cluster", "remove", "9", "--yes"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("not a member"), "{}", text(&unknown));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_follow_the_spec() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let endpoints = cluster.endpoints();
+
+    let put = ctl(&endpoints, &["kv", "put", "greeting", "hello"]);
+    assert_eq!(put.status.code(), Some(0), "{}", text(&put));
+    let got = json(&ctl(&endpoints, &["kv", "get", "greeting", "-o", "json"]));
+    assert_eq!(got["value"], "hello");
+
+    let invalid = ctl(&endpoints, &["kv", "put", "", "x"]);
+    assert_eq!(invalid.status.code(), Some(2), "{}", text(&invalid));
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("key: must not be empty"), "{}", text(&invalid));
+
+    let missing = ctl(&endpoints, &["kv", "get", "nothing-here"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
+
+    let usage = ctl(&endpoints, &["cluster", "frobnicate"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
+
+    let nobody = vec![format!("127.0.0.1:{}", free_port())];
+    let unreachable = Command::new(bin("interlockctl"))
+        .args(["--endpoints", &nobody[0], "cluster", "status"])
+        .env("INTERLOCK_ENDPOINTS", "")
+        .output()
+        .expect("run");
+    assert_eq!(unreachable.status.code(), Some(3), "{}", text(&unreachable));
+}
