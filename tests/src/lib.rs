@@ -221,21 +221,22 @@ impl TestCluster {
         self.nodes.iter_mut().find(|n| n.id == id).expect("node id")
     }
 
-    /// Waits until a running node reports a leader that is running; returns its id.
+    /// Waits until every running node names the same running leader; returns its id.
     pub async fn wait_for_leader(&self, within: Duration) -> u64 {
         let deadline = Instant::now() + within;
         while Instant::now() < deadline {
+            let mut named = Vec::new();
             for node in self.nodes.iter().filter(|n| n.is_running()) {
-                if let Ok(status) = node.client().node_status(0).await {
-                    let leader_running = self.nodes.iter().any(|n| n.id == status.leader && n.is_running());
-                    if status.leader != 0 && leader_running {
-                        return status.leader;
-                    }
-                }
+                named.push(node.client().node_status(0).await.map(|s| s.leader).unwrap_or(0));
+            }
+            let leader = named.first().copied().unwrap_or(0);
+            let leader_running = self.nodes.iter().any(|n| n.id == leader && n.is_running());
+            if leader != 0 && leader_running && named.iter().all(|l| *l == leader) {
+                return leader;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("no leader within {within:?}\n{}", self.logs());
+        panic!("no agreed leader within {within:?}\n{}", self.logs());
     }
 
     /// The cluster status, retried until it succeeds.

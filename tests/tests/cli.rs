@@ -108,9 +108,9 @@ async fn exit_codes_follow_the_spec() {
     let usage = ctl(&endpoints, &["cluster", "frobnicate"]);
     assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
 
-    let nobody = vec![format!("127.0.0.1:{}", free_port())];
+    let nobody = format!("127.0.0.1:{}", free_port());
     let unreachable = Command::new(bin("interlockctl"))
-        .args(["--endpoints", &nobody[0], "cluster", "status"])
+        .args(["--endpoints", &nobody, "cluster", "status"])
         .env("INTERLOCK_ENDPOINTS", "")
         .output()
         .expect("run");

@@ -131,6 +131,15 @@ fn validate_add(request: &AddMemberRequest) -> Result<NodeInfo, InvalidArgument>
 impl Cluster for ClusterService {
     async fn status(&self, request: Request<StatusRequest>) -> Result<Response<ClusterStatus>, Status> {
         let (metadata, _, message) = request.into_parts();
+        if self.local_status().leader == 0 {
+            // An election may be in progress: give it a moment to finish.
+            let _ = self
+                .ctx
+                .raft
+                .wait(Some(self.ctx.leader_wait))
+                .metrics(|m| m.current_leader.is_some(), "a leader is known")
+                .await;
+        }
         let local = self.local_status();
         if local.state != "leader" {
             let hint = self.leader_hint();

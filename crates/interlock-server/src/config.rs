@@ -279,20 +279,21 @@ impl ConfigKeys {
         validate_region(&region, "region")?;
         let grpc_listen = socket_addr(&required(self.grpc_listen, "grpc_listen")?, "grpc_listen")?;
         let admin_listen = socket_addr(&required(self.admin_listen, "admin_listen")?, "admin_listen")?;
-        let grpc_advertise =
-            match self.grpc_advertise {
-                Some(a) => {
-                    validate_dial_addr(&a, "grpc_advertise")?;
-                    a
-                }
-                None if grpc_listen.ip().is_unspecified() => return Err(ConfigError::new(
+        let grpc_advertise = match self.grpc_advertise {
+            Some(a) => {
+                validate_dial_addr(&a, "grpc_advertise")?;
+                a
+            }
+            None if grpc_listen.ip().is_unspecified() => {
+                return Err(ConfigError::new(
                     "grpc_advertise",
                     format!(
                         "required when grpc_listen is {grpc_listen}: other nodes cannot dial an unspecified address"
                     ),
-                )),
-                None => grpc_listen.to_string(),
-            };
+                ))
+            }
+            None => grpc_listen.to_string(),
+        };
         let data_dir = required(self.data_dir, "data_dir")?;
         if data_dir.as_os_str().is_empty() {
             return Err(ConfigError::new("data_dir", "must not be empty"));

@@ -40,6 +40,8 @@ pub struct NodeCtx {
     /// How long a write may wait to be committed before the caller is told
     /// the outcome is unknown.
     pub write_timeout: Duration,
+    /// How long a request that needs a leader waits for an election to end.
+    pub leader_wait: Duration,
 }
 
 /// Why a proposal did not produce a result.

@@ -36,7 +36,7 @@ enum Cmd {
     /// The first start with initial_peers bootstraps the cluster; later starts
     /// never re-initialise. SIGTERM or Ctrl-C shuts down cleanly.
     #[command(verbatim_doc_comment)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a local 3-node, 3-region cluster on loopback, one process per node.
     ///
     /// Writes the node configs, data and logs under --data-dir, and the gRPC

@@ -211,6 +211,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         metrics: metrics.clone(),
         clock: Arc::new(SystemClock),
         write_timeout: config.timing.election_max * 10,
+        leader_wait: config.timing.election_max * 2,
     });
     tokio::spawn(mirror_raft_metrics(raft.clone(), metrics.clone()));
 
