@@ -5,6 +5,8 @@
 //! a command is proposed ([`Command::validate`]); `apply` re-checks nothing
 //! that validation guarantees but never panics on any input either.
 
+use crate::lease::RevokeReason;
+use crate::topology::Topology;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -35,6 +37,15 @@ pub enum Command {
     },
     /// Remove `key` from the key-value space (a no-op if absent).
     Delete { key: String },
+    /// Replace the declared topology (validated as a whole first).
+    ApplyTopology { topology: Topology },
+    /// A region controller announces itself and the replicas it runs.
+    RegisterController { id: String, region: String, identity: String, replicas: Vec<String> },
+    /// Grant `key` to `holder` for `ttl_ms`; the token is this entry's index.
+    /// Granting a key the same holder already holds returns its lease.
+    LeaseGrant { key: String, holder: String, ttl_ms: u64 },
+    /// Free `key`. With a token, only if the lease still has that token.
+    LeaseRevoke { key: String, token: Option<u64>, reason: RevokeReason },
 }
 
 /// The answer of the state machine to one applied command.
@@ -42,8 +53,26 @@ pub enum Command {
 pub enum Response {
     /// The command was applied; `revision` is the log index it was applied at.
     Applied { revision: u64 },
+    /// A lease is held: by this grant (token = its index) or, for a repeated
+    /// grant by the same holder, by the earlier one.
+    Lease { token: u64, ttl_ms: u64 },
     /// The command was refused by the state machine, and changed nothing.
-    Refused { reason: String },
+    Refused { code: Refusal, reason: String },
+}
+
+/// The class of a refusal, which the gRPC edge maps to a status code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Refusal {
+    InvalidArgument,
+    FailedPrecondition,
+    NotFound,
+    PermissionDenied,
+}
+
+impl Response {
+    pub fn refused(code: Refusal, reason: impl Into<String>) -> Response {
+        Response::Refused { code, reason: reason.into() }
+    }
 }
 
 /// A request field that is not acceptable, and why.
@@ -91,6 +120,16 @@ impl Command {
                 Ok(())
             }
             Command::Delete { key } => validate_key(key),
+            Command::ApplyTopology { topology } => match topology.validate().into_iter().next() {
+                Some(first) => Err(first),
+                None => Ok(()),
+            },
+            Command::RegisterController { id, region, .. } => {
+                crate::topology::validate_id(id, "controller_id")?;
+                crate::topology::validate_id(region, "region")
+            }
+            Command::LeaseGrant { key, holder, ttl_ms } => crate::lease::validate_grant(key, holder, *ttl_ms),
+            Command::LeaseRevoke { key, .. } => crate::lease::validate_lease_key(key),
         }
     }
 }
@@ -100,6 +139,17 @@ impl fmt::Display for Command {
         match self {
             Command::Put { key, value } => write!(f, "put {key} ({} bytes)", value.len()),
             Command::Delete { key } => write!(f, "delete {key}"),
+            Command::ApplyTopology { topology } => write!(
+                f,
+                "apply topology ({} regions, {} services)",
+                topology.regions.len(),
+                topology.services.len()
+            ),
+            Command::RegisterController { id, region, replicas, .. } => {
+                write!(f, "register controller {id} in {region} ({} replicas)", replicas.len())
+            }
+            Command::LeaseGrant { key, holder, ttl_ms } => write!(f, "grant {key} to {holder} for {ttl_ms} ms"),
+            Command::LeaseRevoke { key, token, reason } => write!(f, "revoke {key} (token {token:?}, {reason:?})"),
         }
     }
 }

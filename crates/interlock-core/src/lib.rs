@@ -6,6 +6,8 @@
 //! - [`state`]: [`State`], the replicated state, and its pure `apply`.
 //! - [`codec`]: the versioned binary encoding used for everything persisted.
 //! - [`node`]: the node descriptor stored in the Raft membership.
+//! - [`topology`]: the declared topology and its validation.
+//! - [`lease`]: leases, the leader's deadline table, the holder's deadline.
 //!
 //! Architecture invariant: nothing in this crate performs IO, reads a clock,
 //! spawns a task or draws a random number. Time reaches the state machine as
@@ -14,12 +16,16 @@
 
 pub mod codec;
 pub mod command;
+pub mod lease;
 pub mod node;
 pub mod state;
+pub mod topology;
 
-pub use command::{Command, InvalidArgument, Request, Response};
+pub use command::{Command, InvalidArgument, Refusal, Request, Response};
+pub use lease::{Lease, LeaseDeadlines, RevokeReason};
 pub use node::NodeInfo;
 pub use state::State;
+pub use topology::Topology;
 
 /// Identifier of a coordinator node (a Raft member). Never reused.
 pub type NodeId = u64;

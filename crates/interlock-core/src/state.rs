@@ -1,8 +1,18 @@
 //! The replicated state and its pure transition function.
+//!
+//! `State::apply(index, request)` is the whole state machine: deterministic,
+//! total (never panics), and the only writer of the state. Everything a
+//! command decides is recorded as an [`Event`] with its reason.
 
-use crate::command::{Command, Request, Response};
+use crate::command::{Command, Refusal, Request, Response};
+use crate::lease::{Lease, RevokeReason};
+use crate::topology::{shard_key, Topology};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+
+/// How many recent events the state keeps (older ones are dropped; watchers
+/// that fall further behind get a resync).
+pub const EVENTS_KEPT: usize = 10_000;
 
 /// A value in the key-value space with the revision that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,40 +23,160 @@ pub struct KvEntry {
     pub mod_revision: u64,
 }
 
+/// Whether a region serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum RegionState {
+    Active,
+    Draining,
+    Drained,
+    Lost,
+    Recovering,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Region {
+    pub id: String,
+    pub capacity: u32,
+    pub state: RegionState,
+    /// Automation paused for this region.
+    pub maintenance: bool,
+}
+
+/// A replica's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum ReplicaRole {
+    Primary,
+    Replica,
+    Fenced,
+    Recovering,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shard {
+    pub service: String,
+    pub id: String,
+    pub max_lag_on_failover: u64,
+    pub cooldown_seconds: u64,
+    /// +1 on every primary change.
+    pub epoch: u64,
+    pub primary: Option<String>,
+    /// Replica ids, in declaration order.
+    pub replicas: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Replica {
+    pub id: String,
+    pub service: String,
+    pub shard: String,
+    pub region: String,
+    pub priority: u32,
+    pub role: ReplicaRole,
+    /// The controller that registered it, if any.
+    pub controller: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Controller {
+    pub id: String,
+    pub region: String,
+    /// The identity it authenticated with (mTLS subject, when TLS is on).
+    pub identity: String,
+    pub registered_at_unix_ms: u64,
+    /// The replicas it runs.
+    pub replicas: Vec<String>,
+}
+
+/// One decision, with its reason. Events are versioned by the log index of
+/// the command that produced them (`version`) and their order within it (`seq`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub version: u64,
+    pub seq: u32,
+    pub at_unix_ms: u64,
+    /// Dotted kind, e.g. `lease.expired`, `topology.applied`.
+    pub kind: String,
+    /// What it is about, e.g. a lease key or a region id.
+    pub subject: String,
+    pub message: String,
+}
+
 /// Everything the Raft state machine holds. Deterministic: ordered maps only,
 /// so that two replicas that applied the same log encode to the same bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     /// The key-value space (etcd-like; used by operators and tests).
     pub kv: BTreeMap<String, KvEntry>,
-    /// Log index of the last applied command (0 before any).
+    /// Log index of the last applied entry (0 before any).
     pub revision: u64,
     /// Wall clock of the last applied command, from its proposer.
     pub last_at_unix_ms: u64,
+    /// The topology as last applied by an operator.
+    pub topology: Topology,
+    pub regions: BTreeMap<String, Region>,
+    /// By `service/shard`.
+    pub shards: BTreeMap<String, Shard>,
+    pub replicas: BTreeMap<String, Replica>,
+    pub controllers: BTreeMap<String, Controller>,
+    pub leases: BTreeMap<String, Lease>,
+    /// The most recent [`EVENTS_KEPT`] events, oldest first.
+    pub events: VecDeque<Event>,
+}
+
+/// What an apply produces besides the response: events to record.
+struct Effects {
+    index: u64,
+    at_unix_ms: u64,
+    events: Vec<Event>,
+}
+
+impl Effects {
+    fn event(&mut self, kind: &str, subject: &str, message: String) {
+        let seq = self.events.len() as u32;
+        self.events.push(Event {
+            version: self.index,
+            seq,
+            at_unix_ms: self.at_unix_ms,
+            kind: kind.to_string(),
+            subject: subject.to_string(),
+            message,
+        });
+    }
 }
 
 impl State {
     /// Applies `request`, which was committed at log `index`.
     ///
     /// Total and deterministic: the same state and the same request always
-    /// give the same result, on every replica, without panicking.
+    /// give the same result, on every replica, without panicking. A refused
+    /// command changes nothing but the revision.
     pub fn apply(&mut self, index: u64, request: &Request) -> Response {
         self.revision = self.revision.max(index);
         self.last_at_unix_ms = self.last_at_unix_ms.max(request.at_unix_ms);
         if let Err(e) = request.command.validate() {
             // Only a buggy or hostile proposer gets here; refuse deterministically.
-            return Response::Refused { reason: e.to_string() };
+            return Response::refused(Refusal::InvalidArgument, e.to_string());
         }
-        match &request.command {
+        let mut fx = Effects { index, at_unix_ms: request.at_unix_ms, events: Vec::new() };
+        let response = match &request.command {
             Command::Put { key, value } => {
                 self.kv.insert(key.clone(), KvEntry { value: value.clone(), mod_revision: index });
+                Response::Applied { revision: index }
             }
             Command::Delete { key } => {
                 self.kv.remove(key);
+                Response::Applied { revision: index }
             }
-        }
-        debug_assert!(self.validate().is_ok());
-        Response::Applied { revision: index }
+            Command::ApplyTopology { topology } => self.apply_topology(topology, &mut fx),
+            Command::RegisterController { id, region, identity, replicas } => {
+                self.register_controller(id, region, identity, replicas, &mut fx)
+            }
+            Command::LeaseGrant { key, holder, ttl_ms } => self.grant(key, holder, *ttl_ms, &mut fx),
+            Command::LeaseRevoke { key, token, reason } => self.revoke(key, *token, *reason, &mut fx),
+        };
+        self.record(fx.events);
+        debug_assert_eq!(self.validate(), Ok(()));
+        response
     }
 
     /// Records that a log entry without application payload (a blank entry
@@ -55,14 +185,307 @@ impl State {
         self.revision = self.revision.max(index);
     }
 
-    /// Checks the state's own invariants (run after transitions in debug
-    /// builds and by the tests).
+    fn record(&mut self, events: Vec<Event>) {
+        for event in events {
+            if self.events.len() == EVENTS_KEPT {
+                self.events.pop_front();
+            }
+            self.events.push_back(event);
+        }
+    }
+
+    /// Events with a version after `version`, oldest first.
+    pub fn events_after(&self, version: u64) -> impl Iterator<Item = &Event> {
+        let start = self.events.partition_point(|e| e.version <= version);
+        self.events.range(start..)
+    }
+
+    /// The version of the oldest event still kept (0 if none).
+    pub fn oldest_event_version(&self) -> u64 {
+        self.events.front().map_or(0, |e| e.version)
+    }
+
+    /// The changes `desired` would make to the declared topology, one line
+    /// each (`+` added, `-` removed, `~` changed), and the first reason it
+    /// would be refused, if any. Used by apply and by `--dry-run`.
+    pub fn topology_diff(&self, desired: &Topology) -> (Vec<String>, Option<(Refusal, String)>) {
+        let mut lines = Vec::new();
+        let mut refusal = None;
+        let current = &self.topology;
+        let old_regions: BTreeMap<&str, u32> = current.regions.iter().map(|r| (r.id.as_str(), r.capacity)).collect();
+        let new_regions: BTreeMap<&str, u32> = desired.regions.iter().map(|r| (r.id.as_str(), r.capacity)).collect();
+        for (id, capacity) in &new_regions {
+            match old_regions.get(id) {
+                None => lines.push(format!("+ region {id} (capacity {capacity})")),
+                Some(old) if old != capacity => lines.push(format!("~ region {id}: capacity {old} -> {capacity}")),
+                Some(_) => {}
+            }
+        }
+        for id in old_regions.keys().filter(|id| !new_regions.contains_key(*id)) {
+            lines.push(format!("- region {id}"));
+            let registered: Vec<&str> =
+                self.controllers.values().filter(|c| c.region == *id).map(|c| c.id.as_str()).collect();
+            if !registered.is_empty() && refusal.is_none() {
+                refusal = Some((
+                    Refusal::FailedPrecondition,
+                    format!("region {id} has registered controllers {registered:?}; retire them before removing it"),
+                ));
+            }
+        }
+        let old_replicas = current.replicas();
+        let new_replicas = desired.replicas();
+        let old_shards: BTreeMap<String, _> =
+            current.services.iter().flat_map(|s| s.shards.iter().map(move |h| (shard_key(&s.name, &h.id), h))).collect();
+        let new_shards: BTreeMap<String, _> =
+            desired.services.iter().flat_map(|s| s.shards.iter().map(move |h| (shard_key(&s.name, &h.id), h))).collect();
+        for (key, shard) in &new_shards {
+            match old_shards.get(key) {
+                None => lines.push(format!("+ shard {key} ({} replicas)", shard.replicas.len())),
+                Some(old) => {
+                    if old.max_lag_on_failover != shard.max_lag_on_failover {
+                        lines.push(format!(
+                            "~ shard {key}: max_lag_on_failover {} -> {}",
+                            old.max_lag_on_failover, shard.max_lag_on_failover
+                        ));
+                    }
+                    if old.cooldown_seconds != shard.cooldown_seconds {
+                        lines.push(format!(
+                            "~ shard {key}: cooldown_seconds {} -> {}",
+                            old.cooldown_seconds, shard.cooldown_seconds
+                        ));
+                    }
+                }
+            }
+        }
+        for key in old_shards.keys().filter(|k| !new_shards.contains_key(*k)) {
+            lines.push(format!("- shard {key}"));
+        }
+        for (id, (service, shard, replica)) in &new_replicas {
+            let at = shard_key(&service.name, &shard.id);
+            match old_replicas.get(id) {
+                None => lines.push(format!(
+                    "+ replica {id} in {} for {at} (priority {})",
+                    replica.region, replica.priority
+                )),
+                Some((old_service, old_shard, old)) => {
+                    let old_at = shard_key(&old_service.name, &old_shard.id);
+                    if old_at != at || old.region != replica.region {
+                        lines.push(format!("~ replica {id}: {old_at} in {} -> {at} in {}", old.region, replica.region));
+                        if refusal.is_none() {
+                            refusal = Some((
+                                Refusal::FailedPrecondition,
+                                format!("replica {id} cannot move between shards or regions; declare a new replica"),
+                            ));
+                        }
+                    }
+                    if old.priority != replica.priority {
+                        lines.push(format!("~ replica {id}: priority {} -> {}", old.priority, replica.priority));
+                    }
+                }
+            }
+        }
+        for id in old_replicas.keys().filter(|id| !new_replicas.contains_key(*id)) {
+            lines.push(format!("- replica {id}"));
+            let is_primary = self.replicas.get(*id).is_some_and(|r| r.role == ReplicaRole::Primary);
+            if is_primary && refusal.is_none() {
+                refusal = Some((
+                    Refusal::FailedPrecondition,
+                    format!("replica {id} is a primary; switch its shard over before removing it"),
+                ));
+            }
+        }
+        (lines, refusal)
+    }
+
+    fn apply_topology(&mut self, desired: &Topology, fx: &mut Effects) -> Response {
+        let (lines, refusal) = self.topology_diff(desired);
+        if let Some((code, reason)) = refusal {
+            return Response::refused(code, reason);
+        }
+        let mut regions = BTreeMap::new();
+        for spec in &desired.regions {
+            let region = match self.regions.get(&spec.id) {
+                Some(r) => Region { capacity: spec.capacity, ..r.clone() },
+                None => Region { id: spec.id.clone(), capacity: spec.capacity, state: RegionState::Active, maintenance: false },
+            };
+            regions.insert(spec.id.clone(), region);
+        }
+        let mut shards = BTreeMap::new();
+        let mut replicas = BTreeMap::new();
+        for service in &desired.services {
+            for spec in &service.shards {
+                let key = shard_key(&service.name, &spec.id);
+                let previous = self.shards.get(&key);
+                let ids: Vec<String> = spec.replicas.iter().map(|r| r.id.clone()).collect();
+                let primary = previous.and_then(|p| p.primary.clone()).filter(|p| ids.contains(p));
+                shards.insert(
+                    key,
+                    Shard {
+                        service: service.name.clone(),
+                        id: spec.id.clone(),
+                        max_lag_on_failover: spec.max_lag_on_failover,
+                        cooldown_seconds: spec.cooldown_seconds,
+                        epoch: previous.map_or(0, |p| p.epoch),
+                        primary,
+                        replicas: ids,
+                    },
+                );
+                for r in &spec.replicas {
+                    let previous = self.replicas.get(&r.id);
+                    replicas.insert(
+                        r.id.clone(),
+                        Replica {
+                            id: r.id.clone(),
+                            service: service.name.clone(),
+                            shard: spec.id.clone(),
+                            region: r.region.clone(),
+                            priority: r.priority,
+                            role: previous.map_or(ReplicaRole::Replica, |p| p.role),
+                            controller: previous.and_then(|p| p.controller.clone()),
+                        },
+                    );
+                }
+            }
+        }
+        for controller in self.controllers.values_mut() {
+            controller.replicas.retain(|id| replicas.contains_key(id));
+        }
+        self.regions = regions;
+        self.shards = shards;
+        self.replicas = replicas;
+        self.topology = desired.clone();
+        let summary = if lines.is_empty() { "no changes".to_string() } else { lines.join("; ") };
+        fx.event("topology.applied", "topology", summary);
+        Response::Applied { revision: fx.index }
+    }
+
+    fn register_controller(
+        &mut self,
+        id: &str,
+        region: &str,
+        identity: &str,
+        replicas: &[String],
+        fx: &mut Effects,
+    ) -> Response {
+        if !self.regions.contains_key(region) {
+            return Response::refused(Refusal::NotFound, format!("region: unknown region {region:?}"));
+        }
+        for replica_id in replicas {
+            let Some(replica) = self.replicas.get(replica_id) else {
+                return Response::refused(
+                    Refusal::NotFound,
+                    format!("replicas: {replica_id:?} is not in the declared topology"),
+                );
+            };
+            if replica.region != region {
+                return Response::refused(
+                    Refusal::PermissionDenied,
+                    format!(
+                        "replicas: {replica_id:?} is in region {}; controller {id} in {region} may act only for its region's replicas",
+                        replica.region
+                    ),
+                );
+            }
+        }
+        for replica_id in replicas {
+            if let Some(replica) = self.replicas.get_mut(replica_id) {
+                if let Some(previous) = replica.controller.replace(id.to_string()).filter(|p| p != id) {
+                    if let Some(old) = self.controllers.get_mut(&previous) {
+                        old.replicas.retain(|r| r != replica_id);
+                    }
+                    fx.event("replica.controller_changed", replica_id, format!("from {previous} to {id}"));
+                }
+            }
+        }
+        let registered_at = self.controllers.get(id).map_or(fx.at_unix_ms, |c| c.registered_at_unix_ms);
+        let controller = Controller {
+            id: id.to_string(),
+            region: region.to_string(),
+            identity: identity.to_string(),
+            registered_at_unix_ms: registered_at,
+            replicas: replicas.to_vec(),
+        };
+        fx.event("controller.registered", id, format!("in {region} running {} replicas", replicas.len()));
+        self.controllers.insert(id.to_string(), controller);
+        Response::Applied { revision: fx.index }
+    }
+
+    fn grant(&mut self, key: &str, holder: &str, ttl_ms: u64, fx: &mut Effects) -> Response {
+        if let Some(lease) = self.leases.get(key) {
+            if lease.holder == holder {
+                return Response::Lease { token: lease.token, ttl_ms: lease.ttl_ms };
+            }
+            return Response::refused(
+                Refusal::FailedPrecondition,
+                format!("lease {key} is held by {} (token {})", lease.holder, lease.token),
+            );
+        }
+        let lease = Lease {
+            key: key.to_string(),
+            holder: holder.to_string(),
+            ttl_ms,
+            token: fx.index,
+            granted_at_unix_ms: fx.at_unix_ms,
+        };
+        self.leases.insert(key.to_string(), lease);
+        fx.event("lease.granted", key, format!("to {holder} for {ttl_ms} ms, token {}", fx.index));
+        Response::Lease { token: fx.index, ttl_ms }
+    }
+
+    fn revoke(&mut self, key: &str, token: Option<u64>, reason: RevokeReason, fx: &mut Effects) -> Response {
+        let Some(lease) = self.leases.get(key) else {
+            return Response::refused(Refusal::NotFound, format!("lease {key} is not held"));
+        };
+        if let Some(token) = token.filter(|t| *t != lease.token) {
+            return Response::refused(
+                Refusal::FailedPrecondition,
+                format!("lease {key} now has token {} (not {token})", lease.token),
+            );
+        }
+        let (kind, why) = match reason {
+            RevokeReason::Requested => ("lease.revoked", "revoked on request"),
+            RevokeReason::Expired => ("lease.expired", "expired: no keepalive confirmed within the TTL"),
+        };
+        fx.event(kind, key, format!("{why}; held by {} with token {}", lease.holder, lease.token));
+        self.leases.remove(key);
+        Response::Applied { revision: fx.index }
+    }
+
+    /// Checks the state's own invariants (run after every transition in
+    /// debug builds and by the tests).
     pub fn validate(&self) -> Result<(), String> {
         if let Some((key, entry)) = self.kv.iter().find(|(_, e)| e.mod_revision > self.revision) {
-            return Err(format!(
-                "key {key} has mod_revision {} beyond the state's revision {}",
-                entry.mod_revision, self.revision
-            ));
+            return Err(format!("key {key} has mod_revision {} beyond revision {}", entry.mod_revision, self.revision));
+        }
+        if let Some(lease) = self.leases.values().find(|l| l.token > self.revision) {
+            return Err(format!("lease {} has token {} beyond revision {}", lease.key, lease.token, self.revision));
+        }
+        for (key, shard) in &self.shards {
+            if let Some(primary) = &shard.primary {
+                if !shard.replicas.contains(primary) {
+                    return Err(format!("shard {key} has primary {primary} that is not one of its replicas"));
+                }
+            }
+            let primaries = shard
+                .replicas
+                .iter()
+                .filter(|r| self.replicas.get(*r).is_some_and(|r| r.role == ReplicaRole::Primary))
+                .count();
+            if primaries > 1 {
+                return Err(format!("shard {key} has {primaries} replicas in role Primary"));
+            }
+        }
+        for replica in self.replicas.values() {
+            if !self.regions.contains_key(&replica.region) {
+                return Err(format!("replica {} is in undeclared region {}", replica.id, replica.region));
+            }
+        }
+        let mut last = (0u64, 0u32);
+        for event in &self.events {
+            if (event.version, event.seq) <= last && last != (0, 0) {
+                return Err(format!("event ({}, {}) is out of order", event.version, event.seq));
+            }
+            last = (event.version, event.seq);
         }
         Ok(())
     }
@@ -71,9 +494,35 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::topology::{RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec};
+
+    fn req(command: Command) -> Request {
+        Request { at_unix_ms: 5, command }
+    }
 
     fn put(key: &str, value: &[u8]) -> Request {
-        Request { at_unix_ms: 5, command: Command::Put { key: key.into(), value: value.to_vec() } }
+        req(Command::Put { key: key.into(), value: value.to_vec() })
+    }
+
+    fn topology() -> Topology {
+        Topology {
+            regions: vec![
+                RegionSpec { id: "eu-west".into(), capacity: 100 },
+                RegionSpec { id: "us-east".into(), capacity: 100 },
+            ],
+            services: vec![ServiceSpec {
+                name: "orders".into(),
+                shards: vec![ShardSpec {
+                    id: "0".into(),
+                    max_lag_on_failover: 1000,
+                    cooldown_seconds: 300,
+                    replicas: vec![
+                        ReplicaSpec { id: "o0-eu".into(), region: "eu-west".into(), priority: 100 },
+                        ReplicaSpec { id: "o0-us".into(), region: "us-east".into(), priority: 50 },
+                    ],
+                }],
+            }],
+        }
     }
 
     #[test]
@@ -91,8 +540,78 @@ mod tests {
     fn an_invalid_command_is_refused_and_changes_nothing_but_the_revision() {
         let mut state = State::default();
         let response = state.apply(1, &put("", b"x"));
-        assert!(matches!(response, Response::Refused { reason } if reason.contains("key")));
+        assert!(matches!(response, Response::Refused { code: Refusal::InvalidArgument, reason } if reason.contains("key")));
         assert!(state.kv.is_empty());
+    }
+
+    #[test]
+    fn applying_a_topology_is_idempotent_and_keeps_runtime_state() {
+        let mut state = State::default();
+        let apply = |t: &Topology| req(Command::ApplyTopology { topology: t.clone() });
+        assert_eq!(state.apply(1, &apply(&topology())), Response::Applied { revision: 1 });
+        assert_eq!(state.replicas.len(), 2);
+        state.shards.get_mut("orders/0").expect("shard").epoch = 7;
+        assert_eq!(state.topology_diff(&topology()).0, Vec::<String>::new(), "a second apply changes nothing");
+        state.apply(2, &apply(&topology()));
+        assert_eq!(state.shards["orders/0"].epoch, 7, "runtime state survives a re-apply");
+        let mut bigger = topology();
+        bigger.services[0].shards[0].replicas[1].priority = 10;
+        bigger.regions.push(RegionSpec { id: "ap-south".into(), capacity: 50 });
+        let (lines, refusal) = state.topology_diff(&bigger);
+        assert_eq!(refusal, None);
+        assert_eq!(lines, vec!["+ region ap-south (capacity 50)", "~ replica o0-us: priority 50 -> 10"]);
+    }
+
+    #[test]
+    fn removing_a_primary_replica_is_refused_and_changes_nothing() {
+        let mut state = State::default();
+        state.apply(1, &req(Command::ApplyTopology { topology: topology() }));
+        state.replicas.get_mut("o0-us").expect("replica").role = ReplicaRole::Primary;
+        state.shards.get_mut("orders/0").expect("shard").primary = Some("o0-us".into());
+        let before = state.clone();
+        let mut smaller = topology();
+        smaller.services[0].shards[0].replicas.pop();
+        let response = state.apply(2, &req(Command::ApplyTopology { topology: smaller }));
+        assert!(matches!(response, Response::Refused { code: Refusal::FailedPrecondition, ref reason } if reason.contains("o0-us is a primary")), "{response:?}");
+        assert_eq!(State { revision: 1, last_at_unix_ms: 5, ..state }, before);
+    }
+
+    #[test]
+    fn a_controller_may_register_only_its_own_regions_declared_replicas() {
+        let mut state = State::default();
+        state.apply(1, &req(Command::ApplyTopology { topology: topology() }));
+        let register = |replicas: &[&str]| {
+            req(Command::RegisterController {
+                id: "ctl-eu".into(),
+                region: "eu-west".into(),
+                identity: "controller:eu-west".into(),
+                replicas: replicas.iter().map(|r| r.to_string()).collect(),
+            })
+        };
+        let other_region = state.apply(2, &register(&["o0-eu", "o0-us"]));
+        assert!(matches!(other_region, Response::Refused { code: Refusal::PermissionDenied, .. }), "{other_region:?}");
+        let undeclared = state.apply(3, &register(&["nope"]));
+        assert!(matches!(undeclared, Response::Refused { code: Refusal::NotFound, .. }), "{undeclared:?}");
+        assert!(state.controllers.is_empty(), "refusals change nothing");
+        assert_eq!(state.apply(4, &register(&["o0-eu"])), Response::Applied { revision: 4 });
+        assert_eq!(state.replicas["o0-eu"].controller.as_deref(), Some("ctl-eu"));
+    }
+
+    #[test]
+    fn lease_tokens_are_log_indexes_and_a_held_key_is_refused() {
+        let mut state = State::default();
+        let grant = |holder: &str| req(Command::LeaseGrant { key: "k".into(), holder: holder.into(), ttl_ms: 1000 });
+        assert_eq!(state.apply(10, &grant("a")), Response::Lease { token: 10, ttl_ms: 1000 });
+        assert_eq!(state.apply(11, &grant("a")), Response::Lease { token: 10, ttl_ms: 1000 }, "idempotent for its holder");
+        assert!(matches!(state.apply(12, &grant("b")), Response::Refused { code: Refusal::FailedPrecondition, .. }));
+        let stale = req(Command::LeaseRevoke { key: "k".into(), token: Some(9), reason: RevokeReason::Expired });
+        assert!(matches!(state.apply(13, &stale), Response::Refused { .. }), "a stale expiry cannot free a newer grant");
+        let expire = req(Command::LeaseRevoke { key: "k".into(), token: Some(10), reason: RevokeReason::Expired });
+        assert_eq!(state.apply(14, &expire), Response::Applied { revision: 14 });
+        assert_eq!(state.apply(15, &grant("b")), Response::Lease { token: 15, ttl_ms: 1000 });
+        let kinds: Vec<&str> = state.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["lease.granted", "lease.expired", "lease.granted"]);
+        assert_eq!(state.events_after(10).count(), 2);
     }
 
     #[test]

@@ -1,0 +1,137 @@
+//! `interlock-bench`: starts a real 3-node `interlockd` cluster on loopback
+//! (processes, sled on disk) and measures it through the Rust SDK.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/interlock-bench writes --clients 1,64 --duration 10s
+//! ```
+
+use clap::{Parser, Subcommand};
+use interlock_tests::{ClusterOptions, TestCluster};
+use serde::Serialize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(name = "interlock-bench", about = "Benchmarks a real 3-node loopback Interlock cluster")]
+struct Cli {
+    /// Print one JSON object instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    workload: Workload,
+}
+
+#[derive(Subcommand)]
+enum Workload {
+    /// Committed writes (KV puts of 100-byte values), closed loop per client.
+    Writes {
+        /// Concurrent clients, comma separated; each level is one run.
+        #[arg(long, value_delimiter = ',', default_value = "1,64")]
+        clients: Vec<usize>,
+        /// How long each level runs (after a 1 s warm-up).
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+}
+
+/// One measured level.
+#[derive(Debug, Serialize)]
+struct Row {
+    workload: String,
+    clients: usize,
+    ops: u64,
+    seconds: f64,
+    ops_per_sec: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    errors: u64,
+}
+
+fn percentile(sorted_us: &[u64], p: f64) -> f64 {
+    if sorted_us.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted_us.len() - 1) as f64).round() as usize;
+    sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
+}
+
+/// Runs `clients` closed loops of puts for `duration`; latencies in µs.
+async fn writes(cluster: &TestCluster, clients: usize, duration: Duration) -> Row {
+    let mut tasks = Vec::new();
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let (measure_from, stop_at) = (start + warmup, start + warmup + duration);
+    for c in 0..clients {
+        // One SDK client (one HTTP/2 connection per node) per simulated client.
+        let client = Arc::new(cluster.client());
+        tasks.push(tokio::spawn(async move {
+            let value = vec![b'x'; 100];
+            let (mut latencies, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+            loop {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let ok = client.put(&format!("bench/{c}/{i}"), value.clone()).await.is_ok();
+                i += 1;
+                if sent >= measure_from {
+                    if ok {
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0);
+    for task in tasks {
+        if let Ok((l, e)) = task.await {
+            all.extend(l);
+            errors += e;
+        }
+    }
+    all.sort_unstable();
+    let seconds = duration.as_secs_f64();
+    Row {
+        workload: "writes".into(),
+        clients,
+        ops: all.len() as u64,
+        seconds,
+        ops_per_sec: all.len() as f64 / seconds,
+        p50_ms: percentile(&all, 50.0),
+        p99_ms: percentile(&all, 99.0),
+        max_ms: all.last().map_or(0.0, |m| *m as f64 / 1000.0),
+        errors,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let rows = match cli.workload {
+        Workload::Writes { clients, duration } => {
+            let mut rows = Vec::new();
+            for level in clients {
+                rows.push(writes(&cluster, level, duration).await);
+            }
+            rows
+        }
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6}", "workload", "clients", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "errors");
+        for r in &rows {
+            println!(
+                "{:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+                r.workload, r.clients, r.ops, r.ops_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
+            );
+        }
+    }
+    Ok(())
+}
