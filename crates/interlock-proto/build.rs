@@ -2,8 +2,17 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["interlock/raft/v1/raft.proto", "interlock/v1/cluster.proto", "interlock/v1/kv.proto"];
+    let files = [
+        "interlock/raft/v1/raft.proto",
+        "interlock/v1/cluster.proto",
+        "interlock/v1/kv.proto",
+        "interlock/v1/controller.proto",
+        "interlock/v1/admin.proto",
+    ];
     let fds = protox::compile(files, [&root])?;
+    // The descriptor set also feeds gRPC reflection.
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out.join("interlock_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
     tonic_prost_build::configure().compile_fds(fds)?;
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

@@ -125,7 +125,10 @@ async fn main() -> anyhow::Result<()> {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6}", "workload", "clients", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "errors");
+        println!(
+            "{:<8} {:>7} {:>9} {:>10} {:>8} {:>8} {:>8} {:>6}",
+            "workload", "clients", "ops", "ops/s", "p50 ms", "p99 ms", "max ms", "errors"
+        );
         for r in &rows {
             println!(
                 "{:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",

@@ -3,6 +3,7 @@
 //! Exit codes (SPEC §8): 0 ok, 1 failed, 2 usage or invalid argument,
 //! 3 unreachable or no leader, 4 refused by a safety rule or precondition.
 
+mod coordinator;
 mod output;
 
 use anyhow::Context;
@@ -53,6 +54,31 @@ enum Cmd {
     /// The linearizable key-value space.
     #[command(subcommand)]
     Kv(KvCmd),
+    /// Apply a declared topology (YAML): idempotent; --dry-run shows the diff.
+    ///
+    /// The file lists regions and services with their shards and replicas:
+    ///
+    ///   regions:
+    ///     - id: eu-west
+    ///       capacity: 100
+    ///   services:
+    ///     - name: orders
+    ///       shards:
+    ///         - id: "0"
+    ///           max_lag_on_failover: 1000
+    ///           replicas:
+    ///             - { id: orders-0-eu, region: eu-west, priority: 100 }
+    ///
+    /// Every problem is reported with its field, and one refuses the whole file.
+    #[command(verbatim_doc_comment)]
+    Apply(coordinator::ApplyArgs),
+    /// Show regions, shards, replicas, controllers or leases.
+    Get(coordinator::GetArgs),
+    /// Leases with fencing tokens.
+    #[command(subcommand)]
+    Lease(coordinator::LeaseCmd),
+    /// The event log: every decision with its reason.
+    Events(coordinator::EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -111,7 +137,7 @@ enum KvCmd {
 }
 
 /// A failure with the exit code it maps to.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
@@ -120,6 +146,7 @@ impl From<ClientError> for Failure {
     fn from(e: ClientError) -> Self {
         let code = match &e {
             ClientError::InvalidArgument(_) => 2,
+            ClientError::PermissionDenied(_) => 4,
             ClientError::Unavailable(_) => 3,
             ClientError::Refused(_) | ClientError::AlreadyExists(_) => 4,
             _ => 1,
@@ -215,6 +242,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let revision = client.delete(key).await?;
             out.record(&serde_json::json!({"key": key, "revision": revision}), || format!("OK (revision {revision})"))
         }
+        Cmd::Apply(args) => coordinator::apply(&client, &out, args).await,
+        Cmd::Get(args) => coordinator::get(&client, &out, args).await,
+        Cmd::Lease(cmd) => coordinator::lease(&client, &out, cmd).await,
+        Cmd::Events(args) => coordinator::events(&client, &out, args).await,
         Cmd::Kv(KvCmd::List { prefix, limit }) => {
             let kvs = client.range(prefix, true, *limit).await?;
             output::print_kvs(&out, &kvs)

@@ -2,7 +2,10 @@
 
 use crate::Failure;
 use clap::ValueEnum;
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
+
+/// Width tables wrap to (long cells, such as event messages, wrap inside).
+const TABLE_WIDTH: u16 = 140;
 use interlock_client::{ClusterStatus, KeyValue, Member};
 use serde_json::{json, Value};
 
@@ -22,6 +25,10 @@ impl Printer {
         Printer { format }
     }
 
+    pub fn is_table(&self) -> bool {
+        self.format == Format::Table
+    }
+
     /// Prints `value` as JSON/YAML, or `table()` for the table format.
     pub fn record(&self, value: &Value, table: impl FnOnce() -> String) -> Result<(), Failure> {
         let text = match self.format {
@@ -34,9 +41,12 @@ impl Printer {
     }
 }
 
-fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Table {
     let mut t = Table::new();
-    t.load_preset(UTF8_BORDERS_ONLY).set_header(header.to_vec());
+    t.load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(TABLE_WIDTH)
+        .set_header(header.to_vec());
     t
 }
 

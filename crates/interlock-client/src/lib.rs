@@ -21,9 +21,14 @@
 //! # Ok(()) }
 //! ```
 
+mod api;
 mod error;
+mod lease_keeper;
+mod watch;
 
 pub use error::ClientError;
+pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};
+pub use watch::Watcher;
 
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::kv_client::KvClient;
@@ -34,11 +39,16 @@ use interlock_proto::v1::{
 use interlock_proto::LEADER_ADDR_METADATA;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
-pub use interlock_proto::v1::{ClusterStatus, KeyValue, Member, MembershipResponse, NodeStatus};
+pub use interlock_core::Topology;
+pub use interlock_proto::v1::{
+    ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo, Member,
+    MembershipResponse, NodeStatus, Region, Replica, ReplicaAssignment, ReplicaStatus, Shard, WatchResponse,
+};
 
 /// Tunables of a [`Client`].
 #[derive(Debug, Clone)]
@@ -75,17 +85,19 @@ pub struct Value {
 
 /// Whether a call may be sent again after a failure whose outcome is unknown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Idempotence {
+pub(crate) enum Idempotence {
     Idempotent,
     NotIdempotent,
 }
 
-/// A connection to an Interlock cluster. Cheap to share (`&Client` is enough).
+/// A connection to an Interlock cluster. Cheap to clone: clones share the
+/// channels and the leader hint.
+#[derive(Clone)]
 pub struct Client {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
     /// Index of the endpoint that answered last; tried first.
-    preferred: AtomicUsize,
+    preferred: Arc<AtomicUsize>,
     options: ClientOptions,
 }
 
@@ -120,7 +132,7 @@ impl Client {
                     .map_err(|err| ClientError::InvalidArgument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Client { endpoints, channels, preferred: AtomicUsize::new(0), options })
+        Ok(Client { endpoints, channels, preferred: Arc::new(AtomicUsize::new(0)), options })
     }
 
     /// The endpoints this client dials.
@@ -128,9 +140,26 @@ impl Client {
         &self.endpoints
     }
 
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+
+    /// The index of the endpoint to try first.
+    pub(crate) fn preferred_index(&self) -> usize {
+        self.preferred.load(Ordering::Relaxed) % self.channels.len()
+    }
+
+    pub(crate) fn set_preferred(&self, index: usize) {
+        self.preferred.store(index, Ordering::Relaxed);
+    }
+
+    pub(crate) fn channel(&self, index: usize) -> Channel {
+        self.channels[index % self.channels.len()].clone()
+    }
+
     /// Runs `call` against the endpoints, following leader hints and
     /// retrying as the module documentation describes.
-    async fn call<T, F, Fut>(&self, idempotence: Idempotence, mut call: F) -> Result<T, ClientError>
+    pub(crate) async fn call<T, F, Fut>(&self, idempotence: Idempotence, mut call: F) -> Result<T, ClientError>
     where
         F: FnMut(Channel) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
@@ -164,7 +193,7 @@ impl Client {
 
     /// The endpoint to try after `index` failed with `status`: the leader it
     /// named if we know that address, else the next one in the list.
-    fn next_endpoint(&self, index: usize, status: &Status) -> usize {
+    pub(crate) fn next_endpoint(&self, index: usize, status: &Status) -> usize {
         let hinted = status.metadata().get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok());
         hinted
             .and_then(|addr| self.endpoints.iter().position(|e| e == addr))

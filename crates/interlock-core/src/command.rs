@@ -139,12 +139,9 @@ impl fmt::Display for Command {
         match self {
             Command::Put { key, value } => write!(f, "put {key} ({} bytes)", value.len()),
             Command::Delete { key } => write!(f, "delete {key}"),
-            Command::ApplyTopology { topology } => write!(
-                f,
-                "apply topology ({} regions, {} services)",
-                topology.regions.len(),
-                topology.services.len()
-            ),
+            Command::ApplyTopology { topology } => {
+                write!(f, "apply topology ({} regions, {} services)", topology.regions.len(), topology.services.len())
+            }
             Command::RegisterController { id, region, replicas, .. } => {
                 write!(f, "register controller {id} in {region} ({} replicas)", replicas.len())
             }

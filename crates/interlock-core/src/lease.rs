@@ -74,10 +74,7 @@ pub fn validate_grant(key: &str, holder: &str, ttl_ms: u64) -> Result<(), Invali
         return Err(InvalidArgument::new("holder", format!("must be 1-{HOLDER_MAX_BYTES} printable bytes")));
     }
     if !(TTL_MIN_MS..=TTL_MAX_MS).contains(&ttl_ms) {
-        return Err(InvalidArgument::new(
-            "ttl",
-            format!("{ttl_ms} ms is out of range {TTL_MIN_MS}..={TTL_MAX_MS} ms"),
-        ));
+        return Err(InvalidArgument::new("ttl", format!("{ttl_ms} ms is out of range {TTL_MIN_MS}..={TTL_MAX_MS} ms")));
     }
     Ok(())
 }
@@ -125,7 +122,9 @@ impl LeaseDeadlines {
         for lease in leases {
             let entry = match self.deadlines.get(&lease.key) {
                 Some(d) if d.token == lease.token => *d,
-                _ => Deadline { token: lease.token, ttl_ms: lease.ttl_ms, at_ms: now_ms + lease.ttl_ms, revoking: false },
+                _ => {
+                    Deadline { token: lease.token, ttl_ms: lease.ttl_ms, at_ms: now_ms + lease.ttl_ms, revoking: false }
+                }
             };
             seen.insert(lease.key.clone(), entry);
         }
@@ -164,6 +163,14 @@ impl LeaseDeadlines {
             if d.token == token {
                 d.revoking = false;
             }
+        }
+    }
+
+    /// Moves every deadline to `at_ms` at the latest. Only the simulation's
+    /// deliberate-bug mode uses this (a new leader that does not reset).
+    pub fn shorten_all_to(&mut self, at_ms: u64) {
+        for d in self.deadlines.values_mut() {
+            d.at_ms = d.at_ms.min(at_ms);
         }
     }
 

@@ -121,6 +121,9 @@ pub struct State {
     pub leases: BTreeMap<String, Lease>,
     /// The most recent [`EVENTS_KEPT`] events, oldest first.
     pub events: VecDeque<Event>,
+    /// The version of the newest event dropped from `events` (0: none yet).
+    /// A watcher resuming from before it has missed events.
+    pub events_evicted_through: u64,
 }
 
 /// What an apply produces besides the response: events to record.
@@ -188,7 +191,9 @@ impl State {
     fn record(&mut self, events: Vec<Event>) {
         for event in events {
             if self.events.len() == EVENTS_KEPT {
-                self.events.pop_front();
+                if let Some(dropped) = self.events.pop_front() {
+                    self.events_evicted_through = dropped.version;
+                }
             }
             self.events.push_back(event);
         }
@@ -198,11 +203,6 @@ impl State {
     pub fn events_after(&self, version: u64) -> impl Iterator<Item = &Event> {
         let start = self.events.partition_point(|e| e.version <= version);
         self.events.range(start..)
-    }
-
-    /// The version of the oldest event still kept (0 if none).
-    pub fn oldest_event_version(&self) -> u64 {
-        self.events.front().map_or(0, |e| e.version)
     }
 
     /// The changes `desired` would make to the declared topology, one line
@@ -234,10 +234,16 @@ impl State {
         }
         let old_replicas = current.replicas();
         let new_replicas = desired.replicas();
-        let old_shards: BTreeMap<String, _> =
-            current.services.iter().flat_map(|s| s.shards.iter().map(move |h| (shard_key(&s.name, &h.id), h))).collect();
-        let new_shards: BTreeMap<String, _> =
-            desired.services.iter().flat_map(|s| s.shards.iter().map(move |h| (shard_key(&s.name, &h.id), h))).collect();
+        let old_shards: BTreeMap<String, _> = current
+            .services
+            .iter()
+            .flat_map(|s| s.shards.iter().map(move |h| (shard_key(&s.name, &h.id), h)))
+            .collect();
+        let new_shards: BTreeMap<String, _> = desired
+            .services
+            .iter()
+            .flat_map(|s| s.shards.iter().map(move |h| (shard_key(&s.name, &h.id), h)))
+            .collect();
         for (key, shard) in &new_shards {
             match old_shards.get(key) {
                 None => lines.push(format!("+ shard {key} ({} replicas)", shard.replicas.len())),
@@ -263,10 +269,9 @@ impl State {
         for (id, (service, shard, replica)) in &new_replicas {
             let at = shard_key(&service.name, &shard.id);
             match old_replicas.get(id) {
-                None => lines.push(format!(
-                    "+ replica {id} in {} for {at} (priority {})",
-                    replica.region, replica.priority
-                )),
+                None => {
+                    lines.push(format!("+ replica {id} in {} for {at} (priority {})", replica.region, replica.priority))
+                }
                 Some((old_service, old_shard, old)) => {
                     let old_at = shard_key(&old_service.name, &old_shard.id);
                     if old_at != at || old.region != replica.region {
@@ -306,7 +311,12 @@ impl State {
         for spec in &desired.regions {
             let region = match self.regions.get(&spec.id) {
                 Some(r) => Region { capacity: spec.capacity, ..r.clone() },
-                None => Region { id: spec.id.clone(), capacity: spec.capacity, state: RegionState::Active, maintenance: false },
+                None => Region {
+                    id: spec.id.clone(),
+                    capacity: spec.capacity,
+                    state: RegionState::Active,
+                    maintenance: false,
+                },
             };
             regions.insert(spec.id.clone(), region);
         }
@@ -540,7 +550,9 @@ mod tests {
     fn an_invalid_command_is_refused_and_changes_nothing_but_the_revision() {
         let mut state = State::default();
         let response = state.apply(1, &put("", b"x"));
-        assert!(matches!(response, Response::Refused { code: Refusal::InvalidArgument, reason } if reason.contains("key")));
+        assert!(
+            matches!(response, Response::Refused { code: Refusal::InvalidArgument, reason } if reason.contains("key"))
+        );
         assert!(state.kv.is_empty());
     }
 
@@ -572,7 +584,10 @@ mod tests {
         let mut smaller = topology();
         smaller.services[0].shards[0].replicas.pop();
         let response = state.apply(2, &req(Command::ApplyTopology { topology: smaller }));
-        assert!(matches!(response, Response::Refused { code: Refusal::FailedPrecondition, ref reason } if reason.contains("o0-us is a primary")), "{response:?}");
+        assert!(
+            matches!(response, Response::Refused { code: Refusal::FailedPrecondition, ref reason } if reason.contains("o0-us is a primary")),
+            "{response:?}"
+        );
         assert_eq!(State { revision: 1, last_at_unix_ms: 5, ..state }, before);
     }
 
@@ -602,16 +617,24 @@ mod tests {
         let mut state = State::default();
         let grant = |holder: &str| req(Command::LeaseGrant { key: "k".into(), holder: holder.into(), ttl_ms: 1000 });
         assert_eq!(state.apply(10, &grant("a")), Response::Lease { token: 10, ttl_ms: 1000 });
-        assert_eq!(state.apply(11, &grant("a")), Response::Lease { token: 10, ttl_ms: 1000 }, "idempotent for its holder");
+        assert_eq!(
+            state.apply(11, &grant("a")),
+            Response::Lease { token: 10, ttl_ms: 1000 },
+            "idempotent for its holder"
+        );
         assert!(matches!(state.apply(12, &grant("b")), Response::Refused { code: Refusal::FailedPrecondition, .. }));
         let stale = req(Command::LeaseRevoke { key: "k".into(), token: Some(9), reason: RevokeReason::Expired });
-        assert!(matches!(state.apply(13, &stale), Response::Refused { .. }), "a stale expiry cannot free a newer grant");
+        assert!(
+            matches!(state.apply(13, &stale), Response::Refused { .. }),
+            "a stale expiry cannot free a newer grant"
+        );
         let expire = req(Command::LeaseRevoke { key: "k".into(), token: Some(10), reason: RevokeReason::Expired });
         assert_eq!(state.apply(14, &expire), Response::Applied { revision: 14 });
         assert_eq!(state.apply(15, &grant("b")), Response::Lease { token: 15, ttl_ms: 1000 });
         let kinds: Vec<&str> = state.events.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, vec!["lease.granted", "lease.expired", "lease.granted"]);
         assert_eq!(state.events_after(10).count(), 2);
+        assert_eq!(state.events_evicted_through, 0);
     }
 
     #[test]

@@ -23,3 +23,8 @@ pub const LEADER_ID_METADATA: &str = "x-interlock-leader-id";
 pub const LEADER_ADDR_METADATA: &str = "x-interlock-leader-addr";
 /// Set on a request a node forwards to the leader, so it is forwarded at most once.
 pub const FORWARDED_METADATA: &str = "x-interlock-forwarded";
+
+/// The encoded descriptor set of every proto file, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/interlock_descriptor.bin"));
+
+pub mod convert;

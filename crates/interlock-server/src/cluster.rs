@@ -8,8 +8,8 @@ use interlock_core::{InvalidArgument, NodeId, NodeInfo};
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::cluster_server::{Cluster, ClusterServer};
 use interlock_proto::v1::{
-    AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatus, NodeStatusRequest, RemoveMemberRequest,
-    StatusRequest,
+    AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatus, NodeStatusRequest, ReadIndexRequest,
+    ReadIndexResponse, RemoveMemberRequest, StatusRequest,
 };
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -50,13 +50,6 @@ impl ClusterService {
             last_applied: m.last_applied.map_or(0, |l| l.index),
             state: state.to_string(),
         }
-    }
-
-    /// The leader hint from this node's current view.
-    fn leader_hint(&self) -> ForwardToLeader<NodeId, NodeInfo> {
-        let m = self.ctx.raft.metrics().borrow().clone();
-        let node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
-        ForwardToLeader { leader_id: m.current_leader, leader_node: node }
     }
 
     /// Every member with its role, probing each for its own applied index.
@@ -142,7 +135,7 @@ impl Cluster for ClusterService {
         }
         let local = self.local_status();
         if local.state != "leader" {
-            let hint = self.leader_hint();
+            let hint = self.ctx.leader_hint();
             if let Ok(channel) = self.ctx.forward_target(&metadata, &hint) {
                 let mut client = ClusterClient::new(channel);
                 let call = client.status(forwarded(message));
@@ -162,6 +155,14 @@ impl Cluster for ClusterService {
 
     async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
         Ok(Response::new(self.local_status()))
+    }
+
+    async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        match self.ctx.read_barrier(&metadata).await? {
+            Some(leader) => ClusterClient::new(leader).read_index(forwarded(message)).await,
+            None => Ok(Response::new(ReadIndexResponse { index: self.ctx.state.read().state.revision })),
+        }
     }
 
     async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembershipResponse>, Status> {

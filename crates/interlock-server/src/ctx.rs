@@ -4,7 +4,7 @@
 
 use crate::channels::Channels;
 use crate::metrics::Metrics;
-use interlock_core::{Command, NodeId, NodeInfo, Request, Response};
+use interlock_core::{Command, NodeId, NodeInfo, Refusal, Request, Response};
 use interlock_proto::{FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
 use interlock_store::{Raft, StateReader};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
@@ -14,18 +14,39 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::Status;
 
-/// A source of wall-clock time. Injected so the simulation can skew clocks.
+/// A source of time. Injected so the simulation can skew and drift clocks.
 pub trait Clock: Send + Sync + 'static {
-    /// Milliseconds since the Unix epoch.
+    /// Wall clock: milliseconds since the Unix epoch (for records only).
     fn unix_ms(&self) -> u64;
+    /// Monotonic clock: milliseconds since an arbitrary origin (for deadlines).
+    fn monotonic_ms(&self) -> u64;
 }
 
-/// The operating system's clock.
-pub struct SystemClock;
+/// The operating system's clocks. The monotonic one is tokio's, so that it
+/// follows simulated time when run under a simulator.
+pub struct SystemClock {
+    origin: tokio::time::Instant,
+}
+
+impl SystemClock {
+    pub fn new() -> Self {
+        SystemClock { origin: tokio::time::Instant::now() }
+    }
+}
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 impl Clock for SystemClock {
     fn unix_ms(&self) -> u64 {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    }
+
+    fn monotonic_ms(&self) -> u64 {
+        self.origin.elapsed().as_millis() as u64
     }
 }
 
@@ -53,8 +74,9 @@ pub enum ProposeError {
 }
 
 impl NodeCtx {
-    /// Proposes `command` (already validated) and waits until it is applied.
-    pub async fn propose(&self, command: Command) -> Result<u64, ProposeError> {
+    /// Proposes `command` (already validated), waits until it is applied,
+    /// and returns the state machine's answer; a refusal becomes its status.
+    pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
         let request = Request { at_unix_ms: self.clock.unix_ms(), command };
         let written = tokio::time::timeout(self.write_timeout, self.raft.client_write(request)).await;
         match written {
@@ -63,8 +85,8 @@ impl NodeCtx {
                 self.write_timeout
             )))),
             Ok(Ok(reply)) => match reply.data {
-                Response::Applied { revision } => Ok(revision),
-                Response::Refused { reason } => Err(ProposeError::Status(Status::failed_precondition(reason))),
+                Response::Refused { code, reason } => Err(ProposeError::Status(refusal_status(code, reason))),
+                other => Ok(other),
             },
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ProposeError::NotLeader(f)),
             Ok(Err(e)) => Err(ProposeError::Status(Status::unavailable(e.to_string()))),
@@ -104,6 +126,54 @@ impl NodeCtx {
             }
         }
         status
+    }
+}
+
+/// The gRPC status for a state-machine refusal.
+pub fn refusal_status(code: Refusal, reason: String) -> Status {
+    match code {
+        Refusal::InvalidArgument => Status::invalid_argument(reason),
+        Refusal::FailedPrecondition => Status::failed_precondition(reason),
+        Refusal::NotFound => Status::not_found(reason),
+        Refusal::PermissionDenied => Status::permission_denied(reason),
+    }
+}
+
+/// The revision of an applied command.
+pub fn revision_of(response: &Response) -> u64 {
+    match response {
+        Response::Applied { revision } => *revision,
+        Response::Lease { token, .. } => *token,
+        Response::Refused { .. } => 0,
+    }
+}
+
+impl NodeCtx {
+    /// Makes this node fit to serve a linearizable read: `Ok(None)` if it is
+    /// the leader and has confirmed it with a quorum (and applied up to the
+    /// read index); `Ok(Some(channel))` to forward the read to the leader.
+    pub async fn read_barrier(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Option<Channel>, Status> {
+        use openraft::error::CheckIsLeaderError;
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(None),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Ok(Some(self.forward_target(metadata, &f)?))
+            }
+            Err(e) => Err(Status::unavailable(format!("cannot confirm leadership: {e}"))),
+        }
+    }
+
+    /// Whether this node currently believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader
+    }
+
+    /// The leader hint from this node's current view.
+    pub fn leader_hint(&self) -> ForwardToLeader<NodeId, NodeInfo> {
+        let m = self.raft.metrics().borrow().clone();
+        let node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
+        ForwardToLeader { leader_id: m.current_leader, leader_node: node }
     }
 }
 

@@ -1,6 +1,6 @@
 //! The `interlock.v1.Kv` service: a linearizable key-value space.
 
-use crate::ctx::{forwarded, NodeCtx, ProposeError};
+use crate::ctx::{forwarded, revision_of, NodeCtx, ProposeError};
 use interlock_core::command::validate_key;
 use interlock_core::{Command, InvalidArgument};
 use interlock_proto::v1::kv_client::KvClient;
@@ -9,7 +9,6 @@ use interlock_proto::v1::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, KeyValue, PutRequest, PutResponse, RangeRequest,
     RangeResponse,
 };
-use openraft::error::{CheckIsLeaderError, RaftError};
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -27,21 +26,6 @@ impl KvService {
     pub fn into_service(self) -> KvServer<Self> {
         KvServer::new(self)
     }
-
-    /// Waits until this node may serve a linearizable read. `Ok(None)`: go
-    /// ahead locally; `Ok(Some(client))`: forward to the leader.
-    async fn read_barrier(
-        &self,
-        metadata: &tonic::metadata::MetadataMap,
-    ) -> Result<Option<KvClient<tonic::transport::Channel>>, Status> {
-        match self.ctx.raft.ensure_linearizable().await {
-            Ok(_) => Ok(None),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Ok(Some(KvClient::new(self.ctx.forward_target(metadata, &f)?)))
-            }
-            Err(e) => Err(Status::unavailable(format!("cannot confirm leadership: {e}"))),
-        }
-    }
 }
 
 pub fn invalid(e: InvalidArgument) -> Status {
@@ -55,7 +39,7 @@ impl Kv for KvService {
         let command = Command::Put { key: message.key.clone(), value: message.value.clone() };
         command.validate().map_err(invalid)?;
         match self.ctx.propose(command).await {
-            Ok(revision) => Ok(Response::new(PutResponse { revision })),
+            Ok(r) => Ok(Response::new(PutResponse { revision: revision_of(&r) })),
             Err(ProposeError::NotLeader(f)) => {
                 KvClient::new(self.ctx.forward_target(&metadata, &f)?).put(forwarded(message)).await
             }
@@ -68,7 +52,7 @@ impl Kv for KvService {
         let command = Command::Delete { key: message.key.clone() };
         command.validate().map_err(invalid)?;
         match self.ctx.propose(command).await {
-            Ok(revision) => Ok(Response::new(DeleteResponse { revision })),
+            Ok(r) => Ok(Response::new(DeleteResponse { revision: revision_of(&r) })),
             Err(ProposeError::NotLeader(f)) => {
                 KvClient::new(self.ctx.forward_target(&metadata, &f)?).delete(forwarded(message)).await
             }
@@ -80,8 +64,8 @@ impl Kv for KvService {
         let (metadata, _, message) = request.into_parts();
         validate_key(&message.key).map_err(invalid)?;
         if message.linearizable {
-            if let Some(mut leader) = self.read_barrier(&metadata).await? {
-                return leader.get(forwarded(message)).await;
+            if let Some(leader) = self.ctx.read_barrier(&metadata).await? {
+                return KvClient::new(leader).get(forwarded(message)).await;
             }
         }
         let applied = self.ctx.state.read();
@@ -103,8 +87,8 @@ impl Kv for KvService {
             return Err(invalid(InvalidArgument::new("limit", format!("must be at most {RANGE_LIMIT_MAX}"))));
         }
         if message.linearizable {
-            if let Some(mut leader) = self.read_barrier(&metadata).await? {
-                return leader.range(forwarded(message)).await;
+            if let Some(leader) = self.ctx.read_barrier(&metadata).await? {
+                return KvClient::new(leader).range(forwarded(message)).await;
             }
         }
         let limit = if message.limit == 0 { RANGE_LIMIT_MAX } else { message.limit } as usize;

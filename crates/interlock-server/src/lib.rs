@@ -6,18 +6,24 @@
 //! - [`network`]: Raft's transport over gRPC (client and server side).
 //! - [`channels`]: reused gRPC channels to peers, made by an injected maker.
 //! - [`ctx`]: what request handlers share; proposing and forwarding.
-//! - [`kv`], [`cluster`]: the public gRPC services.
+//! - [`kv`], [`cluster`], [`controller`], [`admin_api`]: the public gRPC services.
+//! - [`leases`]: the leader's lease deadlines, expiry loop and keepalive batcher.
+//! - [`watch`]: resumable watch streams read from the applied state.
 //! - [`admin`]: `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: the Prometheus metrics.
 //! - [`dev`]: `interlockd dev`, a local three-region cluster.
 
 pub mod admin;
+pub mod admin_api;
 pub mod channels;
 pub mod cluster;
 pub mod config;
+pub mod controller;
 pub mod ctx;
 pub mod dev;
 pub mod kv;
+pub mod leases;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod watch;

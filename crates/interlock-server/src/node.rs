@@ -7,11 +7,14 @@
 //! first byte is written.
 
 use crate::admin;
+use crate::admin_api::AdminService;
 use crate::channels::{tcp_channel_maker, Channels};
 use crate::cluster::ClusterService;
 use crate::config::{format_peers, NodeConfig};
+use crate::controller::{ControllerService, Liveness};
 use crate::ctx::{NodeCtx, SystemClock};
 use crate::kv::KvService;
+use crate::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
 use crate::metrics::Metrics;
 use crate::network::{Network, RaftRpcServer};
 use interlock_core::{codec, NodeId, NodeInfo};
@@ -209,11 +212,22 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         state,
         channels,
         metrics: metrics.clone(),
-        clock: Arc::new(SystemClock),
+        clock: Arc::new(SystemClock::new()),
         write_timeout: config.timing.election_max * 10,
         leader_wait: config.timing.election_max * 2,
     });
     tokio::spawn(mirror_raft_metrics(raft.clone(), metrics.clone()));
+    let lease_table = Arc::new(LeaseTable::default());
+    let mutations = LeaseMutations::default();
+    tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), mutations));
+    let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), mutations);
+    let liveness = Arc::new(Liveness::default());
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    tokio::spawn(report_health(raft.clone(), health_reporter));
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -227,6 +241,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         .add_service(RaftRpcServer { raft: raft.clone() }.into_service())
         .add_service(KvService { ctx: ctx.clone() }.into_service())
         .add_service(ClusterService { ctx: ctx.clone() }.into_service())
+        .add_service(
+            ControllerService { ctx: ctx.clone(), leases: lease_table.clone(), batcher, liveness: liveness.clone() }
+                .into_service(),
+        )
+        .add_service(AdminService { ctx: ctx.clone(), leases: lease_table, liveness }.into_service())
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped());
     let admin = axum::serve(admin_listener, admin::router(ctx.clone())).with_graceful_shutdown(stopped());
     let grpc_task = tokio::spawn(grpc);
@@ -244,6 +265,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     drop(log_store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// gRPC health: SERVING while a leader is known, NOT_SERVING otherwise.
+async fn report_health(raft: Raft, reporter: tonic_health::server::HealthReporter) {
+    let mut rx = raft.metrics();
+    let mut serving = None;
+    loop {
+        let has_leader = rx.borrow_and_update().current_leader.is_some();
+        if serving != Some(has_leader) {
+            let status =
+                if has_leader { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            reporter.set_service_status("", status).await;
+            serving = Some(has_leader);
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 async fn mirror_raft_metrics(raft: Raft, metrics: Arc<Metrics>) {

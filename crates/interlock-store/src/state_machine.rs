@@ -91,16 +91,30 @@ fn write_atomically(dir: &std::path::Path, blob: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
-/// A read handle on the applied state, for serving reads.
+/// A read handle on the applied state, for serving reads and watches.
 #[derive(Clone)]
 pub struct StateReader {
     applied: Arc<RwLock<Applied>>,
+    applied_rx: tokio::sync::watch::Receiver<u64>,
 }
 
 impl StateReader {
-    /// Locks the applied state for reading. Keep the guard short-lived.
+    /// Locks the applied state for reading. Keep the guard short-lived and
+    /// never hold it across an `.await`.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.applied.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver that changes whenever the state's revision does.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_rx.clone()
+    }
+
+    /// Waits until the state has applied `index` (or the store is gone).
+    pub async fn wait_applied(&self, index: u64) -> bool {
+        let mut rx = self.applied_rx.clone();
+        let reached = rx.wait_for(|revision| *revision >= index).await.is_ok();
+        reached
     }
 }
 
@@ -112,6 +126,8 @@ pub struct StateMachineStore {
     observer: Arc<dyn StoreObserver>,
     /// Distinguishes snapshots built at the same log id.
     snapshot_seq: Arc<std::sync::atomic::AtomicU64>,
+    /// Tells watchers the revision of the state after every change.
+    applied_tx: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl StateMachineStore {
@@ -125,11 +141,18 @@ impl StateMachineStore {
                 state: codec::decode(&stored.data).map_err(|e| read_err(format!("snapshot state: {e}")))?,
             };
         }
-        Ok(StateMachineStore { applied: Arc::new(RwLock::new(applied)), vault, observer, snapshot_seq: Arc::default() })
+        let (applied_tx, _) = tokio::sync::watch::channel(applied.state.revision);
+        Ok(StateMachineStore {
+            applied: Arc::new(RwLock::new(applied)),
+            vault,
+            observer,
+            snapshot_seq: Arc::default(),
+            applied_tx: Arc::new(applied_tx),
+        })
     }
 
     pub fn reader(&self) -> StateReader {
-        StateReader { applied: self.applied.clone() }
+        StateReader { applied: self.applied.clone(), applied_rx: self.applied_tx.subscribe() }
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Applied> {
@@ -179,7 +202,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let started = Instant::now();
         let mut responses = Vec::new();
-        {
+        let revision = {
             let mut applied = self.write();
             for entry in entries {
                 let index = entry.log_id.index;
@@ -198,7 +221,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 };
                 responses.push(response);
             }
-        }
+            applied.state.revision
+        };
+        self.applied_tx.send_replace(revision);
         self.observer.apply_seconds(started.elapsed().as_secs_f64());
         Ok(responses)
     }
@@ -220,7 +245,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let state: State = codec::decode(&data).map_err(|e| read_err(format!("received snapshot: {e}")))?;
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.vault.save(codec::encode(&stored).map_err(write_err)?).await?;
+        let revision = state.revision;
         *self.write() = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
+        self.applied_tx.send_replace(revision);
         Ok(())
     }
 

@@ -1,0 +1,226 @@
+//! [`LeaseKeeper`]: acquires a lease and keeps it alive, and tells its owner
+//! the instant it must stop acting.
+//!
+//! The holder's rule (SPEC §3): the lease is valid until
+//! `send time of the last acknowledged keepalive + TTL × (1 − drift) − margin`,
+//! measured on this process's monotonic clock. The coordinator's own deadline
+//! for the lease is never earlier, so when this one passes without renewal
+//! the owner stops acting *before* anyone else can be granted the key.
+
+use crate::{Client, ClientError};
+use interlock_core::lease::{holder_deadline, DEFAULT_DRIFT};
+use interlock_proto::v1::controller_client::ControllerClient;
+use interlock_proto::v1::LeaseKeepAliveRequest;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Keepalive sends still waiting for an answer, at most.
+const IN_FLIGHT_MAX: usize = 64;
+
+/// How a [`LeaseKeeper`] keeps its lease.
+#[derive(Debug, Clone)]
+pub struct LeaseOptions {
+    /// The clock drift to allow for (default 1%).
+    pub drift: f64,
+    /// Extra safety taken off every deadline.
+    pub margin: Duration,
+    /// Keepalive period (default: TTL / 4).
+    pub keepalive_every: Option<Duration>,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        LeaseOptions { drift: DEFAULT_DRIFT, margin: Duration::from_millis(50), keepalive_every: None }
+    }
+}
+
+/// What the owner may do right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseState {
+    /// Held: act until `deadline` (unless renewed before).
+    Held { deadline: Instant },
+    /// Lost for good: stop acting. The reason says why.
+    Lost { reason: String },
+}
+
+/// Holds one lease.
+pub struct LeaseKeeper {
+    key: String,
+    token: u64,
+    ttl: Duration,
+    state: watch::Receiver<LeaseState>,
+    task: tokio::task::JoinHandle<()>,
+    client: Client,
+}
+
+fn deadline_from(send: Instant, ttl_ms: u64, options: &LeaseOptions) -> Instant {
+    let ms = holder_deadline(0, ttl_ms, options.drift, options.margin.as_millis() as u64);
+    send + Duration::from_millis(ms)
+}
+
+impl LeaseKeeper {
+    /// Acquires `key` for `holder` and starts keeping it.
+    pub async fn acquire(
+        client: &Client,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+        options: LeaseOptions,
+    ) -> Result<LeaseKeeper, ClientError> {
+        let sent = Instant::now();
+        let (token, ttl_ms) = client.lease_grant(key, holder, ttl.as_millis() as u64).await?;
+        let deadline = deadline_from(sent, ttl_ms, &options);
+        let (tx, rx) = watch::channel(LeaseState::Held { deadline });
+        let task = tokio::spawn(keep(client.clone(), key.to_string(), token, ttl_ms, options, tx, deadline));
+        Ok(LeaseKeeper {
+            key: key.to_string(),
+            token,
+            ttl: Duration::from_millis(ttl_ms),
+            state: rx,
+            task,
+            client: client.clone(),
+        })
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The fencing token: pass it to anything that can check it.
+    pub fn token(&self) -> u64 {
+        self.token
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    pub fn state(&self) -> LeaseState {
+        self.state.borrow().clone()
+    }
+
+    /// Whether the owner may act at this instant.
+    pub fn is_held(&self) -> bool {
+        matches!(self.state(), LeaseState::Held { deadline } if Instant::now() < deadline)
+    }
+
+    /// Resolves at the instant the owner must stop acting, with the reason.
+    pub async fn lost(&mut self) -> String {
+        loop {
+            let current = self.state.borrow_and_update().clone();
+            match current {
+                LeaseState::Lost { reason } => return reason,
+                LeaseState::Held { deadline } => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(deadline) => {
+                            if matches!(self.state(), LeaseState::Held { deadline: d } if d <= Instant::now()) {
+                                return "the deadline passed without a renewal".to_string();
+                            }
+                        }
+                        changed = self.state.changed() => {
+                            if changed.is_err() {
+                                return "the keeper stopped".to_string();
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops keeping the lease and revokes it (only if it still has our token).
+    pub async fn release(self) -> Result<(), ClientError> {
+        self.task.abort();
+        self.client.lease_revoke(&self.key, self.token).await.map(|_| ())
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The keepalive loop: one stream at a time to the leader, reconnecting on
+/// failure, until the lease is lost.
+async fn keep(
+    client: Client,
+    key: String,
+    token: u64,
+    ttl_ms: u64,
+    options: LeaseOptions,
+    state: watch::Sender<LeaseState>,
+    mut deadline: Instant,
+) {
+    let every = options.keepalive_every.unwrap_or(Duration::from_millis((ttl_ms / 4).max(50)));
+    let mut index = client.preferred_index();
+    let mut seq = 0u64;
+    loop {
+        if Instant::now() >= deadline {
+            state.send_replace(LeaseState::Lost { reason: "the deadline passed without a renewal".to_string() });
+            return;
+        }
+        let (tx, rx) = mpsc::channel(IN_FLIGHT_MAX);
+        let mut rpc = ControllerClient::new(client.channel(index));
+        let opened = tokio::time::timeout(every * 2, rpc.lease_keep_alive(ReceiverStream::new(rx))).await;
+        let mut inbound = match opened {
+            Ok(Ok(response)) => response.into_inner(),
+            Ok(Err(status)) => {
+                index = client.next_endpoint(index, &status);
+                tokio::time::sleep(every.min(Duration::from_millis(100))).await;
+                continue;
+            }
+            Err(_) => {
+                index = (index + 1) % client.endpoints().len();
+                continue;
+            }
+        };
+        client.set_preferred(index);
+        let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let broken = loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    seq += 1;
+                    sent.insert(seq, Instant::now());
+                    while sent.len() > IN_FLIGHT_MAX {
+                        sent.pop_first();
+                    }
+                    if tx.try_send(LeaseKeepAliveRequest { key: key.clone(), token, seq }).is_err() {
+                        break "the keepalive stream is not draining".to_string();
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    state.send_replace(LeaseState::Lost { reason: "the deadline passed without a renewal".to_string() });
+                    return;
+                }
+                answer = inbound.message() => match answer {
+                    Ok(Some(a)) if a.ok => {
+                        if let Some(send) = sent.remove(&a.seq) {
+                            let renewed = deadline_from(send, a.ttl_ms, &options);
+                            if renewed > deadline {
+                                deadline = renewed;
+                                state.send_replace(LeaseState::Held { deadline });
+                            }
+                        }
+                        sent.retain(|s, _| *s > a.seq);
+                    }
+                    Ok(Some(a)) => {
+                        state.send_replace(LeaseState::Lost { reason: a.error });
+                        return;
+                    }
+                    Ok(None) => break "the leader closed the keepalive stream".to_string(),
+                    Err(status) => {
+                        index = client.next_endpoint(index, &status);
+                        break status.message().to_string();
+                    }
+                },
+            }
+        };
+        tracing::debug!(key, "keepalive stream broke ({broken}); reconnecting");
+    }
+}

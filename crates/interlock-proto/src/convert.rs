@@ -1,0 +1,168 @@
+//! Conversions between core types and wire types: the one place that knows both.
+
+use crate::v1;
+use interlock_core::lease::Lease;
+use interlock_core::state::{Controller, Event, Region, RegionState, Replica, ReplicaRole, Shard};
+use interlock_core::topology::{RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+
+pub fn region_state_name(state: RegionState) -> &'static str {
+    match state {
+        RegionState::Active => "ACTIVE",
+        RegionState::Draining => "DRAINING",
+        RegionState::Drained => "DRAINED",
+        RegionState::Lost => "LOST",
+        RegionState::Recovering => "RECOVERING",
+    }
+}
+
+pub fn role_name(role: ReplicaRole) -> &'static str {
+    match role {
+        ReplicaRole::Primary => "PRIMARY",
+        ReplicaRole::Replica => "REPLICA",
+        ReplicaRole::Fenced => "FENCED",
+        ReplicaRole::Recovering => "RECOVERING",
+    }
+}
+
+impl From<&Topology> for v1::Topology {
+    fn from(t: &Topology) -> Self {
+        v1::Topology {
+            regions: t.regions.iter().map(|r| v1::RegionSpec { id: r.id.clone(), capacity: r.capacity }).collect(),
+            services: t
+                .services
+                .iter()
+                .map(|s| v1::ServiceSpec {
+                    name: s.name.clone(),
+                    shards: s
+                        .shards
+                        .iter()
+                        .map(|h| v1::ShardSpec {
+                            id: h.id.clone(),
+                            max_lag_on_failover: h.max_lag_on_failover,
+                            cooldown_seconds: h.cooldown_seconds,
+                            replicas: h
+                                .replicas
+                                .iter()
+                                .map(|r| v1::ReplicaSpec {
+                                    id: r.id.clone(),
+                                    region: r.region.clone(),
+                                    priority: r.priority,
+                                })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<v1::Topology> for Topology {
+    fn from(t: v1::Topology) -> Self {
+        Topology {
+            regions: t.regions.into_iter().map(|r| RegionSpec { id: r.id, capacity: r.capacity }).collect(),
+            services: t
+                .services
+                .into_iter()
+                .map(|s| ServiceSpec {
+                    name: s.name,
+                    shards: s
+                        .shards
+                        .into_iter()
+                        .map(|h| ShardSpec {
+                            id: h.id,
+                            max_lag_on_failover: h.max_lag_on_failover,
+                            cooldown_seconds: h.cooldown_seconds,
+                            replicas: h
+                                .replicas
+                                .into_iter()
+                                .map(|r| ReplicaSpec { id: r.id, region: r.region, priority: r.priority })
+                                .collect(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&Region> for v1::Region {
+    fn from(r: &Region) -> Self {
+        v1::Region {
+            id: r.id.clone(),
+            capacity: r.capacity,
+            state: region_state_name(r.state).to_string(),
+            maintenance: r.maintenance,
+        }
+    }
+}
+
+impl From<&Shard> for v1::Shard {
+    fn from(s: &Shard) -> Self {
+        v1::Shard {
+            service: s.service.clone(),
+            id: s.id.clone(),
+            epoch: s.epoch,
+            primary: s.primary.clone().unwrap_or_default(),
+            max_lag_on_failover: s.max_lag_on_failover,
+            replicas: s.replicas.clone(),
+        }
+    }
+}
+
+impl From<&Replica> for v1::Replica {
+    fn from(r: &Replica) -> Self {
+        v1::Replica {
+            id: r.id.clone(),
+            service: r.service.clone(),
+            shard: r.shard.clone(),
+            region: r.region.clone(),
+            priority: r.priority,
+            role: role_name(r.role).to_string(),
+            controller: r.controller.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&Controller> for v1::ControllerInfo {
+    fn from(c: &Controller) -> Self {
+        v1::ControllerInfo {
+            id: c.id.clone(),
+            region: c.region.clone(),
+            identity: c.identity.clone(),
+            registered_at_unix_ms: c.registered_at_unix_ms,
+            replicas: c.replicas.clone(),
+            last_heartbeat_ms_ago: None,
+        }
+    }
+}
+
+impl From<&Event> for v1::Event {
+    fn from(e: &Event) -> Self {
+        v1::Event {
+            version: e.version,
+            seq: e.seq,
+            at_unix_ms: e.at_unix_ms,
+            kind: e.kind.clone(),
+            subject: e.subject.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+/// A lease on the wire; `remaining_ms` is the leader's soft state.
+pub fn lease_info(l: &Lease, remaining_ms: u64) -> v1::LeaseInfo {
+    v1::LeaseInfo {
+        key: l.key.clone(),
+        holder: l.holder.clone(),
+        token: l.token,
+        ttl_ms: l.ttl_ms,
+        remaining_ms,
+        granted_at_unix_ms: l.granted_at_unix_ms,
+    }
+}
+
+/// The key of the lease a shard's primary holds.
+pub fn primary_lease_key(service: &str, shard: &str) -> String {
+    format!("shard/{service}/{shard}/primary")
+}

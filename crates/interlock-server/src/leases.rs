@@ -1,0 +1,196 @@
+//! The leader's side of leases: the deadline table, the expiry loop, and the
+//! keepalive batcher. The rules themselves are in `interlock_core::lease`.
+//!
+//! - [`run_expiry_loop`] keeps the table in step with the replicated leases
+//!   and leadership (a new term starts from an empty table, so every lease
+//!   gets `now + ttl`), and proposes a revoke for each lease whose deadline
+//!   passed. Only the committed revoke frees the key.
+//! - [`KeepaliveBatcher`] answers keepalives without writing to Raft: it
+//!   collects the keepalives that arrived, then confirms leadership with one
+//!   quorum round that starts after all of them arrived, then refreshes each
+//!   from its receive time. Thousands of keepalives cost one round.
+
+use crate::ctx::{NodeCtx, ProposeError};
+use interlock_core::{Command, LeaseDeadlines, RevokeReason};
+use interlock_proto::v1::LeaseKeepAliveResponse;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tonic::Status;
+
+/// How often the expiry loop looks at deadlines.
+pub const LEASE_TICK: Duration = Duration::from_millis(50);
+/// Most keepalives confirmed by one leadership round.
+pub const KEEPALIVE_BATCH_MAX: usize = 16_384;
+/// Keepalives waiting for a round, across all streams.
+pub const KEEPALIVE_QUEUE_MAX: usize = 65_536;
+
+/// Deliberate bugs that the simulation switches on to prove its checkers
+/// can fail. Never set in production.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LeaseMutations {
+    /// Answer keepalives without confirming leadership first.
+    pub skip_keepalive_confirmation: bool,
+    /// A new leader does not give leases `election time + TTL`: it treats
+    /// them as already expired (as if it trusted the old leader's timing).
+    pub no_reset_on_new_term: bool,
+}
+
+/// The leader's lease table and the term it belongs to.
+#[derive(Default)]
+pub struct LeaseTable {
+    inner: Mutex<TableInner>,
+}
+
+#[derive(Default)]
+struct TableInner {
+    deadlines: LeaseDeadlines,
+    /// The term in which this node built the table as leader (None: not leader).
+    term: Option<u64>,
+}
+
+impl LeaseTable {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TableInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Milliseconds left on `key`, if this node is leader and knows it.
+    pub fn remaining_ms(&self, key: &str, now_ms: u64) -> Option<u64> {
+        let inner = self.lock();
+        inner.term.and_then(|_| inner.deadlines.remaining_ms(key, now_ms))
+    }
+}
+
+/// Brings `table` in line with leadership and the replicated leases at `now_ms`.
+fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: LeaseMutations) {
+    let metrics = ctx.raft.metrics().borrow().clone();
+    let leader_term = (metrics.state == openraft::ServerState::Leader && metrics.current_leader == Some(ctx.id))
+        .then_some(metrics.current_term);
+    let new_term = leader_term != table.term;
+    if new_term {
+        table.deadlines.clear();
+        table.term = leader_term;
+    }
+    if table.term.is_some() {
+        let applied = ctx.state.read();
+        table.deadlines.sync(applied.state.leases.values(), now_ms);
+        if new_term && mutations.no_reset_on_new_term {
+            table.deadlines.shorten_all_to(now_ms);
+        }
+    }
+}
+
+/// Expires leases on the leader, forever.
+pub async fn run_expiry_loop(ctx: Arc<NodeCtx>, table: Arc<LeaseTable>, mutations: LeaseMutations) {
+    let mut tick = tokio::time::interval(LEASE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = ctx.clock.monotonic_ms();
+        let expired = {
+            let mut inner = table.lock();
+            sync_table(&ctx, &mut inner, now, mutations);
+            if inner.term.is_none() {
+                continue;
+            }
+            inner.deadlines.take_expired(now)
+        };
+        for (key, token) in expired {
+            let (ctx, table) = (ctx.clone(), table.clone());
+            tokio::spawn(async move {
+                let command =
+                    Command::LeaseRevoke { key: key.clone(), token: Some(token), reason: RevokeReason::Expired };
+                match ctx.propose(command).await {
+                    Ok(_) => tracing::info!(key, token, "lease expired"),
+                    Err(ProposeError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => {}
+                    Err(ProposeError::Status(s)) if s.code() == tonic::Code::NotFound => {}
+                    Err(_) => table.lock().deadlines.revoke_failed(&key, token),
+                }
+            });
+        }
+    }
+}
+
+/// A keepalive waiting for a leadership round.
+pub struct KeepaliveItem {
+    pub key: String,
+    pub token: u64,
+    pub seq: u64,
+    /// When this node received it, on its monotonic clock.
+    pub received_ms: u64,
+    /// Where the answer goes (the keepalive stream of the holder).
+    pub reply: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
+}
+
+/// Hands keepalives to the batching task.
+#[derive(Clone)]
+pub struct KeepaliveBatcher {
+    tx: mpsc::Sender<KeepaliveItem>,
+}
+
+impl KeepaliveBatcher {
+    /// Starts the batching task.
+    pub fn start(ctx: Arc<NodeCtx>, table: Arc<LeaseTable>, mutations: LeaseMutations) -> Self {
+        let (tx, rx) = mpsc::channel(KEEPALIVE_QUEUE_MAX);
+        tokio::spawn(run_batches(ctx, table, rx, mutations));
+        KeepaliveBatcher { tx }
+    }
+
+    /// Queues a keepalive; `false` if the queue is full (the caller should
+    /// slow down: the holder will simply retry on its next period).
+    pub fn submit(&self, item: KeepaliveItem) -> bool {
+        self.tx.try_send(item).is_ok()
+    }
+}
+
+async fn run_batches(
+    ctx: Arc<NodeCtx>,
+    table: Arc<LeaseTable>,
+    mut rx: mpsc::Receiver<KeepaliveItem>,
+    mutations: LeaseMutations,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < KEEPALIVE_BATCH_MAX {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        // The round starts now, after every keepalive in the batch arrived.
+        let confirmed = if mutations.skip_keepalive_confirmation {
+            Ok(())
+        } else {
+            ctx.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| e.to_string())
+        };
+        if let Err(reason) = confirmed {
+            let status = ctx.no_leader_status(&ctx.leader_hint());
+            tracing::debug!("keepalive round failed: {reason}");
+            for item in batch {
+                let _ = item.reply.try_send(Err(status.clone()));
+            }
+            continue;
+        }
+        let now = ctx.clock.monotonic_ms();
+        let mut inner = table.lock();
+        sync_table(&ctx, &mut inner, now, mutations);
+        for item in batch {
+            let renewed = inner.term.and_then(|_| inner.deadlines.refresh(&item.key, item.token, item.received_ms));
+            let answer = LeaseKeepAliveResponse {
+                key: item.key.clone(),
+                token: item.token,
+                seq: item.seq,
+                ok: renewed.is_some(),
+                ttl_ms: renewed.unwrap_or(0),
+                error: if renewed.is_some() {
+                    String::new()
+                } else {
+                    format!("lease {} with token {} is not held (expired, revoked or re-granted)", item.key, item.token)
+                },
+            };
+            // A full reply buffer means the holder is not reading; it will
+            // see no answer and fall back on its own deadline.
+            let _ = item.reply.try_send(Ok(answer));
+        }
+    }
+}
