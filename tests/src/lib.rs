@@ -286,3 +286,80 @@ impl TestCluster {
             .join("\n")
     }
 }
+
+/// A TCP proxy in front of one address, that a test can cut: every open
+/// connection is dropped and new ones are refused, like a network partition
+/// between the proxy's users and the target.
+pub struct CutProxy {
+    pub addr: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    pub async fn start(target: String) -> CutProxy {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = cut.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { return };
+                if flag.load(Ordering::SeqCst) {
+                    continue; // dropped: the connection is refused
+                }
+                let (target, flag) = (target.clone(), flag.clone());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    let watch_cut = async {
+                        while !flag.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = copy => {}
+                        _ = watch_cut => {}
+                    }
+                });
+            }
+        });
+        CutProxy { addr, cut, task }
+    }
+
+    /// Cuts the link: open connections stop carrying bytes, new ones are dropped.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A three-region topology with one shard and a replica in each region.
+pub fn sample_topology() -> interlock_client::Topology {
+    serde_json::from_value(serde_json::json!({
+        "regions": [
+            {"id": "eu-west", "capacity": 100},
+            {"id": "us-east", "capacity": 100},
+            {"id": "ap-south", "capacity": 100}
+        ],
+        "services": [{
+            "name": "orders",
+            "shards": [{
+                "id": "0",
+                "max_lag_on_failover": 1000,
+                "replicas": [
+                    {"id": "o0-eu", "region": "eu-west", "priority": 100},
+                    {"id": "o0-us", "region": "us-east", "priority": 90},
+                    {"id": "o0-ap", "region": "ap-south", "priority": 50}
+                ]
+            }]
+        }]
+    }))
+    .expect("sample topology")
+}

@@ -1,0 +1,98 @@
+//! The coordinator API over gRPC: topology, registration, watches, and bad
+//! input that is refused with the right status and changes nothing.
+
+use interlock_client::{ClientError, ClientOptions};
+use interlock_tests::{sample_topology, ClusterOptions, TestCluster};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let client = cluster.client();
+    client.apply_topology(&sample_topology(), false).await.expect("apply");
+    let events_before = client.events(0, 0).await.expect("events").len();
+
+    let cases: Vec<(&str, Result<(), ClientError>, &str)> = vec![
+        ("empty key", client.lease_grant("", "h", 1000).await.map(|_| ()), "key"),
+        ("zero ttl", client.lease_grant("k", "h", 0).await.map(|_| ()), "ttl"),
+        ("huge ttl", client.lease_grant("k", "h", 10_000_000).await.map(|_| ()), "ttl"),
+        ("empty holder", client.lease_grant("k", "", 1000).await.map(|_| ()), "holder"),
+    ];
+    for (name, result, field) in cases {
+        match result {
+            Err(ClientError::InvalidArgument(m)) => assert!(m.contains(field), "{name}: {m}"),
+            other => panic!("{name}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    let unknown = client.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["nope".into()]).await;
+    assert!(matches!(&unknown, Err(ClientError::NotFound(m)) if m.contains("nope")), "{unknown:?}");
+    let foreign = client.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["o0-us".into()]).await;
+    assert!(matches!(&foreign, Err(ClientError::PermissionDenied(m)) if m.contains("us-east")), "{foreign:?}");
+    let mut broken = sample_topology();
+    broken.services[0].shards[0].replicas[0].region = "mars".into();
+    let refused = client.apply_topology(&broken, false).await;
+    assert!(
+        matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("replicas[0].region")),
+        "{refused:?}"
+    );
+
+    assert_eq!(client.events(0, 0).await.expect("events").len(), events_before, "nothing was recorded");
+    assert!(client.controllers().await.expect("controllers").is_empty());
+    assert!(client.leases().await.expect("leases").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topology_apply_is_idempotent_and_a_controller_sees_its_assignment() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let client = cluster.client();
+    let dry = client.apply_topology(&sample_topology(), true).await.expect("dry run");
+    assert_eq!(dry.revision, 0);
+    assert!(dry.changes.iter().any(|c| c == "+ replica o0-eu in eu-west for orders/0 (priority 100)"), "{dry:?}");
+    assert!(client.regions().await.expect("regions").is_empty(), "a dry run changes nothing");
+    let applied = client.apply_topology(&sample_topology(), false).await.expect("apply");
+    assert!(applied.revision > 0);
+    let again = client.apply_topology(&sample_topology(), false).await.expect("re-apply");
+    assert!(again.changes.is_empty(), "idempotent: {again:?}");
+
+    let mut watcher = client.watch("controller/ctl-eu", 0);
+    let first = watcher.next().await.expect("assignment");
+    assert!(first.assignment.expect("assignment").replicas.is_empty(), "not registered yet");
+    client.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["o0-eu".into()]).await.expect("register");
+    let next = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.expect("in time").expect("watch");
+    let replicas = next.assignment.expect("assignment").replicas;
+    assert_eq!(replicas.len(), 1);
+    assert_eq!((replicas[0].replica_id.as_str(), replicas[0].role.as_str()), ("o0-eu", "REPLICA"));
+    assert_eq!(replicas[0].primary_lease_key, "shard/orders/0/primary");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_without_gaps_after_its_node_is_killed() {
+    let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let writer = cluster.client();
+    // The watcher talks to node 1 first; the other nodes are its fallbacks.
+    let options = ClientOptions { retry_budget: Duration::from_secs(20), ..ClientOptions::default() };
+    let watch_client = interlock_client::Client::with_options(cluster.endpoints(), options).expect("client");
+    let mut watcher = watch_client.watch("events", 0);
+
+    for i in 0..20 {
+        writer.lease_grant(&format!("before/{i}"), "h", 60_000).await.expect("grant");
+    }
+    let mut seen: Vec<(u64, u32)> = Vec::new();
+    while seen.len() < 20 {
+        let message = watcher.next().await.expect("watch");
+        seen.extend(message.events.iter().map(|e| (e.version, e.seq)));
+    }
+    cluster.node(1).kill9();
+    for i in 0..20 {
+        writer.lease_grant(&format!("after/{i}"), "h", 60_000).await.expect("grant after kill");
+    }
+    while seen.len() < 40 {
+        let message =
+            tokio::time::timeout(Duration::from_secs(20), watcher.next()).await.expect("in time").expect("watch");
+        seen.extend(message.events.iter().map(|e| (e.version, e.seq)));
+    }
+    let all: Vec<(u64, u32)> = writer.events(0, 0).await.expect("events").iter().map(|e| (e.version, e.seq)).collect();
+    assert_eq!(seen, all, "every event once, in order");
+    assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), seen.len(), "no duplicates");
+}
