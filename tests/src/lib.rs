@@ -9,22 +9,23 @@
 
 use interlock_client::{Client, ClientOptions, ClusterStatus, KeyValue};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The path of a workspace binary (`interlockd`, `interlockctl`).
+/// The path of a workspace binary (`interlockd`, `interlockctl`) of the same
+/// build profile as the running executable: next to it (a binary such as
+/// `interlock-bench`) or one level up (a test in `target/<profile>/deps`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` first (the README test command does)",
-        path.display()
-    );
-    path
+    let dir = exe.parent().expect("executable dir");
+    let candidates = [Some(dir.join(name)), dir.parent().map(|p| p.join(name))];
+    candidates.into_iter().flatten().find(|p| p.exists()).unwrap_or_else(|| {
+        panic!(
+            "{name} is missing next to {}: run `cargo build --bins` (with --release for benchmarks) first",
+            exe.display()
+        )
+    })
 }
 
 /// A loopback port that was free a moment ago.

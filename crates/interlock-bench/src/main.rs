@@ -33,23 +33,49 @@ enum Workload {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Lease grants (closed loop), then keepalives of all the granted leases
+    /// over keepalive streams, each stream pipelining its share.
+    Leases {
+        /// Leases to grant and keep.
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+        /// Keepalive streams (one HTTP/2 connection each).
+        #[arg(long, default_value_t = 64)]
+        streams: usize,
+        /// Concurrent granting clients.
+        #[arg(long, default_value_t = 64)]
+        grant_clients: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
+    /// One change (a lease grant) -> every watcher of "events" notified;
+    /// latency from sending the change to each watcher receiving it.
+    Watch {
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Changes to time (one at a time).
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+    },
 }
+
+mod workloads;
 
 /// One measured level.
 #[derive(Debug, Serialize)]
-struct Row {
-    workload: String,
-    clients: usize,
-    ops: u64,
-    seconds: f64,
-    ops_per_sec: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    errors: u64,
+pub struct Row {
+    pub workload: String,
+    pub clients: usize,
+    pub ops: u64,
+    pub seconds: f64,
+    pub ops_per_sec: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub errors: u64,
 }
 
-fn percentile(sorted_us: &[u64], p: f64) -> f64 {
+pub fn percentile(sorted_us: &[u64], p: f64) -> f64 {
     if sorted_us.is_empty() {
         return 0.0;
     }
@@ -87,25 +113,31 @@ async fn writes(cluster: &TestCluster, clients: usize, duration: Duration) -> Ro
             (latencies, errors)
         }));
     }
-    let (mut all, mut errors) = (Vec::new(), 0);
+    let (mut all, mut errors): (Vec<u64>, u64) = (Vec::new(), 0);
     for task in tasks {
         if let Ok((l, e)) = task.await {
             all.extend(l);
             errors += e;
         }
     }
-    all.sort_unstable();
-    let seconds = duration.as_secs_f64();
-    Row {
-        workload: "writes".into(),
-        clients,
-        ops: all.len() as u64,
-        seconds,
-        ops_per_sec: all.len() as f64 / seconds,
-        p50_ms: percentile(&all, 50.0),
-        p99_ms: percentile(&all, 99.0),
-        max_ms: all.last().map_or(0.0, |m| *m as f64 / 1000.0),
-        errors,
+    Row::from_latencies("writes", clients, all, duration.as_secs_f64(), errors)
+}
+
+impl Row {
+    /// A row from unsorted latencies in µs measured over `seconds`.
+    pub fn from_latencies(workload: &str, clients: usize, mut us: Vec<u64>, seconds: f64, errors: u64) -> Row {
+        us.sort_unstable();
+        Row {
+            workload: workload.into(),
+            clients,
+            ops: us.len() as u64,
+            seconds,
+            ops_per_sec: us.len() as f64 / seconds,
+            p50_ms: percentile(&us, 50.0),
+            p99_ms: percentile(&us, 99.0),
+            max_ms: us.last().map_or(0.0, |m| *m as f64 / 1000.0),
+            errors,
+        }
     }
 }
 
@@ -121,6 +153,10 @@ async fn main() -> anyhow::Result<()> {
             }
             rows
         }
+        Workload::Leases { leases, streams, grant_clients, duration } => {
+            workloads::leases(&cluster, leases, streams, grant_clients, duration).await?
+        }
+        Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -131,7 +167,7 @@ async fn main() -> anyhow::Result<()> {
         );
         for r in &rows {
             println!(
-                "{:<8} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
+                "{:<14} {:>7} {:>9} {:>10.0} {:>8.2} {:>8.2} {:>8.2} {:>6}",
                 r.workload, r.clients, r.ops, r.ops_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
             );
         }

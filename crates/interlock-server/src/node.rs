@@ -52,6 +52,10 @@ pub struct StoredIdentity {
     pub initial_peers: BTreeMap<NodeId, NodeInfo>,
 }
 
+/// Concurrent gRPC streams one client connection may open (keepalive and
+/// watch streams are long-lived; hyper's default of 200 is too few).
+pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 4096;
+
 /// Entries kept in the log after a snapshot, for followers that lag a little.
 fn logs_to_keep(snapshot_every: u64) -> u64 {
     (snapshot_every / 2).min(1000)
@@ -238,6 +242,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     };
 
     let grpc = tonic::transport::Server::builder()
+        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
         .add_service(RaftRpcServer { raft: raft.clone() }.into_service())
         .add_service(KvService { ctx: ctx.clone() }.into_service())
         .add_service(ClusterService { ctx: ctx.clone() }.into_service())

@@ -1,0 +1,169 @@
+//! The lease and watch workloads.
+
+use crate::Row;
+use interlock_client::Client;
+use interlock_proto::v1::controller_client::ControllerClient;
+use interlock_proto::v1::LeaseKeepAliveRequest;
+use interlock_tests::TestCluster;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Drives one keepalive stream directly (the SDK's LeaseKeeper sends one
+/// keepalive per TTL/4, which is not a load test): each round sends a
+/// keepalive for every lease in `share`, then reads all the answers.
+/// Returns the latencies (µs) of answers sent after `measure_from`, and how
+/// many of those were refusals.
+async fn keep_share(
+    addr: String,
+    share: Vec<(String, u64)>,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(share.len() * 2 + 1);
+    let mut inbound = ControllerClient::new(channel)
+        .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let (mut latencies, mut failures, mut seq) = (Vec::new(), 0u64, 0u64);
+    while Instant::now() < stop_at {
+        let mut sent = BTreeMap::new();
+        for (key, token) in &share {
+            seq += 1;
+            sent.insert(seq, Instant::now());
+            tx.send(LeaseKeepAliveRequest { key: key.clone(), token: *token, seq }).await?;
+        }
+        for _ in 0..share.len() {
+            let answer = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("keepalive stream closed"))?;
+            let Some(at) = sent.get(&answer.seq) else { continue };
+            if *at >= measure_from && *at < stop_at {
+                if answer.ok {
+                    latencies.push(at.elapsed().as_micros() as u64);
+                } else {
+                    failures += 1;
+                }
+            }
+        }
+    }
+    Ok((latencies, failures))
+}
+
+/// Grants `leases` leases with `grant_clients` concurrent clients (a grants/s
+/// row), then keeps them alive over `streams` streams for `duration`.
+pub async fn leases(
+    cluster: &TestCluster,
+    leases: usize,
+    streams: usize,
+    grant_clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<Row>> {
+    // Grants.
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..grant_clients {
+        let client = cluster.client();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = Vec::new();
+            let mut latencies = Vec::new();
+            for i in (c..leases).step_by(grant_clients) {
+                let key = format!("bench/lease/{i}");
+                let sent = Instant::now();
+                if let Ok((token, _)) = client.lease_grant(&key, "bench", 60_000).await {
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    granted.push((key, token));
+                }
+            }
+            (granted, latencies)
+        }));
+    }
+    let (mut granted, mut grant_latencies) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (g, l) = task.await?;
+        granted.extend(g);
+        grant_latencies.extend(l);
+    }
+    let grant_seconds = started.elapsed().as_secs_f64();
+    let errors = (leases - granted.len()) as u64;
+    let grants = Row::from_latencies("lease-grants", grant_clients, grant_latencies, grant_seconds, errors);
+
+    // Keepalives: each stream pipelines its share of the leases, round after round.
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let leader_addr = cluster.nodes.iter().find(|n| n.id == leader).map(|n| n.grpc.clone()).unwrap_or_default();
+    let mut shares: BTreeMap<usize, Vec<(String, u64)>> = BTreeMap::new();
+    for (i, lease) in granted.into_iter().enumerate() {
+        shares.entry(i % streams).or_default().push(lease);
+    }
+    let warmup = Duration::from_secs(1);
+    let measure_from = Instant::now() + warmup;
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::new();
+    for (_, share) in shares {
+        let addr = leader_addr.clone();
+        tasks.push(tokio::spawn(async move { keep_share(addr, share, measure_from, stop_at).await }));
+    }
+    let (mut latencies, mut failures) = (Vec::new(), 0u64);
+    for task in tasks {
+        let (l, f) = task.await??;
+        latencies.extend(l);
+        failures += f;
+    }
+    let keepalives = Row::from_latencies("keepalives", streams, latencies, duration.as_secs_f64(), failures);
+    Ok(vec![grants, keepalives])
+}
+
+/// `watchers` watch "events" (spread over the nodes, 100 streams per
+/// connection); each of `changes` lease grants is timed to every watcher.
+pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> anyhow::Result<Row> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+    let mut clients: Vec<Client> = Vec::new();
+    let mut ready = Vec::new();
+    for w in 0..watchers {
+        if w % 100 == 0 {
+            let endpoint = cluster.nodes[(w / 100) % cluster.nodes.len()].grpc.clone();
+            clients.push(Client::new([endpoint])?);
+        }
+        let client = clients.last().cloned().ok_or_else(|| anyhow::anyhow!("no client"))?;
+        let tx = tx.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let start_after = client.events(0, 0).await.ok().and_then(|e| e.last().map(|e| e.version)).unwrap_or(0);
+            let mut watcher = client.watch("events", start_after);
+            let _ = ready_tx.send(());
+            while let Ok(message) = watcher.next().await {
+                let now = Instant::now();
+                for event in message.events {
+                    let _ = tx.send((event.subject, now));
+                }
+            }
+        });
+    }
+    for r in ready {
+        let _ = r.await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await; // let every stream open
+    let writer = cluster.client();
+    let mut latencies = Vec::new();
+    let mut missing = 0u64;
+    let started = Instant::now();
+    for c in 0..changes {
+        let key = format!("bench/watch/{c}");
+        let sent = Instant::now();
+        writer.lease_grant(&key, "bench", 60_000).await?;
+        let mut received = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received < watchers {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(Some((subject, at))) if subject == key => {
+                    latencies.push(at.duration_since(sent).as_micros() as u64);
+                    received += 1;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        missing += (watchers - received) as u64;
+    }
+    Ok(Row::from_latencies("watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
+}
