@@ -10,15 +10,16 @@ use crate::admin;
 use crate::admin_api::AdminService;
 use crate::channels::{tcp_channel_maker, Channels};
 use crate::cluster::ClusterService;
-use crate::config::{format_peers, NodeConfig};
+use crate::config::{format_peers, NodeConfig, Timing};
 use crate::controller::{ControllerService, Liveness};
-use crate::ctx::{NodeCtx, SystemClock};
+use crate::ctx::{Clock, NodeCtx, SystemClock};
 use crate::kv::KvService;
 use crate::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
 use crate::metrics::Metrics;
 use crate::network::{Network, RaftRpcServer};
 use interlock_core::{codec, NodeId, NodeInfo};
-use interlock_store::{Raft, SledLogStore, SnapshotVault, StateMachineStore};
+use interlock_store::{Raft, SledLogStore, SnapshotVault, StateMachineStore, TypeConfig};
+use openraft::storage::RaftLogStorage;
 use openraft::SnapshotPolicy;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,7 +29,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 /// Why a node could not start. Each names what to fix.
 #[derive(Debug, thiserror::Error)]
@@ -169,69 +170,136 @@ fn check_stored_address(raft: &Raft, config: &NodeConfig) -> Result<(), StartErr
     }
 }
 
-/// Runs a node until `shutdown` resolves.
+/// The parts of a node that differ between production (sled, TCP, the OS
+/// clock) and the simulation (memory, turmoil, skewed clocks).
+pub struct Assembly<LS> {
+    pub id: NodeId,
+    pub raft_config: openraft::Config,
+    pub timing: Timing,
+    pub log_store: LS,
+    pub state_machine: StateMachineStore,
+    pub channels: Channels,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub mutations: LeaseMutations,
+}
+
+/// A started node: Raft and the leader's background loops are running;
+/// [`Node::grpc_router`] gives the services to serve on any listener.
+pub struct Node {
+    pub raft: Raft,
+    pub ctx: Arc<NodeCtx>,
+    lease_table: Arc<LeaseTable>,
+    batcher: KeepaliveBatcher,
+    liveness: Arc<Liveness>,
+}
+
+impl Node {
+    /// Starts Raft on the given stores and the node's background tasks.
+    pub async fn start<LS: RaftLogStorage<TypeConfig>>(parts: Assembly<LS>) -> Result<Node, StartError> {
+        let state = parts.state_machine.reader();
+        let network = Network { id: parts.id, channels: parts.channels.clone() };
+        let raft = Raft::new(parts.id, Arc::new(parts.raft_config), network, parts.log_store, parts.state_machine)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        let ctx = Arc::new(NodeCtx {
+            id: parts.id,
+            raft: raft.clone(),
+            state,
+            channels: parts.channels,
+            metrics: parts.metrics.clone(),
+            clock: parts.clock,
+            write_timeout: parts.timing.election_max * 10,
+            leader_wait: parts.timing.election_max * 2,
+        });
+        tokio::spawn(mirror_raft_metrics(raft.clone(), parts.metrics));
+        let lease_table = Arc::new(LeaseTable::default());
+        tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), parts.mutations));
+        let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);
+        Ok(Node { raft, ctx, lease_table, batcher, liveness: Arc::new(Liveness::default()) })
+    }
+
+    /// Initialises the cluster with `peers` unless the stores already hold a
+    /// membership (a restart never re-initialises).
+    pub async fn bootstrap_once(&self, peers: &BTreeMap<NodeId, NodeInfo>) -> Result<(), StartError> {
+        let initialized = self.raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
+        if !initialized && !peers.is_empty() {
+            tracing::info!(peers = ?format_peers(peers), "bootstrapping the cluster");
+            if let Err(e) = self.raft.initialize(peers.clone()).await {
+                // Another member may have bootstrapped and replicated to us first.
+                tracing::warn!("initialize: {e}");
+            }
+        } else if !initialized {
+            tracing::info!(
+                "no initial_peers and no stored membership: waiting to be added with `interlockctl cluster add`"
+            );
+        }
+        Ok(())
+    }
+
+    /// Every gRPC service of the node: Raft, the public API, health, reflection.
+    pub fn grpc_router(&self) -> Result<tonic::transport::server::Router, StartError> {
+        let (health_reporter, health_service) = tonic_health::server::health_reporter();
+        tokio::spawn(report_health(self.raft.clone(), health_reporter));
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
+        let ctx = &self.ctx;
+        let controller = ControllerService {
+            ctx: ctx.clone(),
+            leases: self.lease_table.clone(),
+            batcher: self.batcher.clone(),
+            liveness: self.liveness.clone(),
+        };
+        let admin =
+            AdminService { ctx: ctx.clone(), leases: self.lease_table.clone(), liveness: self.liveness.clone() };
+        Ok(tonic::transport::Server::builder()
+            .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
+            .add_service(RaftRpcServer { raft: self.raft.clone() }.into_service())
+            .add_service(KvService { ctx: ctx.clone() }.into_service())
+            .add_service(ClusterService { ctx: ctx.clone() }.into_service())
+            .add_service(controller.into_service())
+            .add_service(admin.into_service())
+            .add_service(health_service)
+            .add_service(reflection))
+    }
+}
+
+/// Runs a production node until `shutdown` resolves.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
     let grpc_listener = bind("grpc_listen", config.grpc_listen).await?;
     let admin_listener = bind("admin_listen", config.admin_listen).await?;
     prepare_data_dir(&config.data_dir)?;
     let first_start = check_identity(&config)?;
 
+    let data_err = |e: String| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e };
     let metrics = Arc::new(Metrics::new());
-    let log_store = SledLogStore::open(&config.data_dir.join("raft"), metrics.clone())
-        .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
+    let log_store =
+        SledLogStore::open(&config.data_dir.join("raft"), metrics.clone()).map_err(|e| data_err(e.to_string()))?;
     let state_machine = StateMachineStore::open(SnapshotVault::Dir(config.data_dir.clone()), metrics.clone())
-        .map_err(|e| StartError::DataDir { path: config.data_dir.display().to_string(), reason: e.to_string() })?;
-    let state = state_machine.reader();
-
-    let channels = Channels::new(tcp_channel_maker());
-    let network = Network { id: config.id, channels: channels.clone() };
-    let raft = Raft::new(config.id, Arc::new(raft_config(&config)?), network, log_store.clone(), state_machine)
-        .await
-        .map_err(|e| StartError::Raft(e.to_string()))?;
-    if let Err(e) = check_stored_address(&raft, &config) {
-        let _ = raft.shutdown().await;
+        .map_err(|e| data_err(e.to_string()))?;
+    let node = Node::start(Assembly {
+        id: config.id,
+        raft_config: raft_config(&config)?,
+        timing: config.timing,
+        log_store: log_store.clone(),
+        state_machine,
+        channels: Channels::new(tcp_channel_maker()),
+        clock: Arc::new(SystemClock::new()),
+        metrics,
+        mutations: LeaseMutations::default(),
+    })
+    .await?;
+    if let Err(e) = check_stored_address(&node.raft, &config) {
+        let _ = node.raft.shutdown().await;
         return Err(e);
     }
-
     if first_start {
         let identity = StoredIdentity { node_id: config.id, initial_peers: config.initial_peers.clone() };
         write_identity(&config, &identity)?;
     }
-    let initialized = raft.is_initialized().await.map_err(|e| StartError::Raft(e.to_string()))?;
-    if !initialized && !config.initial_peers.is_empty() {
-        tracing::info!(peers = ?format_peers(&config.initial_peers), "bootstrapping the cluster");
-        if let Err(e) = raft.initialize(config.initial_peers.clone()).await {
-            // Another member may have bootstrapped and replicated to us first.
-            tracing::warn!("initialize: {e}");
-        }
-    } else if !initialized {
-        tracing::info!(
-            "no initial_peers and no stored membership: waiting to be added with `interlockctl cluster add`"
-        );
-    }
-
-    let ctx = Arc::new(NodeCtx {
-        id: config.id,
-        raft: raft.clone(),
-        state,
-        channels,
-        metrics: metrics.clone(),
-        clock: Arc::new(SystemClock::new()),
-        write_timeout: config.timing.election_max * 10,
-        leader_wait: config.timing.election_max * 2,
-    });
-    tokio::spawn(mirror_raft_metrics(raft.clone(), metrics.clone()));
-    let lease_table = Arc::new(LeaseTable::default());
-    let mutations = LeaseMutations::default();
-    tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), mutations));
-    let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), mutations);
-    let liveness = Arc::new(Liveness::default());
-    let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    tokio::spawn(report_health(raft.clone(), health_reporter));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
+    node.bootstrap_once(&config.initial_peers).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -240,28 +308,17 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-
-    let grpc = tonic::transport::Server::builder()
-        .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
-        .add_service(RaftRpcServer { raft: raft.clone() }.into_service())
-        .add_service(KvService { ctx: ctx.clone() }.into_service())
-        .add_service(ClusterService { ctx: ctx.clone() }.into_service())
-        .add_service(
-            ControllerService { ctx: ctx.clone(), leases: lease_table.clone(), batcher, liveness: liveness.clone() }
-                .into_service(),
-        )
-        .add_service(AdminService { ctx: ctx.clone(), leases: lease_table, liveness }.into_service())
-        .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(grpc_listener), stopped());
-    let admin = axum::serve(admin_listener, admin::router(ctx.clone())).with_graceful_shutdown(stopped());
+    // Nagle's algorithm would hold small Raft replies back for tens of ms.
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let grpc = node.grpc_router()?.serve_with_incoming_shutdown(incoming, stopped());
+    let admin = axum::serve(admin_listener, admin::router(node.ctx.clone())).with_graceful_shutdown(stopped());
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     tracing::info!("{config}: serving");
 
     shutdown.await;
     tracing::info!("shutting down");
-    if let Err(e) = raft.shutdown().await {
+    if let Err(e) = node.raft.shutdown().await {
         tracing::warn!("raft shutdown: {e}");
     }
     let _ = stop_tx.send(true);
