@@ -311,20 +311,22 @@ impl Client {
 
 /// Whether a failed attempt may be repeated (possibly on another endpoint).
 fn retryable(status: &Status, idempotence: Idempotence) -> bool {
-    if status.code() != Code::Unavailable {
-        return idempotence == Idempotence::Idempotent && status.code() == Code::DeadlineExceeded;
-    }
-    match idempotence {
-        Idempotence::Idempotent => true,
-        // Refused before proposing (our own "not the leader"/"knows no leader"
-        // answers), or never sent (the connection could not be made).
-        Idempotence::NotIdempotent => {
+    match (status.code(), idempotence) {
+        // A broken connection, a node that went away mid-call, a timeout:
+        // safe to repeat only what is idempotent.
+        (
+            Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted,
+            Idempotence::Idempotent,
+        ) => true,
+        // Refused before proposing (our own "not the leader"/"knows no
+        // leader" answers), or never sent (the connection could not be made).
+        (Code::Unavailable, Idempotence::NotIdempotent) => {
             let message = status.message();
             message.contains("not the leader")
                 || message.contains("knows no leader")
                 || message.contains("tcp connect")
-                || message.contains("connection refused")
-                || message.contains("Connection refused")
+                || message.contains("onnection refused")
         }
+        _ => false,
     }
 }
