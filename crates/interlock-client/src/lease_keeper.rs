@@ -29,11 +29,16 @@ pub struct LeaseOptions {
     pub margin: Duration,
     /// Keepalive period (default: TTL / 4).
     pub keepalive_every: Option<Duration>,
+    /// How fast this process's clock runs against true time (local ms per
+    /// true ms). Always 1.0 in production; the simulation sets it to model a
+    /// slow or fast clock, so that deadlines are computed the way such a
+    /// process would.
+    pub clock_rate: f64,
 }
 
 impl Default for LeaseOptions {
     fn default() -> Self {
-        LeaseOptions { drift: DEFAULT_DRIFT, margin: Duration::from_millis(50), keepalive_every: None }
+        LeaseOptions { drift: DEFAULT_DRIFT, margin: Duration::from_millis(50), keepalive_every: None, clock_rate: 1.0 }
     }
 }
 
@@ -56,9 +61,12 @@ pub struct LeaseKeeper {
     client: Client,
 }
 
+/// The holder's deadline for a keepalive sent at `send`: computed on the
+/// holder's own clock, then placed on the runtime's timeline.
 fn deadline_from(send: Instant, ttl_ms: u64, options: &LeaseOptions) -> Instant {
-    let ms = holder_deadline(0, ttl_ms, options.drift, options.margin.as_millis() as u64);
-    send + Duration::from_millis(ms)
+    let local_ms = holder_deadline(0, ttl_ms, options.drift, options.margin.as_millis() as u64);
+    let rate = if options.clock_rate > 0.0 { options.clock_rate } else { 1.0 };
+    send + Duration::from_secs_f64(local_ms as f64 / 1000.0 / rate)
 }
 
 impl LeaseKeeper {
@@ -215,12 +223,15 @@ async fn keep(
                     }
                     Ok(None) => break "the leader closed the keepalive stream".to_string(),
                     Err(status) => {
-                        index = client.next_endpoint(index, &status);
+                        let next = client.next_endpoint(index, &status);
+                        // A node that names itself but cannot serve: try another.
+                        index = if next == index { (index + 1) % client.endpoints().len() } else { next };
                         break status.message().to_string();
                     }
                 },
             }
         };
         tracing::debug!(key, "keepalive stream broke ({broken}); reconnecting");
+        tokio::time::sleep(every.min(Duration::from_millis(100))).await;
     }
 }

@@ -128,10 +128,31 @@ impl Client {
             .iter()
             .map(|e| {
                 Endpoint::from_shared(format!("http://{e}"))
-                    .map(|ep| ep.connect_timeout(options.connect_timeout).tcp_nodelay(true).connect_lazy())
+                    .map(|ep| {
+                        ep.connect_timeout(options.connect_timeout)
+                            .tcp_nodelay(true)
+                            // Notice a half-open connection instead of hanging on it.
+                            .http2_keep_alive_interval(Duration::from_secs(5))
+                            .keep_alive_timeout(Duration::from_secs(3))
+                            .keep_alive_while_idle(true)
+                            .connect_lazy()
+                    })
                     .map_err(|err| ClientError::InvalidArgument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        Ok(Client { endpoints, channels, preferred: Arc::new(AtomicUsize::new(0)), options })
+    }
+
+    /// A client over channels made elsewhere (one per endpoint, same order),
+    /// e.g. over a simulated network.
+    pub fn with_channels(
+        endpoints: Vec<String>,
+        channels: Vec<Channel>,
+        options: ClientOptions,
+    ) -> Result<Client, ClientError> {
+        if endpoints.is_empty() || endpoints.len() != channels.len() {
+            return Err(ClientError::InvalidArgument("endpoints: one channel per endpoint, at least one".to_string()));
+        }
         Ok(Client { endpoints, channels, preferred: Arc::new(AtomicUsize::new(0)), options })
     }
 
@@ -182,6 +203,10 @@ impl Client {
                 )),
             };
             if !retryable(&status, idempotence) || started.elapsed() + backoff > self.options.retry_budget {
+                if matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Unknown) {
+                    // Start the next call elsewhere: this endpoint may be gone.
+                    self.preferred.store(self.next_endpoint(index, &status), Ordering::Relaxed);
+                }
                 return Err(ClientError::from_status(status, last.as_ref()));
             }
             index = self.next_endpoint(index, &status);

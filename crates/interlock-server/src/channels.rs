@@ -26,8 +26,11 @@ pub fn tcp_channel_maker() -> ChannelMaker {
             .map_err(|e| format!("{addr}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            // Detects a half-open connection (a peer that vanished behind a
+            // partition) so the channel reconnects instead of hanging.
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3))
+            .keep_alive_while_idle(true);
         Ok(endpoint.connect_lazy())
     })
 }

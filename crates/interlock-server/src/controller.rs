@@ -3,7 +3,7 @@
 
 use crate::ctx::{forwarded, NodeCtx, ProposeError};
 use crate::kv::invalid;
-use crate::leases::{KeepaliveBatcher, KeepaliveItem, LeaseTable};
+use crate::leases::{KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
 use crate::watch::{parse_topic, run_watch, WATCH_BUFFER};
 use interlock_core::lease::{validate_grant, validate_lease_key};
 use interlock_core::topology::validate_id;
@@ -57,6 +57,7 @@ impl Liveness {
 pub struct ControllerService {
     pub ctx: Arc<NodeCtx>,
     pub leases: Arc<LeaseTable>,
+    pub mutations: LeaseMutations,
     pub batcher: KeepaliveBatcher,
     pub liveness: Arc<Liveness>,
 }
@@ -145,12 +146,16 @@ impl Controller for ControllerService {
     }
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        let received_ms = self.ctx.clock.monotonic_ms();
         let (metadata, _, message) = request.into_parts();
         validate_grant(&message.key, &message.holder, message.ttl_ms).map_err(invalid)?;
         let command =
             Command::LeaseGrant { key: message.key.clone(), holder: message.holder.clone(), ttl_ms: message.ttl_ms };
         match self.ctx.propose(command).await {
-            Ok(CoreResponse::Lease { token, ttl_ms }) => Ok(Response::new(LeaseGrantResponse { token, ttl_ms })),
+            Ok(CoreResponse::Lease { token, ttl_ms }) => {
+                self.leases.note_grant(&self.ctx, &message.key, token, received_ms, self.mutations);
+                Ok(Response::new(LeaseGrantResponse { token, ttl_ms }))
+            }
             Ok(other) => Err(Status::internal(format!("unexpected answer to a grant: {other:?}"))),
             Err(ProposeError::NotLeader(f)) => {
                 ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).lease_grant(forwarded(message)).await

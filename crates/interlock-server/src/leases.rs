@@ -54,6 +54,20 @@ impl LeaseTable {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A grant of (`key`, `token`) that arrived at `received_ms` has
+    /// committed. Committing proves leadership after the request arrived,
+    /// like a keepalive's confirmation round, so the deadline moves to
+    /// `received + ttl`. This matters when a holder repeats a grant for a
+    /// lease it already holds: it gets the existing token back and counts
+    /// its deadline from this request.
+    pub fn note_grant(&self, ctx: &NodeCtx, key: &str, token: u64, received_ms: u64, mutations: LeaseMutations) {
+        let mut inner = self.lock();
+        sync_table(ctx, &mut inner, ctx.clock.monotonic_ms(), mutations);
+        if inner.term.is_some() {
+            inner.deadlines.refresh(key, token, received_ms);
+        }
+    }
+
     /// Milliseconds left on `key`, if this node is leader and knows it.
     pub fn remaining_ms(&self, key: &str, now_ms: u64) -> Option<u64> {
         let inner = self.lock();
@@ -164,8 +178,9 @@ async fn run_batches(
             ctx.raft.ensure_linearizable().await.map(|_| ()).map_err(|e| e.to_string())
         };
         if let Err(reason) = confirmed {
-            let status = ctx.no_leader_status(&ctx.leader_hint());
-            tracing::debug!("keepalive round failed: {reason}");
+            // No leader hint: this node may believe it leads and still be cut
+            // off from its quorum; the holder should try another node.
+            let status = Status::unavailable(format!("node {} could not confirm its leadership: {reason}", ctx.id));
             for item in batch {
                 let _ = item.reply.try_send(Err(status.clone()));
             }
@@ -174,8 +189,22 @@ async fn run_batches(
         let now = ctx.clock.monotonic_ms();
         let mut inner = table.lock();
         sync_table(&ctx, &mut inner, now, mutations);
+        let applied = ctx.state.read();
         for item in batch {
-            let renewed = inner.term.and_then(|_| inner.deadlines.refresh(&item.key, item.token, item.received_ms));
+            // The confirmation waited for this node to apply everything
+            // committed, so the replicated state says whether the lease exists.
+            let held = applied.state.leases.get(&item.key).is_some_and(|l| l.token == item.token);
+            let renewed = match (held, inner.term) {
+                (true, None) => {
+                    // Leadership confirmed, but this node's view of it has not
+                    // settled yet: the holder retries rather than losing it.
+                    let status = Status::unavailable(format!("node {} is still taking over leadership", ctx.id));
+                    let _ = item.reply.try_send(Err(status));
+                    continue;
+                }
+                (true, Some(_)) => inner.deadlines.refresh(&item.key, item.token, item.received_ms),
+                (false, _) => None,
+            };
             let answer = LeaseKeepAliveResponse {
                 key: item.key.clone(),
                 token: item.token,

@@ -192,6 +192,7 @@ pub struct Node {
     lease_table: Arc<LeaseTable>,
     batcher: KeepaliveBatcher,
     liveness: Arc<Liveness>,
+    mutations: LeaseMutations,
 }
 
 impl Node {
@@ -216,7 +217,14 @@ impl Node {
         let lease_table = Arc::new(LeaseTable::default());
         tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), parts.mutations));
         let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);
-        Ok(Node { raft, ctx, lease_table, batcher, liveness: Arc::new(Liveness::default()) })
+        Ok(Node {
+            raft,
+            ctx,
+            lease_table,
+            batcher,
+            liveness: Arc::new(Liveness::default()),
+            mutations: parts.mutations,
+        })
     }
 
     /// Initialises the cluster with `peers` unless the stores already hold a
@@ -249,6 +257,7 @@ impl Node {
         let controller = ControllerService {
             ctx: ctx.clone(),
             leases: self.lease_table.clone(),
+            mutations: self.mutations,
             batcher: self.batcher.clone(),
             liveness: self.liveness.clone(),
         };

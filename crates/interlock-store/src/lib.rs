@@ -4,6 +4,7 @@
 //! - [`TypeConfig`]: Interlock's openraft type configuration.
 //! - [`sled_log`]: the durable log store on sled (production).
 //! - [`mem_log`]: the in-memory log store (simulation, tests).
+//! - [`runtime`]: openraft's runtime: tokio with a seedable RNG.
 //! - [`state_machine`]: the state-machine store shared by both, around
 //!   [`interlock_core::State`], with snapshots kept in a [`SnapshotVault`].
 //!
@@ -12,6 +13,7 @@
 //! `save_vote`, `save_committed`) before it is flushed.
 
 pub mod mem_log;
+pub mod runtime;
 pub mod sled_log;
 pub mod state_machine;
 
@@ -32,7 +34,7 @@ openraft::declare_raft_types!(
         Node = NodeInfo,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::InterlockRuntime,
 );
 
 /// The openraft types, specialised to Interlock.

@@ -1,0 +1,76 @@
+//! The faults a run suffers, planned up front from the seed.
+
+use crate::world::REGIONS;
+use rand::Rng;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// A region (its coordinator and holder) cut from the other regions.
+    IsolateRegion(usize),
+    /// A holder cut from every coordinator (a controller-only partition).
+    CutHolder(usize),
+    /// Coordinator a can no longer send to coordinator b.
+    OneWay(usize, usize),
+    /// A coordinator crashes and restarts when the fault ends.
+    CrashNode(usize),
+    /// The current leader crashes and restarts when the fault ends.
+    KillLeader,
+    /// Whoever holds the lease now is cut from every coordinator, for longer
+    /// than the lease TTL (so the lease must change hands).
+    CutCurrentHolder,
+}
+
+impl fmt::Display for Fault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fault::IsolateRegion(r) => write!(f, "isolate region {}", REGIONS[*r]),
+            Fault::CutHolder(r) => write!(f, "cut holder h-{} from the coordinators", REGIONS[*r]),
+            Fault::OneWay(a, b) => write!(f, "one-way partition n{} -> n{}", a + 1, b + 1),
+            Fault::CrashNode(n) => write!(f, "crash n{}", n + 1),
+            Fault::KillLeader => write!(f, "kill the leader"),
+            Fault::CutCurrentHolder => write!(f, "cut the current lease holder from the coordinators"),
+        }
+    }
+}
+
+/// A fault and when it starts and ends (true ms).
+#[derive(Debug, Clone)]
+pub struct Scheduled {
+    pub fault: Fault,
+    pub from_ms: u64,
+    pub until_ms: u64,
+}
+
+impl fmt::Display for Scheduled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} from {} ms to {} ms", self.fault, self.from_ms, self.until_ms)
+    }
+}
+
+/// One fault at a time, back to back with calm gaps, within [from, until).
+/// Faults last from 2 s to a lease TTL plus 10 s, so that some outlast it.
+pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) -> Vec<Scheduled> {
+    let mut schedule = Vec::new();
+    let mut t = from_ms;
+    loop {
+        let mut duration = rng.gen_range(2_000..12_000);
+        let r = rng.gen_range(0..REGIONS.len());
+        let fault = match rng.gen_range(0..6) {
+            0 => Fault::IsolateRegion(r),
+            1 => Fault::CutHolder(r),
+            2 => Fault::OneWay(r, (r + 1 + rng.gen_range(0..REGIONS.len() - 1)) % REGIONS.len()),
+            3 => Fault::CrashNode(r),
+            4 => Fault::KillLeader,
+            _ => {
+                duration = lease_ttl_ms + rng.gen_range(1_000..8_000);
+                Fault::CutCurrentHolder
+            }
+        };
+        if t + duration >= until_ms {
+            return schedule;
+        }
+        schedule.push(Scheduled { fault, from_ms: t, until_ms: t + duration });
+        t += duration + rng.gen_range(1_000..6_000);
+    }
+}

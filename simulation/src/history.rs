@@ -1,0 +1,94 @@
+//! What the simulation observed, in true simulated time: the oracle's record
+//! that the invariants are checked against.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A holder's belief that it holds a lease, from when its acquire returned
+/// until its own deadline passed (or it learned the lease was gone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Belief {
+    pub holder: String,
+    pub key: String,
+    pub token: u64,
+    pub from_ms: u64,
+    /// `None` while the belief is still open (the holder still acts).
+    pub until_ms: Option<u64>,
+}
+
+/// A storage system that checks fencing tokens: it rejects a write whose
+/// token is lower than the highest it has seen.
+#[derive(Debug, Default, Clone)]
+pub struct FencedStore {
+    pub highest_token: u64,
+    /// (true ms, token, holder) of accepted writes, in order.
+    pub accepted: Vec<(u64, u64, String)>,
+    /// Writes rejected although their writer believed it held the lease.
+    pub rejected_while_believing: Vec<(u64, u64, String)>,
+}
+
+impl FencedStore {
+    /// A write by `holder` with `token` at `at_ms`; true if accepted.
+    pub fn write(&mut self, at_ms: u64, token: u64, holder: &str) -> bool {
+        if token < self.highest_token {
+            self.rejected_while_believing.push((at_ms, token, holder.to_string()));
+            return false;
+        }
+        self.highest_token = token;
+        self.accepted.push((at_ms, token, holder.to_string()));
+        true
+    }
+}
+
+/// Everything recorded during one run.
+#[derive(Debug, Default)]
+pub struct History {
+    /// Nodes seen as leader, by term.
+    pub leaders_by_term: BTreeMap<u64, BTreeSet<u64>>,
+    pub beliefs: Vec<Belief>,
+    pub fenced: FencedStore,
+    /// Writes the SDK acknowledged: key -> value.
+    pub acked_writes: BTreeMap<String, String>,
+    /// Acknowledged writes that a final linearizable read did not return.
+    pub missing_writes: Vec<String>,
+    /// When the faults ended and every link was healed (true ms).
+    pub healed_at_ms: Option<u64>,
+    /// First time after healing that a write was acknowledged.
+    pub write_after_heal_ms: Option<u64>,
+    /// The final read-back completed.
+    pub verified: bool,
+    /// Every observation as a line, in order: the run's trace.
+    pub trace: Vec<String>,
+}
+
+impl History {
+    pub fn note(&mut self, at_ms: u64, line: String) {
+        self.trace.push(format!("{at_ms:>8} {line}"));
+    }
+
+    /// FNV-1a over the trace: equal for equal runs, byte for byte.
+    pub fn digest(&self) -> u64 {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for line in &self.trace {
+            for byte in line.bytes().chain(std::iter::once(b'\n')) {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash
+    }
+}
+
+/// The history, shared by every simulated host of one run.
+#[derive(Clone, Default)]
+pub struct Shared(Arc<Mutex<History>>);
+
+impl Shared {
+    pub fn lock(&self) -> MutexGuard<'_, History> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn take(&self) -> History {
+        std::mem::take(&mut *self.lock())
+    }
+}

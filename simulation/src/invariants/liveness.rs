@@ -1,0 +1,29 @@
+//! Liveness after healing: once every fault is repaired the cluster elects a
+//! leader, accepts writes and grants the lease again within a bound.
+
+use crate::history::History;
+
+pub fn check(history: &History, bound_ms: u64) -> Vec<String> {
+    let Some(healed) = history.healed_at_ms else { return vec!["liveness: the run never healed".to_string()] };
+    let mut violations = Vec::new();
+    match history.write_after_heal_ms {
+        Some(at) if at - healed <= bound_ms => {}
+        other => {
+            violations.push(format!("liveness: no write acknowledged within {bound_ms} ms of healing ({other:?})"))
+        }
+    }
+    // The lease is held by someone at some instant within the bound.
+    let held_at = history
+        .beliefs
+        .iter()
+        .filter(|b| b.until_ms.is_none_or(|until| until > healed))
+        .map(|b| b.from_ms.max(healed))
+        .min();
+    match held_at {
+        Some(at) if at - healed <= bound_ms => {}
+        other => {
+            violations.push(format!("liveness: nobody held the lease within {bound_ms} ms of healing ({other:?})"))
+        }
+    }
+    violations
+}

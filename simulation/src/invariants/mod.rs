@@ -1,0 +1,21 @@
+//! The invariants, one per file, each naming the SPEC guarantee it checks.
+//! Each takes the run's [`History`] and returns its violations as sentences.
+
+mod acknowledged_writes;
+mod election_safety;
+mod fencing;
+mod lease_exclusivity;
+mod liveness;
+
+use crate::history::History;
+
+/// Every invariant's violations for one run.
+pub fn check_all(history: &History, liveness_bound_ms: u64) -> Vec<String> {
+    let mut violations = Vec::new();
+    violations.extend(election_safety::check(history));
+    violations.extend(lease_exclusivity::check(history));
+    violations.extend(fencing::check(history));
+    violations.extend(acknowledged_writes::check(history));
+    violations.extend(liveness::check(history, liveness_bound_ms));
+    violations
+}

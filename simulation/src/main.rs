@@ -1,0 +1,164 @@
+//! `interlock-sim`: runs seeds of the deterministic simulation and reports.
+//!
+//! ```text
+//! interlock-sim --seeds 0..100 --jobs 2
+//! interlock-sim --seed 17 --trace                 # replay one seed, print its trace
+//! interlock-sim --seeds 0..200 --mutation holder-no-drift --stop-at-first
+//! ```
+
+use clap::Parser;
+use interlock_simulation::world::{run, Mutation, Report, RunConfig};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Deterministic simulation of a three-region Interlock deployment.
+///
+/// Each seed runs the real node code and SDK under turmoil: 60 s of faults
+/// (region isolation, controller-only partitions, one-way partitions,
+/// crashes, leader kills) with drifting clocks, then healing, then a
+/// liveness phase; every invariant is checked against the recorded history.
+#[derive(Parser)]
+#[command(name = "interlock-sim", version, about)]
+struct Cli {
+    /// Seeds to run, as START..END (END excluded).
+    #[arg(long, default_value = "0..10", value_parser = parse_range, conflicts_with = "seed")]
+    seeds: Range<u64>,
+    /// Run exactly this seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The scenario (only "faults" so far: faults, healing, liveness).
+    #[arg(long, default_value = "faults")]
+    scenario: String,
+    /// Switch on a deliberate bug: skip-keepalive-confirmation,
+    /// no-reset-on-new-term or holder-no-drift.
+    #[arg(long)]
+    mutation: Option<String>,
+    /// Seeds run in parallel (one thread each).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Stop at the first seed with a violation.
+    #[arg(long)]
+    stop_at_first: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Print the trace of every run (use with --seed).
+    #[arg(long)]
+    trace: bool,
+}
+
+fn parse_range(text: &str) -> Result<Range<u64>, String> {
+    let (a, b) = text.split_once("..").ok_or_else(|| format!("{text:?} is not START..END"))?;
+    let a: u64 = a.parse().map_err(|_| format!("{a:?} is not a number"))?;
+    let b: u64 = b.parse().map_err(|_| format!("{b:?} is not a number"))?;
+    if a >= b {
+        return Err(format!("{text:?} is empty"));
+    }
+    Ok(a..b)
+}
+
+fn reproduce(seed: u64, mutation: Option<Mutation>) -> String {
+    let m = mutation.map(|m| format!(" --mutation {}", m.name())).unwrap_or_default();
+    format!("cargo run -p interlock-simulation --bin interlock-sim -- --seed {seed}{m} --trace")
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // Node logs, for debugging one seed: INTERLOCK_SIM_LOG=interlock_server=debug.
+    if let Ok(filter) = std::env::var("INTERLOCK_SIM_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    if cli.scenario != "faults" {
+        eprintln!("interlock-sim: unknown scenario {:?} (known: faults)", cli.scenario);
+        return std::process::ExitCode::from(2);
+    }
+    let mutation = match cli.mutation.as_deref().map(|m| (m, Mutation::parse(m))) {
+        None => None,
+        Some((_, Some(m))) => Some(m),
+        Some((name, None)) => {
+            let known: Vec<&str> = Mutation::ALL.iter().map(|m| m.name()).collect();
+            eprintln!("interlock-sim: unknown mutation {name:?} (known: {})", known.join(", "));
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let seeds = match cli.seed {
+        Some(s) => s..s + 1,
+        None => cli.seeds.clone(),
+    };
+    let next = AtomicU64::new(seeds.start);
+    let stop = AtomicBool::new(false);
+    let reports: Mutex<Vec<Report>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..cli.jobs.max(1) {
+            let builder = std::thread::Builder::new().stack_size(64 << 20);
+            let spawned = builder.spawn_scoped(scope, || loop {
+                let seed = next.fetch_add(1, Ordering::SeqCst);
+                if seed >= seeds.end || stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                let report = run(&RunConfig { seed, mutation });
+                if cli.trace {
+                    eprintln!("seed {seed} trace:\n{}", report.trace.join("\n"));
+                }
+                if !report.violations.is_empty() && cli.stop_at_first {
+                    stop.store(true, Ordering::SeqCst);
+                }
+                if !cli.json {
+                    let verdict = if report.violations.is_empty() { "ok".to_string() } else { "VIOLATION".to_string() };
+                    eprintln!(
+                        "seed {seed}: {verdict} ({} terms, {} lease holdings, {} acknowledged writes, digest {:016x})",
+                        report.terms, report.lease_handovers, report.acked_writes, report.digest
+                    );
+                    for v in &report.violations {
+                        eprintln!("  {v}");
+                    }
+                }
+                reports.lock().unwrap_or_else(|p| p.into_inner()).push(report);
+            });
+            if let Err(e) = spawned {
+                eprintln!("interlock-sim: cannot start a thread: {e}");
+            }
+        }
+    });
+    let mut reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());
+    reports.sort_by_key(|r| r.seed);
+    let failures: Vec<u64> = reports.iter().filter(|r| !r.violations.is_empty()).map(|r| r.seed).collect();
+    let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
+    let simulated_s: f64 = reports.iter().map(|r| r.simulated_ms as f64 / 1000.0).sum();
+    if cli.json {
+        let value = serde_json::json!({
+            "scenario": cli.scenario,
+            "mutation": mutation.map(|m| m.name()),
+            "seeds": format!("{}..{}", seeds.start, seeds.end),
+            "runs": reports.len(),
+            "violations": violations,
+            "failures": failures,
+            "simulated_seconds": simulated_s,
+            "leader_terms": reports.iter().map(|r| r.terms).sum::<usize>(),
+            "lease_holdings": reports.iter().map(|r| r.lease_handovers).sum::<usize>(),
+            "acknowledged_writes": reports.iter().map(|r| r.acked_writes).sum::<usize>(),
+            "digests": reports.iter().map(|r| format!("{:016x}", r.digest)).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+    } else {
+        println!(
+            "{} runs ({:.0} simulated seconds): {} violations in {} seeds",
+            reports.len(),
+            simulated_s,
+            violations,
+            failures.len()
+        );
+        for seed in &failures {
+            println!("  reproduce: {}", reproduce(*seed, mutation));
+        }
+    }
+    if failures.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

@@ -1,0 +1,496 @@
+//! One simulated deployment: three regions, a coordinator node and a lease
+//! holder (a controller stand-in built on the real SDK) in each, a writer
+//! client, a fenced store, a latency matrix, per-host clock drift, and a
+//! schedule of faults. Everything is decided by the seed.
+
+use crate::clock::{true_ms, SimClock};
+use crate::faults::{plan, Fault, Scheduled};
+use crate::history::{Belief, Shared};
+use crate::net::{self, GRPC_PORT};
+use interlock_client::{Client, ClientOptions, LeaseKeeper, LeaseOptions, LeaseState};
+use interlock_core::NodeInfo;
+use interlock_server::channels::Channels;
+use interlock_server::config::TimingPreset;
+use interlock_server::leases::LeaseMutations;
+use interlock_server::metrics::Metrics;
+use interlock_server::node::{Assembly, Node};
+use interlock_store::{MemLogStore, NoObserver, SnapshotVault, StateMachineStore};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Regions of the simulated deployment, one coordinator and one holder each.
+pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+/// One-way latency between regions (ms): eu-us, eu-ap, us-ap.
+pub const CROSS_REGION_MS: [(usize, usize, u64); 3] = [(0, 1, 15), (0, 2, 40), (1, 2, 75)];
+/// The lease the holders contend for.
+pub const LEASE_KEY: &str = "shard/orders/0/primary";
+/// Its TTL is one of these, chosen by the seed: long TTLs widen the window in
+/// which a clock-drift bug shows (drift is a fraction of the TTL).
+pub const LEASE_TTLS_S: [u64; 4] = [3, 5, 10, 20];
+/// Clock rates are within ±1%; most hosts sit at a bound, where drift bugs
+/// are most visible.
+pub const DRIFT_MAX: f64 = 0.01;
+/// Faults happen in [FAULTS_FROM_MS, FAULTS_UNTIL_MS); then everything heals.
+pub const FAULTS_FROM_MS: u64 = 8_000;
+pub const FAULTS_UNTIL_MS: u64 = 68_000;
+/// After healing, a leader, a write and a lease holder within this bound.
+pub const LIVENESS_BOUND_MS: u64 = 20_000;
+/// The run ends this long after healing.
+pub const RUN_AFTER_HEAL_MS: u64 = 25_000;
+
+/// A deliberate bug, to prove the checkers can fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mutation {
+    /// The leader answers keepalives without confirming leadership.
+    SkipKeepaliveConfirmation,
+    /// A new leader does not give leases election time + TTL.
+    NoResetOnNewTerm,
+    /// Holders compute their deadline without the drift term.
+    HolderNoDrift,
+}
+
+impl Mutation {
+    pub const ALL: [Mutation; 3] =
+        [Mutation::SkipKeepaliveConfirmation, Mutation::NoResetOnNewTerm, Mutation::HolderNoDrift];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mutation::SkipKeepaliveConfirmation => "skip-keepalive-confirmation",
+            Mutation::NoResetOnNewTerm => "no-reset-on-new-term",
+            Mutation::HolderNoDrift => "holder-no-drift",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| m.name() == name)
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub mutation: Option<Mutation>,
+}
+
+/// The outcome of one seed.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub seed: u64,
+    pub violations: Vec<String>,
+    pub digest: u64,
+    pub terms: usize,
+    pub lease_handovers: usize,
+    pub acked_writes: usize,
+    pub faults: Vec<String>,
+    pub simulated_ms: u64,
+    /// The run's trace (what the digest is computed over).
+    pub trace: Vec<String>,
+}
+
+/// A clock rate within ±[`DRIFT_MAX`]: at either bound 40% of the time each.
+fn clock_rate(rng: &mut impl Rng) -> f64 {
+    match rng.gen_range(0..5) {
+        0 | 1 => 1.0 - DRIFT_MAX,
+        2 | 3 => 1.0 + DRIFT_MAX,
+        _ => 1.0 + rng.gen_range(-DRIFT_MAX..=DRIFT_MAX),
+    }
+}
+
+fn node_name(i: usize) -> String {
+    format!("n{}", i + 1)
+}
+
+fn holder_name(i: usize) -> String {
+    format!("h-{}", REGIONS[i])
+}
+
+/// The in-memory "disk" of a coordinator: survives crashes and restarts.
+#[derive(Clone)]
+struct Disk {
+    log: MemLogStore,
+    vault: SnapshotVault,
+}
+
+/// Runs one seed to the end and checks every invariant.
+pub fn run(config: &RunConfig) -> Report {
+    interlock_store::runtime::seed_thread_rng(config.seed);
+    let mut rng = StdRng::seed_from_u64(config.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let end_ms = FAULTS_UNTIL_MS + RUN_AFTER_HEAL_MS;
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_millis(end_ms + 60_000))
+        .tick_duration(Duration::from_millis(1))
+        .min_message_latency(Duration::from_millis(1))
+        .max_message_latency(Duration::from_millis(2))
+        .tcp_capacity(1 << 16)
+        .rng_seed(config.seed)
+        .build();
+    let shared = Shared::default();
+    let lease_ttl = Duration::from_secs(LEASE_TTLS_S[rng.gen_range(0..LEASE_TTLS_S.len())]);
+    shared.lock().note(0, format!("lease ttl {lease_ttl:?}"));
+
+    let mutations = LeaseMutations {
+        skip_keepalive_confirmation: config.mutation == Some(Mutation::SkipKeepaliveConfirmation),
+        no_reset_on_new_term: config.mutation == Some(Mutation::NoResetOnNewTerm),
+    };
+    let peers: BTreeMap<u64, NodeInfo> = (0..REGIONS.len())
+        .map(|i| {
+            let info = NodeInfo { grpc_addr: format!("{}:{GRPC_PORT}", node_name(i)), region: REGIONS[i].to_string() };
+            (i as u64 + 1, info)
+        })
+        .collect();
+    let endpoints: Vec<String> = peers.values().map(|n| n.grpc_addr.clone()).collect();
+
+    for i in 0..REGIONS.len() {
+        let disk = Disk { log: MemLogStore::new(), vault: SnapshotVault::memory() };
+        let clock = SimClock { rate: clock_rate(&mut rng), offset_ms: rng.gen_range(-5_000..=5_000) };
+        let (peers, shared) = (peers.clone(), shared.clone());
+        shared.lock().note(0, format!("{} clock rate {:.4}", node_name(i), clock.rate));
+        sim.host(node_name(i), move || {
+            let (disk, peers, shared) = (disk.clone(), peers.clone(), shared.clone());
+            coordinator(i as u64 + 1, disk, peers, clock, mutations, shared)
+        });
+    }
+    for i in 0..REGIONS.len() {
+        let rate = clock_rate(&mut rng);
+        let drift = if config.mutation == Some(Mutation::HolderNoDrift) { 0.0 } else { 0.01 };
+        let options = LeaseOptions { drift, clock_rate: rate, ..LeaseOptions::default() };
+        let (endpoints, shared) = (endpoints.clone(), shared.clone());
+        let backoff_seed: u64 = rng.gen();
+        shared.lock().note(0, format!("{} clock rate {rate:.4}", holder_name(i)));
+        sim.host(holder_name(i), move || {
+            holder(holder_name(i), endpoints.clone(), options.clone(), lease_ttl, backoff_seed, shared.clone())
+        });
+    }
+    {
+        let (endpoints, shared) = (endpoints.clone(), shared.clone());
+        sim.client("writer", async move { writer(endpoints, shared).await });
+    }
+
+    // Latencies: cross-region links per the matrix, with jitter.
+    for (a, b, ms) in CROSS_REGION_MS {
+        for x in [node_name(a), holder_name(a)] {
+            for y in [node_name(b), holder_name(b)] {
+                sim.set_link_latency(x.as_str(), y.as_str(), Duration::from_millis(ms));
+                sim.set_link_max_message_latency(x.as_str(), y.as_str(), Duration::from_millis(ms + ms / 5));
+            }
+        }
+        sim.set_link_latency("writer", node_name(b).as_str(), Duration::from_millis(if a == 0 { ms } else { 1 }));
+    }
+
+    let schedule = plan(&mut rng, FAULTS_FROM_MS, FAULTS_UNTIL_MS, lease_ttl.as_millis() as u64);
+    let fault_lines: Vec<String> = schedule.iter().map(|s| s.to_string()).collect();
+    drive(&mut sim, &schedule, &shared, end_ms);
+
+    let history = shared.take();
+    let mut violations = crate::invariants::check_all(&history, LIVENESS_BOUND_MS);
+    if let Some(error) = history.trace.iter().find(|l| l.contains("HOST ERROR")) {
+        violations.push(error.clone());
+    }
+    Report {
+        seed: config.seed,
+        digest: history.digest(),
+        terms: history.leaders_by_term.len(),
+        lease_handovers: history.beliefs.len(),
+        acked_writes: history.acked_writes.len(),
+        faults: fault_lines,
+        simulated_ms: end_ms,
+        trace: history.trace.clone(),
+        violations,
+    }
+}
+
+/// Steps the simulation, applying and healing faults on schedule.
+fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, end_ms: u64) {
+    let hosts: Vec<String> = (0..REGIONS.len()).flat_map(|i| [node_name(i), holder_name(i)]).collect();
+    let mut started = vec![false; schedule.len()];
+    let mut ended = vec![false; schedule.len()];
+    let mut crashed: Vec<String> = Vec::new();
+    let mut healed = false;
+    loop {
+        let now = sim.elapsed().as_millis() as u64;
+        for (k, s) in schedule.iter().enumerate() {
+            if !started[k] && now >= s.from_ms {
+                started[k] = true;
+                apply(sim, &s.fault, shared, &mut crashed, now);
+            }
+            if started[k] && !ended[k] && now >= s.until_ms {
+                ended[k] = true;
+                heal(sim, &hosts, &mut crashed);
+                shared.lock().note(now, format!("healed {}", s.fault));
+            }
+        }
+        if !healed && now >= FAULTS_UNTIL_MS {
+            healed = true;
+            heal(sim, &hosts, &mut crashed);
+            let mut h = shared.lock();
+            h.healed_at_ms = Some(now);
+            h.note(now, "all faults healed".to_string());
+        }
+        if now >= end_ms {
+            return;
+        }
+        match sim.step() {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                shared.lock().note(now, format!("HOST ERROR: {e}"));
+                return;
+            }
+        }
+    }
+}
+
+fn region_hosts(r: usize) -> [String; 2] {
+    [node_name(r), holder_name(r)]
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Shared, crashed: &mut Vec<String>, now: u64) {
+    shared.lock().note(now, format!("fault {fault}"));
+    match fault {
+        Fault::IsolateRegion(r) => {
+            for other in (0..REGIONS.len()).filter(|o| o != r) {
+                for a in region_hosts(*r) {
+                    for b in region_hosts(other) {
+                        sim.partition(a.as_str(), b.as_str());
+                    }
+                }
+                sim.partition(node_name(*r).as_str(), "writer");
+            }
+        }
+        Fault::CutHolder(r) => {
+            for n in 0..REGIONS.len() {
+                sim.partition(holder_name(*r).as_str(), node_name(n).as_str());
+            }
+        }
+        Fault::OneWay(a, b) => sim.partition_oneway(node_name(*a).as_str(), node_name(*b).as_str()),
+        Fault::CrashNode(n) => {
+            sim.crash(node_name(*n).as_str());
+            crashed.push(node_name(*n));
+        }
+        Fault::CutCurrentHolder => {
+            let holder = shared.lock().beliefs.iter().rev().find(|b| b.until_ms.is_none()).map(|b| b.holder.clone());
+            if let Some(holder) = holder {
+                for n in 0..REGIONS.len() {
+                    sim.partition(holder.as_str(), node_name(n).as_str());
+                }
+            }
+        }
+        Fault::KillLeader => {
+            let leader = shared.lock().leaders_by_term.iter().next_back().and_then(|(_, l)| l.iter().next().copied());
+            if let Some(id) = leader {
+                let name = node_name(id as usize - 1);
+                sim.crash(name.as_str());
+                crashed.push(name);
+            }
+        }
+    }
+}
+
+fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[String], crashed: &mut Vec<String>) {
+    for a in hosts.iter().map(String::as_str).chain(["writer"]) {
+        for b in hosts.iter().map(String::as_str).chain(["writer"]) {
+            if a != b {
+                sim.repair(a, b);
+            }
+        }
+    }
+    for name in crashed.drain(..) {
+        sim.bounce(name.as_str());
+    }
+}
+
+/// A coordinator host: the real node code on simulated TCP and memory.
+async fn coordinator(
+    id: u64,
+    disk: Disk,
+    peers: BTreeMap<u64, NodeInfo>,
+    clock: SimClock,
+    mutations: LeaseMutations,
+    shared: Shared,
+) -> turmoil::Result {
+    let timing = TimingPreset::Wan.timing();
+    let raft_config = openraft_config(&timing)?;
+    let state_machine = StateMachineStore::open(disk.vault.clone(), Arc::new(NoObserver))?;
+    let node = Node::start(Assembly {
+        id,
+        raft_config,
+        timing,
+        log_store: disk.log.clone(),
+        state_machine,
+        channels: Channels::new(net::channel_maker()),
+        clock: Arc::new(clock),
+        metrics: Arc::new(Metrics::new()),
+        mutations,
+    })
+    .await?;
+    node.bootstrap_once(&peers).await?;
+    tokio::spawn(observe_leadership(node.raft.clone(), id, shared));
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GRPC_PORT)).await?;
+    node.grpc_router()?.serve_with_incoming(net::incoming(listener)).await?;
+    Ok(())
+}
+
+fn openraft_config(timing: &interlock_server::config::Timing) -> Result<openraft::Config, Box<dyn std::error::Error>> {
+    let config = openraft::Config {
+        cluster_name: "interlock-sim".to_string(),
+        heartbeat_interval: timing.heartbeat.as_millis() as u64,
+        election_timeout_min: timing.election_min.as_millis() as u64,
+        election_timeout_max: timing.election_max.as_millis() as u64,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    };
+    Ok(config.validate()?)
+}
+
+/// Records every (term, leader) a node reports about itself.
+async fn observe_leadership(raft: interlock_store::Raft, id: u64, shared: Shared) {
+    let mut rx = raft.metrics();
+    let mut last = None;
+    loop {
+        let (state, term) = {
+            let m = rx.borrow_and_update();
+            (m.state, m.current_term)
+        };
+        if state == openraft::ServerState::Leader && last != Some(term) {
+            last = Some(term);
+            let mut h = shared.lock();
+            h.leaders_by_term.entry(term).or_default().insert(id);
+            h.note(true_ms(), format!("n{id} leader in term {term}"));
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn client(endpoints: &[String]) -> Result<Client, Box<dyn std::error::Error>> {
+    let options = ClientOptions {
+        request_timeout: Duration::from_secs(3),
+        retry_budget: Duration::from_secs(4),
+        ..ClientOptions::default()
+    };
+    Ok(Client::with_channels(endpoints.to_vec(), net::channels(endpoints), options)?)
+}
+
+/// A lease holder: acquires the lease whenever it can, acts (writes to the
+/// fenced store) while its keeper says it holds it, and records its belief.
+async fn holder(
+    name: String,
+    endpoints: Vec<String>,
+    options: LeaseOptions,
+    ttl: Duration,
+    backoff_seed: u64,
+    shared: Shared,
+) -> turmoil::Result {
+    let client = client(&endpoints)?;
+    let mut rng = StdRng::seed_from_u64(backoff_seed);
+    // Maps the runtime's instants to true simulated milliseconds.
+    let (origin, origin_ms) = (tokio::time::Instant::now(), true_ms());
+    let to_ms = |at: tokio::time::Instant| origin_ms + at.saturating_duration_since(origin).as_millis() as u64;
+    loop {
+        let acquired = LeaseKeeper::acquire(&client, LEASE_KEY, &name, ttl, options.clone()).await;
+        let mut keeper = match acquired {
+            Ok(k) => k,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(50..150))).await;
+                continue;
+            }
+        };
+        let (token, from) = (keeper.token(), true_ms());
+        let index = {
+            let mut h = shared.lock();
+            h.note(from, format!("{name} holds token {token}"));
+            h.beliefs.push(Belief {
+                holder: name.clone(),
+                key: LEASE_KEY.to_string(),
+                token,
+                from_ms: from,
+                until_ms: None,
+            });
+            h.beliefs.len() - 1
+        };
+        let mut until = match keeper.state() {
+            LeaseState::Held { deadline } => to_ms(deadline),
+            LeaseState::Lost { .. } => from,
+        };
+        let reason = loop {
+            tokio::select! {
+                biased;
+                reason = keeper.lost() => break reason,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {
+                    if let LeaseState::Held { deadline } = keeper.state() {
+                        until = until.max(to_ms(deadline));
+                        let now = true_ms();
+                        if now < until {
+                            shared.lock().fenced.write(now, token, &name);
+                        }
+                    }
+                }
+            }
+        };
+        if let LeaseState::Held { deadline } = keeper.state() {
+            until = until.max(to_ms(deadline));
+        }
+        let end = until.min(true_ms());
+        {
+            let mut h = shared.lock();
+            h.beliefs[index].until_ms = Some(end);
+            h.note(end, format!("{name} stopped acting on token {token}: {reason}"));
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(100..600))).await;
+    }
+}
+
+/// Writes unique keys all run long, then reads every acknowledged one back.
+async fn writer(endpoints: Vec<String>, shared: Shared) -> turmoil::Result {
+    let client = client(&endpoints)?;
+    let mut i = 0u64;
+    let mut failing = false;
+    while true_ms() < FAULTS_UNTIL_MS + LIVENESS_BOUND_MS {
+        let key = format!("w/{i:06}");
+        let value = format!("{i}");
+        let result = client.put(&key, value.clone().into_bytes()).await;
+        let now = true_ms();
+        let mut h = shared.lock();
+        match result {
+            Ok(_) => {
+                if failing {
+                    h.note(now, format!("writer: writes succeed again ({key})"));
+                    failing = false;
+                }
+                h.acked_writes.insert(key, value);
+                if h.healed_at_ms.is_some_and(|healed| now >= healed) && h.write_after_heal_ms.is_none() {
+                    h.write_after_heal_ms = Some(now);
+                }
+            }
+            Err(e) if !failing => {
+                h.note(now, format!("writer: {key} failed: {e}"));
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        drop(h);
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for _ in 0..10 {
+        if let Ok(kvs) = client.range("w/", true, 0).await {
+            let present: BTreeMap<String, String> =
+                kvs.into_iter().map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).to_string())).collect();
+            let mut h = shared.lock();
+            let missing: Vec<String> =
+                h.acked_writes.iter().filter(|(k, v)| present.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+            h.missing_writes = missing;
+            h.verified = true;
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    Ok(())
+}
