@@ -457,28 +457,46 @@ async fn writer(endpoints: Vec<String>, shared: Shared) -> turmoil::Result {
         let value = format!("{i}");
         let result = client.put(&key, value.clone().into_bytes()).await;
         let now = true_ms();
-        let mut h = shared.lock();
-        match result {
-            Ok(_) => {
-                if failing {
-                    h.note(now, format!("writer: writes succeed again ({key})"));
-                    failing = false;
-                }
-                h.acked_writes.insert(key, value);
-                if h.healed_at_ms.is_some_and(|healed| now >= healed) && h.write_after_heal_ms.is_none() {
-                    h.write_after_heal_ms = Some(now);
-                }
-            }
-            Err(e) if !failing => {
-                h.note(now, format!("writer: {key} failed: {e}"));
-                failing = true;
-            }
-            Err(_) => {}
-        }
-        drop(h);
+        failing = record_write(&shared, now, key, value, result.is_ok(), failing, result.err());
         i += 1;
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    verify_writes(&client, &shared).await;
+    Ok(())
+}
+
+/// Records one write's outcome; returns whether writes are failing now.
+fn record_write(
+    shared: &Shared,
+    now: u64,
+    key: String,
+    value: String,
+    ok: bool,
+    failing: bool,
+    error: Option<interlock_client::ClientError>,
+) -> bool {
+    let mut h = shared.lock();
+    match (ok, error) {
+        (true, _) => {
+            if failing {
+                h.note(now, format!("writer: writes succeed again ({key})"));
+            }
+            h.acked_writes.insert(key, value);
+            if h.healed_at_ms.is_some_and(|healed| now >= healed) && h.write_after_heal_ms.is_none() {
+                h.write_after_heal_ms = Some(now);
+            }
+            false
+        }
+        (false, Some(e)) if !failing => {
+            h.note(now, format!("writer: {key} failed: {e}"));
+            true
+        }
+        (false, _) => true,
+    }
+}
+
+/// Reads every acknowledged write back (linearizably) and records what is missing.
+async fn verify_writes(client: &Client, shared: &Shared) {
     for _ in 0..10 {
         if let Ok(kvs) = client.range("w/", true, 0).await {
             let present: BTreeMap<String, String> =
@@ -488,9 +506,8 @@ async fn writer(endpoints: Vec<String>, shared: Shared) -> turmoil::Result {
                 h.acked_writes.iter().filter(|(k, v)| present.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
             h.missing_writes = missing;
             h.verified = true;
-            return Ok(());
+            return;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    Ok(())
 }
