@@ -16,6 +16,14 @@ pub enum Fault {
     CrashNode(usize),
     /// The current leader crashes and restarts when the fault ends.
     KillLeader,
+    /// A coordinator cut from the other coordinators only; every holder can
+    /// still reach it (a coordinator-only partition).
+    CoordinatorOnly(usize),
+    /// A whole region goes down (coordinator and holder crash) and returns.
+    RegionLoss(usize),
+    /// Traffic between two regions' coordinators is held back, then delivered
+    /// in a burst.
+    DelayBurst(usize, usize),
     /// Whoever holds the lease now is cut from every coordinator, for longer
     /// than the lease TTL (so the lease must change hands).
     CutCurrentHolder,
@@ -29,6 +37,9 @@ impl fmt::Display for Fault {
             Fault::OneWay(a, b) => write!(f, "one-way partition n{} -> n{}", a + 1, b + 1),
             Fault::CrashNode(n) => write!(f, "crash n{}", n + 1),
             Fault::KillLeader => write!(f, "kill the leader"),
+            Fault::CoordinatorOnly(n) => write!(f, "cut n{} from the other coordinators only", n + 1),
+            Fault::RegionLoss(r) => write!(f, "lose region {} (crash its hosts)", REGIONS[*r]),
+            Fault::DelayBurst(a, b) => write!(f, "hold traffic between n{} and n{}", a + 1, b + 1),
             Fault::CutCurrentHolder => write!(f, "cut the current lease holder from the coordinators"),
         }
     }
@@ -56,12 +67,19 @@ pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) 
     loop {
         let mut duration = rng.gen_range(2_000..12_000);
         let r = rng.gen_range(0..REGIONS.len());
-        let fault = match rng.gen_range(0..6) {
+        let other = (r + 1 + rng.gen_range(0..REGIONS.len() - 1)) % REGIONS.len();
+        let fault = match rng.gen_range(0..9) {
             0 => Fault::IsolateRegion(r),
             1 => Fault::CutHolder(r),
-            2 => Fault::OneWay(r, (r + 1 + rng.gen_range(0..REGIONS.len() - 1)) % REGIONS.len()),
+            2 => Fault::OneWay(r, other),
             3 => Fault::CrashNode(r),
             4 => Fault::KillLeader,
+            5 => Fault::CoordinatorOnly(r),
+            6 => Fault::RegionLoss(r),
+            7 => {
+                duration = rng.gen_range(500..3_000);
+                Fault::DelayBurst(r, other)
+            }
             _ => {
                 duration = lease_ttl_ms + rng.gen_range(1_000..8_000);
                 Fault::CutCurrentHolder

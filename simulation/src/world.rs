@@ -271,6 +271,18 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Shared, crashed: &m
             sim.crash(node_name(*n).as_str());
             crashed.push(node_name(*n));
         }
+        Fault::CoordinatorOnly(r) => {
+            for n in (0..REGIONS.len()).filter(|n| n != r) {
+                sim.partition(node_name(*r).as_str(), node_name(n).as_str());
+            }
+        }
+        Fault::RegionLoss(r) => {
+            for host in region_hosts(*r) {
+                sim.crash(host.as_str());
+                crashed.push(host);
+            }
+        }
+        Fault::DelayBurst(a, b) => sim.hold(node_name(*a).as_str(), node_name(*b).as_str()),
         Fault::CutCurrentHolder => {
             let holder = shared.lock().beliefs.iter().rev().find(|b| b.until_ms.is_none()).map(|b| b.holder.clone());
             if let Some(holder) = holder {
@@ -295,6 +307,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[String], crashed: &mut Vec<String>)
         for b in hosts.iter().map(String::as_str).chain(["writer"]) {
             if a != b {
                 sim.repair(a, b);
+                sim.release(a, b);
             }
         }
     }
