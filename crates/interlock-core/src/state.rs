@@ -504,7 +504,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::{RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec};
+    use crate::topology::RegionSpec;
 
     fn req(command: Command) -> Request {
         Request { at_unix_ms: 5, command }
@@ -515,24 +515,7 @@ mod tests {
     }
 
     fn topology() -> Topology {
-        Topology {
-            regions: vec![
-                RegionSpec { id: "eu-west".into(), capacity: 100 },
-                RegionSpec { id: "us-east".into(), capacity: 100 },
-            ],
-            services: vec![ServiceSpec {
-                name: "orders".into(),
-                shards: vec![ShardSpec {
-                    id: "0".into(),
-                    max_lag_on_failover: 1000,
-                    cooldown_seconds: 300,
-                    replicas: vec![
-                        ReplicaSpec { id: "o0-eu".into(), region: "eu-west".into(), priority: 100 },
-                        ReplicaSpec { id: "o0-us".into(), region: "us-east".into(), priority: 50 },
-                    ],
-                }],
-            }],
-        }
+        crate::topology::tests::sample()
     }
 
     #[test]
@@ -571,21 +554,21 @@ mod tests {
         bigger.regions.push(RegionSpec { id: "ap-south".into(), capacity: 50 });
         let (lines, refusal) = state.topology_diff(&bigger);
         assert_eq!(refusal, None);
-        assert_eq!(lines, vec!["+ region ap-south (capacity 50)", "~ replica o0-us: priority 50 -> 10"]);
+        assert_eq!(lines, vec!["+ region ap-south (capacity 50)", "~ replica orders-0-us: priority 50 -> 10"]);
     }
 
     #[test]
     fn removing_a_primary_replica_is_refused_and_changes_nothing() {
         let mut state = State::default();
         state.apply(1, &req(Command::ApplyTopology { topology: topology() }));
-        state.replicas.get_mut("o0-us").expect("replica").role = ReplicaRole::Primary;
-        state.shards.get_mut("orders/0").expect("shard").primary = Some("o0-us".into());
+        state.replicas.get_mut("orders-0-us").expect("replica").role = ReplicaRole::Primary;
+        state.shards.get_mut("orders/0").expect("shard").primary = Some("orders-0-us".into());
         let before = state.clone();
         let mut smaller = topology();
         smaller.services[0].shards[0].replicas.pop();
         let response = state.apply(2, &req(Command::ApplyTopology { topology: smaller }));
         assert!(
-            matches!(response, Response::Refused { code: Refusal::FailedPrecondition, ref reason } if reason.contains("o0-us is a primary")),
+            matches!(response, Response::Refused { code: Refusal::FailedPrecondition, ref reason } if reason.contains("orders-0-us is a primary")),
             "{response:?}"
         );
         assert_eq!(State { revision: 1, last_at_unix_ms: 5, ..state }, before);
@@ -603,13 +586,13 @@ mod tests {
                 replicas: replicas.iter().map(|r| r.to_string()).collect(),
             })
         };
-        let other_region = state.apply(2, &register(&["o0-eu", "o0-us"]));
+        let other_region = state.apply(2, &register(&["orders-0-eu", "orders-0-us"]));
         assert!(matches!(other_region, Response::Refused { code: Refusal::PermissionDenied, .. }), "{other_region:?}");
         let undeclared = state.apply(3, &register(&["nope"]));
         assert!(matches!(undeclared, Response::Refused { code: Refusal::NotFound, .. }), "{undeclared:?}");
         assert!(state.controllers.is_empty(), "refusals change nothing");
-        assert_eq!(state.apply(4, &register(&["o0-eu"])), Response::Applied { revision: 4 });
-        assert_eq!(state.replicas["o0-eu"].controller.as_deref(), Some("ctl-eu"));
+        assert_eq!(state.apply(4, &register(&["orders-0-eu"])), Response::Applied { revision: 4 });
+        assert_eq!(state.replicas["orders-0-eu"].controller.as_deref(), Some("ctl-eu"));
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl Topology {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn replica(id: &str, region: &str, priority: u32) -> ReplicaSpec {
