@@ -8,6 +8,7 @@ use crate::faults::{plan, Fault, Scheduled};
 use crate::history::{Belief, Shared};
 use crate::net::{self, GRPC_PORT};
 use interlock_client::{Client, ClientOptions, LeaseKeeper, LeaseOptions, LeaseState};
+use interlock_core::lease::DEFAULT_DRIFT;
 use interlock_core::NodeInfo;
 use interlock_server::channels::Channels;
 use interlock_server::config::TimingPreset;
@@ -156,7 +157,7 @@ pub fn run(config: &RunConfig) -> Report {
     }
     for i in 0..REGIONS.len() {
         let rate = clock_rate(&mut rng);
-        let drift = if config.mutation == Some(Mutation::HolderNoDrift) { 0.0 } else { 0.01 };
+        let drift = if config.mutation == Some(Mutation::HolderNoDrift) { 0.0 } else { DEFAULT_DRIFT };
         let options = LeaseOptions { drift, clock_rate: rate, ..LeaseOptions::default() };
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
         let backoff_seed: u64 = rng.gen();
@@ -280,6 +281,12 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Shared, crashed: &m
             for host in region_hosts(*r) {
                 sim.crash(host.as_str());
                 crashed.push(host);
+            }
+            // A holder that crashed stopped acting when it died.
+            let mut h = shared.lock();
+            let holder = holder_name(*r);
+            for belief in h.beliefs.iter_mut().filter(|b| b.holder == holder && b.until_ms.is_none()) {
+                belief.until_ms = Some(now);
             }
         }
         Fault::DelayBurst(a, b) => sim.hold(node_name(*a).as_str(), node_name(*b).as_str()),

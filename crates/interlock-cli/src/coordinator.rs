@@ -49,7 +49,7 @@ pub enum LeaseCmd {
     /// Keep KEY alive until Ctrl-C, printing the holder's deadline.
     ///
     /// Uses the lease's current holder and token; the deadline printed is the
-    /// holder's (send time of the last acknowledged keepalive + TTL × 0.99 − margin).
+    /// holder's (send time of the last acknowledged keepalive + TTL × 0.98 − margin).
     Keepalive { key: String },
     /// Revoke KEY now.
     Revoke {

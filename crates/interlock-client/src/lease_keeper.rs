@@ -23,7 +23,8 @@ const IN_FLIGHT_MAX: usize = 64;
 /// How a [`LeaseKeeper`] keeps its lease.
 #[derive(Debug, Clone)]
 pub struct LeaseOptions {
-    /// The clock drift to allow for (default 1%).
+    /// The clock drift to allow for (default 2%: the holder's and the
+    /// leader's clocks may each be 1% off, in opposite directions).
     pub drift: f64,
     /// Extra safety taken off every deadline.
     pub margin: Duration,

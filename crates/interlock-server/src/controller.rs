@@ -153,7 +153,14 @@ impl Controller for ControllerService {
             Command::LeaseGrant { key: message.key.clone(), holder: message.holder.clone(), ttl_ms: message.ttl_ms };
         match self.ctx.propose(command).await {
             Ok(CoreResponse::Lease { token, ttl_ms }) => {
-                self.leases.note_grant(&self.ctx, &message.key, token, received_ms, self.mutations);
+                if !self.leases.note_grant(&self.ctx, &message.key, token, received_ms, self.mutations) {
+                    // The holder asked again for a lease it held, just as the
+                    // leader expired it (found by the simulation, seed 278).
+                    return Err(Status::unavailable(format!(
+                        "lease {} (token {token}) is being expired or leadership moved; retry the grant",
+                        message.key
+                    )));
+                }
                 Ok(Response::new(LeaseGrantResponse { token, ttl_ms }))
             }
             Ok(other) => Err(Status::internal(format!("unexpected answer to a grant: {other:?}"))),

@@ -60,12 +60,21 @@ impl LeaseTable {
     /// `received + ttl`. This matters when a holder repeats a grant for a
     /// lease it already holds: it gets the existing token back and counts
     /// its deadline from this request.
-    pub fn note_grant(&self, ctx: &NodeCtx, key: &str, token: u64, received_ms: u64, mutations: LeaseMutations) {
+    ///
+    /// Returns false if the deadline could not be moved — the lease is
+    /// already being expired, or this node no longer leads — in which case
+    /// the grant must not be reported as held: the holder retries.
+    pub fn note_grant(
+        &self,
+        ctx: &NodeCtx,
+        key: &str,
+        token: u64,
+        received_ms: u64,
+        mutations: LeaseMutations,
+    ) -> bool {
         let mut inner = self.lock();
         sync_table(ctx, &mut inner, ctx.clock.monotonic_ms(), mutations);
-        if inner.term.is_some() {
-            inner.deadlines.refresh(key, token, received_ms);
-        }
+        inner.term.is_some() && inner.deadlines.refresh(key, token, received_ms).is_some()
     }
 
     /// Milliseconds left on `key`, if this node is leader and knows it.
