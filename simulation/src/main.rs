@@ -46,6 +46,10 @@ struct Cli {
     /// Print the trace of every run (use with --seed).
     #[arg(long)]
     trace: bool,
+    /// Internal: run the one seed given with --seed and print its report as
+    /// one JSON line (the supervisor runs every seed in a fresh process).
+    #[arg(long, hide = true)]
+    worker: bool,
 }
 
 fn parse_range(text: &str) -> Result<Range<u64>, String> {
@@ -56,6 +60,31 @@ fn parse_range(text: &str) -> Result<Range<u64>, String> {
         return Err(format!("{text:?} is empty"));
     }
     Ok(a..b)
+}
+
+/// Runs `f` on a thread with a stack big enough for a simulated cluster.
+fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| match std::thread::Builder::new().stack_size(64 << 20).spawn_scoped(s, f) {
+        Ok(handle) => handle.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        Err(e) => panic!("cannot start the simulation thread: {e}"),
+    })
+}
+
+/// Runs one seed in a fresh child process: process-wide state (tokio's task
+/// ids, for one) would otherwise carry from one run into the next and make a
+/// seed's trace depend on what ran before it.
+fn run_in_process(seed: u64, mutation: Option<Mutation>) -> Result<Report, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut command = std::process::Command::new(exe);
+    command.args(["--worker", "--seed", &seed.to_string()]);
+    if let Some(m) = mutation {
+        command.args(["--mutation", m.name()]);
+    }
+    let output = command.stderr(std::process::Stdio::inherit()).output().map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("exit status {}", output.status));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| format!("bad report: {e}"))
 }
 
 fn reproduce(seed: u64, mutation: Option<Mutation>) -> String {
@@ -89,18 +118,30 @@ fn main() -> std::process::ExitCode {
         Some(s) => s..s + 1,
         None => cli.seeds.clone(),
     };
+    if cli.worker {
+        // One seed in this fresh process: no state left by another run.
+        let report = on_big_stack(move || run(&RunConfig { seed: seeds.start, mutation }));
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        return std::process::ExitCode::SUCCESS;
+    }
     let next = AtomicU64::new(seeds.start);
     let stop = AtomicBool::new(false);
     let reports: Mutex<Vec<Report>> = Mutex::new(Vec::new());
     std::thread::scope(|scope| {
         for _ in 0..cli.jobs.max(1) {
-            let builder = std::thread::Builder::new().stack_size(64 << 20);
-            let spawned = builder.spawn_scoped(scope, || loop {
+            scope.spawn(|| loop {
                 let seed = next.fetch_add(1, Ordering::SeqCst);
                 if seed >= seeds.end || stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let report = run(&RunConfig { seed, mutation });
+                let report = match run_in_process(seed, mutation) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        eprintln!("seed {seed}: the worker failed: {e}");
+                        stop.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                };
                 if cli.trace {
                     eprintln!("seed {seed} trace:\n{}", report.trace.join("\n"));
                 }
@@ -108,7 +149,7 @@ fn main() -> std::process::ExitCode {
                     stop.store(true, Ordering::SeqCst);
                 }
                 if !cli.json {
-                    let verdict = if report.violations.is_empty() { "ok".to_string() } else { "VIOLATION".to_string() };
+                    let verdict = if report.violations.is_empty() { "ok" } else { "VIOLATION" };
                     eprintln!(
                         "seed {seed}: {verdict} ({} terms, {} lease holdings, {} acknowledged writes, digest {:016x})",
                         report.terms, report.lease_handovers, report.acked_writes, report.digest
@@ -119,9 +160,6 @@ fn main() -> std::process::ExitCode {
                 }
                 reports.lock().unwrap_or_else(|p| p.into_inner()).push(report);
             });
-            if let Err(e) = spawned {
-                eprintln!("interlock-sim: cannot start a thread: {e}");
-            }
         }
     });
     let mut reports = reports.into_inner().unwrap_or_else(|p| p.into_inner());

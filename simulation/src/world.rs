@@ -78,7 +78,7 @@ pub struct RunConfig {
 }
 
 /// The outcome of one seed.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub seed: u64,
     pub violations: Vec<String>,

@@ -1,84 +1,60 @@
 //! The simulation's own guarantees: a seed decides everything, the honest
 //! system holds every invariant on pinned seeds, and every deliberate bug is
 //! caught within 200 seeds (so the checkers can fail).
+//!
+//! The tests drive the `interlock-sim` binary, which runs every seed in a
+//! fresh process, exactly as a developer reproducing a seed would.
 
-use interlock_simulation::world::{run, Mutation, Report, RunConfig};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use serde_json::Value;
+use std::process::Command;
 
-/// Runs `f` on a thread with a stack big enough for a simulated cluster.
-fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        std::thread::Builder::new().stack_size(64 << 20).spawn_scoped(s, f).expect("thread").join().expect("join")
+fn sim(args: &[&str]) -> Value {
+    let output =
+        Command::new(env!("CARGO_BIN_EXE_interlock-sim")).args(args).arg("--json").output().expect("run interlock-sim");
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("interlock-sim {args:?} printed no JSON ({e}):\n{}", String::from_utf8_lossy(&output.stderr))
     })
-}
-
-fn run_seed(seed: u64, mutation: Option<Mutation>) -> Report {
-    on_big_stack(move || run(&RunConfig { seed, mutation }))
 }
 
 #[test]
 fn the_same_seed_gives_the_same_trace_byte_for_byte() {
-    let a = run_seed(3, None);
-    let b = run_seed(3, None);
-    assert_eq!(a.trace, b.trace);
-    assert_eq!(a.digest, b.digest);
-    let c = run_seed(4, None);
-    assert_ne!(a.digest, c.digest, "another seed, another run");
+    let a = sim(&["--seed", "3"]);
+    let b = sim(&["--seed", "3"]);
+    assert_eq!(a["digests"], b["digests"], "one seed, two different runs");
+    let c = sim(&["--seed", "4"]);
+    assert_ne!(a["digests"], c["digests"], "another seed, another run");
 }
 
 #[test]
 fn pinned_seeds_hold_every_invariant() {
-    for seed in 0..6 {
-        let report = run_seed(seed, None);
-        assert!(
-            report.violations.is_empty(),
-            "seed {seed}: {:#?}\nreproduce: cargo run -p interlock-simulation --bin interlock-sim -- --seed {seed} --trace",
-            report.violations
-        );
-        assert!(report.acked_writes > 0 && report.lease_handovers > 0, "seed {seed} exercised nothing: {report:?}");
-    }
+    let report = sim(&["--seeds", "0..6", "--jobs", "2"]);
+    assert_eq!(report["runs"], 6);
+    assert_eq!(
+        report["violations"], 0,
+        "failing seeds {}: reproduce with `cargo run -p interlock-simulation --bin interlock-sim -- --seed N --trace`",
+        report["failures"]
+    );
+    assert!(report["acknowledged_writes"].as_u64().unwrap_or(0) > 0);
+    assert!(report["lease_holdings"].as_u64().unwrap_or(0) > 0);
 }
 
-/// The first seed below 200 whose run shows a violation, searching on two threads.
-fn first_violation(mutation: Mutation) -> Option<u64> {
-    let next = AtomicU64::new(0);
-    let found: Mutex<Option<u64>> = Mutex::new(None);
-    std::thread::scope(|s| {
-        for _ in 0..2 {
-            std::thread::Builder::new()
-                .stack_size(64 << 20)
-                .spawn_scoped(s, || loop {
-                    let seed = next.fetch_add(1, Ordering::SeqCst);
-                    let done = found.lock().expect("lock").is_some_and(|f| f < seed);
-                    if seed >= 200 || done {
-                        return;
-                    }
-                    if !run(&RunConfig { seed, mutation: Some(mutation) }).violations.is_empty() {
-                        let mut f = found.lock().expect("lock");
-                        *f = Some(f.map_or(seed, |old| old.min(seed)));
-                    }
-                })
-                .expect("thread");
-        }
-    });
-    found.into_inner().expect("lock")
+fn caught(mutation: &str) {
+    let report = sim(&["--seeds", "0..200", "--jobs", "2", "--mutation", mutation, "--stop-at-first"]);
+    let failures = report["failures"].as_array().map_or(0, Vec::len);
+    assert!(failures > 0, "{mutation}: no violation within 200 seeds, the checkers would miss this bug: {report}");
 }
 
 #[test]
 fn a_keepalive_answered_without_leadership_confirmation_is_caught() {
-    let seed = first_violation(Mutation::SkipKeepaliveConfirmation);
-    assert!(seed.is_some(), "no violation within 200 seeds: the checkers would miss this bug");
+    caught("skip-keepalive-confirmation");
 }
 
 #[test]
 fn a_new_leader_that_does_not_reset_lease_deadlines_is_caught() {
-    let seed = first_violation(Mutation::NoResetOnNewTerm);
-    assert!(seed.is_some(), "no violation within 200 seeds: the checkers would miss this bug");
+    caught("no-reset-on-new-term");
 }
 
 #[test]
 fn a_holder_deadline_without_the_drift_term_is_caught() {
-    let seed = first_violation(Mutation::HolderNoDrift);
-    assert!(seed.is_some(), "no violation within 200 seeds: the checkers would miss this bug");
+    caught("holder-no-drift");
 }

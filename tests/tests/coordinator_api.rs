@@ -96,3 +96,34 @@ async fn a_watch_resumes_without_gaps_after_its_node_is_killed() {
     assert_eq!(seen, all, "every event once, in order");
     assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), seen.len(), "no duplicates");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_serves_with_a_leader_and_not_without_one() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let status_of = |addr: String| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        let mut client = HealthClient::new(channel);
+        client.check(HealthCheckRequest { service: String::new() }).await.expect("check").into_inner().status
+    };
+    let survivor = cluster.nodes[0].grpc.clone();
+    assert_eq!(status_of(survivor.clone()).await, ServingStatus::Serving as i32);
+    // Without a quorum there is no leader: the survivor stops serving.
+    cluster.node(2).kill9();
+    cluster.node(3).kill9();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        if status_of(survivor.clone()).await == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still SERVING without a quorum");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -53,6 +53,9 @@ pub struct StoredIdentity {
     pub initial_peers: BTreeMap<NodeId, NodeInfo>,
 }
 
+/// How often gRPC health is re-evaluated.
+pub const HEALTH_TICK: Duration = Duration::from_millis(250);
+
 /// Concurrent gRPC streams one client connection may open (keepalive and
 /// watch streams are long-lived; hyper's default of 200 is too few).
 pub const GRPC_STREAMS_PER_CONNECTION_MAX: u32 = 4096;
@@ -248,7 +251,7 @@ impl Node {
     /// Every gRPC service of the node: Raft, the public API, health, reflection.
     pub fn grpc_router(&self) -> Result<tonic::transport::server::Router, StartError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tokio::spawn(report_health(self.raft.clone(), health_reporter));
+        tokio::spawn(report_health(self.raft.clone(), health_reporter, self.ctx.leader_wait));
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
@@ -338,19 +341,26 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     Ok(())
 }
 
-/// gRPC health: SERVING while a leader is known, NOT_SERVING otherwise.
-async fn report_health(raft: Raft, reporter: tonic_health::server::HealthReporter) {
-    let mut rx = raft.metrics();
+/// gRPC health: SERVING while this node knows a working leader — a leader
+/// that is itself, it must have heard from a quorum within `quorum_window`
+/// (openraft 0.9 keeps an isolated leader in office, so "leader known" alone
+/// would keep a cut-off leader SERVING). NOT_SERVING otherwise.
+async fn report_health(raft: Raft, reporter: tonic_health::server::HealthReporter, quorum_window: Duration) {
     let mut serving = None;
+    let mut tick = tokio::time::interval(HEALTH_TICK);
     loop {
-        let has_leader = rx.borrow_and_update().current_leader.is_some();
-        if serving != Some(has_leader) {
+        tick.tick().await;
+        let m = raft.metrics().borrow().clone();
+        let leading = m.state == openraft::ServerState::Leader;
+        let quorum_fresh = m.millis_since_quorum_ack.is_some_and(|ms| ms <= quorum_window.as_millis() as u64);
+        let healthy = m.current_leader.is_some() && (!leading || quorum_fresh);
+        if serving != Some(healthy) {
             let status =
-                if has_leader { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+                if healthy { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
             reporter.set_service_status("", status).await;
-            serving = Some(has_leader);
+            serving = Some(healthy);
         }
-        if rx.changed().await.is_err() {
+        if matches!(m.state, openraft::ServerState::Shutdown) {
             return;
         }
     }
