@@ -48,6 +48,25 @@ enum Workload {
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
     },
+    /// Leader kill -9 -> first acknowledged write, then the node restarts;
+    /// repeated, reports the distribution.
+    Failover {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
+    /// Interlock and etcd side by side on the same machine: committed writes
+    /// at each concurrency, and leader kill -9 -> first acknowledged write
+    /// (median of --failovers). Needs `--features etcd` and an `etcd` binary
+    /// (scripts/bench-setup.sh).
+    #[cfg(feature = "etcd")]
+    Compare {
+        #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+        clients: Vec<usize>,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value_t = 5)]
+        failovers: usize,
+    },
     /// One change (a lease grant) -> every watcher of "events" notified;
     /// latency from sending the change to each watcher receiving it.
     Watch {
@@ -59,6 +78,8 @@ enum Workload {
     },
 }
 
+#[cfg(feature = "etcd")]
+mod etcd;
 mod workloads;
 
 /// One measured level.
@@ -132,7 +153,7 @@ impl Row {
             clients,
             ops: us.len() as u64,
             seconds,
-            ops_per_sec: us.len() as f64 / seconds,
+            ops_per_sec: if seconds > 0.0 { us.len() as f64 / seconds } else { 0.0 },
             p50_ms: percentile(&us, 50.0),
             p99_ms: percentile(&us, 99.0),
             max_ms: us.last().map_or(0.0, |m| *m as f64 / 1000.0),
@@ -144,7 +165,7 @@ impl Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
     let rows = match cli.workload {
         Workload::Writes { clients, duration } => {
             let mut rows = Vec::new();
@@ -157,6 +178,30 @@ async fn main() -> anyhow::Result<()> {
             workloads::leases(&cluster, leases, streams, grant_clients, duration).await?
         }
         Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],
+        Workload::Failover { rounds } => {
+            let mut took = Vec::new();
+            for _ in 0..rounds {
+                took.push(workloads::leader_kill_to_write(&mut cluster).await?.as_micros() as u64);
+            }
+            vec![Row::from_latencies("leader-kill->write", 1, took, 0.0, 0)]
+        }
+        #[cfg(feature = "etcd")]
+        Workload::Compare { clients, duration, failovers } => {
+            let mut peer = etcd::EtcdCluster::start().await?;
+            let mut rows = Vec::new();
+            for level in clients {
+                rows.push(writes(&cluster, level, duration).await);
+                rows.push(etcd::writes(&peer, level, duration).await?);
+            }
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            for _ in 0..failovers {
+                ours.push(workloads::leader_kill_to_write(&mut cluster).await?.as_micros() as u64);
+                theirs.push(peer.leader_kill_to_write().await?.as_micros() as u64);
+            }
+            rows.push(Row::from_latencies("leader-kill->write", 1, ours, 0.0, 0));
+            rows.push(Row::from_latencies("etcd leader-kill->write", 1, theirs, 0.0, 0));
+            rows
+        }
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

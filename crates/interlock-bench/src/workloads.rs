@@ -167,3 +167,30 @@ pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> an
     }
     Ok(Row::from_latencies("watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
 }
+
+/// Kills the Interlock leader with SIGKILL; returns the time from the kill to
+/// the first acknowledged write, then restarts the killed node.
+pub async fn leader_kill_to_write(cluster: &mut TestCluster) -> anyhow::Result<Duration> {
+    let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
+    let survivors: Vec<String> = cluster.nodes.iter().filter(|n| n.id != leader).map(|n| n.grpc.clone()).collect();
+    let options = interlock_client::ClientOptions {
+        request_timeout: Duration::from_millis(500),
+        retry_budget: Duration::from_millis(500),
+        ..Default::default()
+    };
+    let client = Client::with_options(survivors, options)?;
+    let killed_at = Instant::now();
+    cluster.node(leader).kill9();
+    let took = loop {
+        if client.put("bench/failover", b"x".to_vec()).await.is_ok() {
+            break killed_at.elapsed();
+        }
+        if killed_at.elapsed() > Duration::from_secs(60) {
+            anyhow::bail!("interlock: no write within 60 s of the leader kill");
+        }
+    };
+    cluster.node(leader).start();
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    Ok(took)
+}

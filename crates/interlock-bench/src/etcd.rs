@@ -1,0 +1,187 @@
+//! The peer: a 3-member etcd cluster on loopback (Debian's `etcd-server`),
+//! driven with the `etcd-client` crate at the same concurrency as Interlock.
+
+use crate::Row;
+use interlock_tests::free_port;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// One etcd member process.
+struct Member {
+    name: String,
+    client_url: String,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn start(&mut self) -> anyhow::Result<()> {
+        let child = Command::new("etcd").args(&self.args).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A 3-member etcd cluster in a temp dir; killed on drop.
+pub struct EtcdCluster {
+    _dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for m in &mut self.members {
+            m.kill9();
+        }
+    }
+}
+
+impl EtcdCluster {
+    pub async fn start() -> anyhow::Result<EtcdCluster> {
+        let dir = tempfile::tempdir()?;
+        let specs: Vec<(String, u16, u16)> = (1..=3).map(|i| (format!("e{i}"), free_port(), free_port())).collect();
+        let initial: Vec<String> = specs.iter().map(|(n, _, peer)| format!("{n}=http://127.0.0.1:{peer}")).collect();
+        let mut members = Vec::new();
+        for (name, client, peer) in &specs {
+            let client_url = format!("http://127.0.0.1:{client}");
+            let peer_url = format!("http://127.0.0.1:{peer}");
+            let args = vec![
+                format!("--name={name}"),
+                format!("--data-dir={}", dir.path().join(name).display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster={}", initial.join(",")),
+                "--initial-cluster-token=interlock-bench".to_string(),
+                "--initial-cluster-state=new".to_string(),
+                "--log-level=error".to_string(),
+                "--logger=zap".to_string(),
+            ];
+            let mut member = Member { name: name.clone(), client_url, args, child: None };
+            member.start()?;
+            members.push(member);
+        }
+        let cluster = EtcdCluster { _dir: dir, members };
+        cluster.wait_writable(Duration::from_secs(30)).await?;
+        Ok(cluster)
+    }
+
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
+        Ok(etcd_client::Client::connect(self.endpoints(), None).await?)
+    }
+
+    async fn wait_writable(&self, within: Duration) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            if let Ok(mut c) = self.client().await {
+                let put = tokio::time::timeout(Duration::from_millis(500), c.put("bench/ready", "1", None)).await;
+                if matches!(put, Ok(Ok(_))) {
+                    return Ok(started.elapsed());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        anyhow::bail!("etcd did not accept a write within {within:?}")
+    }
+
+    /// Index of the current leader.
+    async fn leader(&self) -> anyhow::Result<usize> {
+        for m in self.members.iter().filter(|m| m.child.is_some()) {
+            let Ok(mut c) = etcd_client::Client::connect([m.client_url.clone()], None).await else { continue };
+            let Ok(status) = c.status().await else { continue };
+            let leader = status.leader();
+            for (i, other) in self.members.iter().enumerate() {
+                let Ok(mut oc) = etcd_client::Client::connect([other.client_url.clone()], None).await else {
+                    continue;
+                };
+                if let Ok(s) = oc.status().await {
+                    if s.header().map(|h| h.member_id()) == Some(leader) {
+                        return Ok(i);
+                    }
+                }
+            }
+        }
+        anyhow::bail!("no etcd leader found")
+    }
+
+    /// Kills the leader with SIGKILL; returns the time from the kill to the
+    /// first acknowledged write, then restarts the killed member.
+    pub async fn leader_kill_to_write(&mut self) -> anyhow::Result<Duration> {
+        let leader = self.leader().await?;
+        let survivors: Vec<String> =
+            self.members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m.client_url.clone()).collect();
+        let mut client = etcd_client::Client::connect(survivors, None).await?;
+        let killed_at = Instant::now();
+        self.members[leader].kill9();
+        let took = loop {
+            let put = tokio::time::timeout(Duration::from_millis(500), client.put("bench/failover", "x", None)).await;
+            if matches!(put, Ok(Ok(_))) {
+                break killed_at.elapsed();
+            }
+            if killed_at.elapsed() > Duration::from_secs(60) {
+                anyhow::bail!("etcd: no write within 60 s of the leader kill");
+            }
+        };
+        let member = &mut self.members[leader];
+        for arg in member.args.iter_mut() {
+            if arg == "--initial-cluster-state=new" {
+                *arg = "--initial-cluster-state=existing".to_string();
+            }
+        }
+        eprintln!("etcd: restarting {}", member.name);
+        member.start()?;
+        self.wait_writable(Duration::from_secs(30)).await?;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        Ok(took)
+    }
+}
+
+/// The same closed loop as Interlock's `writes`, against etcd.
+pub async fn writes(cluster: &EtcdCluster, clients: usize, duration: Duration) -> anyhow::Result<Row> {
+    let warmup = Duration::from_secs(1);
+    let start = Instant::now();
+    let (measure_from, stop_at) = (start + warmup, start + warmup + duration);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let mut client = cluster.client().await?;
+        tasks.push(tokio::spawn(async move {
+            let value = vec![b'x'; 100];
+            let (mut latencies, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
+            loop {
+                let sent = Instant::now();
+                if sent >= stop_at {
+                    break;
+                }
+                let ok = client.put(format!("bench/{c}/{i}"), value.clone(), None).await.is_ok();
+                i += 1;
+                if sent >= measure_from {
+                    if ok {
+                        latencies.push(sent.elapsed().as_micros() as u64);
+                    } else {
+                        errors += 1;
+                    }
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (mut all, mut errors) = (Vec::new(), 0u64);
+    for task in tasks {
+        let (l, e) = task.await?;
+        all.extend(l);
+        errors += e;
+    }
+    Ok(Row::from_latencies("etcd writes", clients, all, duration.as_secs_f64(), errors))
+}
