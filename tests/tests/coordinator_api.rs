@@ -114,7 +114,12 @@ async fn grpc_health_serves_with_a_leader_and_not_without_one() {
         client.check(HealthCheckRequest { service: String::new() }).await.expect("check").into_inner().status
     };
     let survivor = cluster.nodes[0].grpc.clone();
-    assert_eq!(status_of(survivor.clone()).await, ServingStatus::Serving as i32);
+    // Health is re-evaluated every 250 ms; give the new cluster a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while status_of(survivor.clone()).await != ServingStatus::Serving as i32 {
+        assert!(tokio::time::Instant::now() < deadline, "never SERVING with a leader");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // Without a quorum there is no leader: the survivor stops serving.
     cluster.node(2).kill9();
     cluster.node(3).kill9();

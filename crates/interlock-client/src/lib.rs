@@ -193,7 +193,14 @@ impl Client {
             let attempt = tokio::time::timeout(self.options.request_timeout, call(self.channels[index].clone())).await;
             let status = match attempt {
                 Ok(Ok(reply)) => {
-                    self.preferred.store(index, Ordering::Relaxed);
+                    // A follower that forwarded the call names the leader: go
+                    // there directly next time.
+                    let leader = reply
+                        .metadata()
+                        .get(LEADER_ADDR_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|addr| self.endpoints.iter().position(|e| e == addr));
+                    self.preferred.store(leader.unwrap_or(index), Ordering::Relaxed);
                     return Ok(reply.into_inner());
                 }
                 Ok(Err(status)) => status,

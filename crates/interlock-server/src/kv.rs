@@ -28,6 +28,20 @@ impl KvService {
     }
 }
 
+/// Marks a forwarded answer with the leader's address, so that the client
+/// sends its next writes there directly instead of paying the extra hop.
+pub fn with_leader_hint<T>(
+    mut reply: Response<T>,
+    hint: &openraft::error::ForwardToLeader<interlock_core::NodeId, interlock_core::NodeInfo>,
+) -> Response<T> {
+    if let Some(node) = &hint.leader_node {
+        if let Ok(value) = tonic::metadata::MetadataValue::try_from(node.grpc_addr.as_str()) {
+            reply.metadata_mut().insert(interlock_proto::LEADER_ADDR_METADATA, value);
+        }
+    }
+    reply
+}
+
 pub fn invalid(e: InvalidArgument) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -41,7 +55,8 @@ impl Kv for KvService {
         match self.ctx.propose(command).await {
             Ok(r) => Ok(Response::new(PutResponse { revision: revision_of(&r) })),
             Err(ProposeError::NotLeader(f)) => {
-                KvClient::new(self.ctx.forward_target(&metadata, &f)?).put(forwarded(message)).await
+                let reply = KvClient::new(self.ctx.forward_target(&metadata, &f)?).put(forwarded(message)).await;
+                Ok(with_leader_hint(reply?, &f))
             }
             Err(ProposeError::Status(s)) => Err(s),
         }
@@ -54,7 +69,8 @@ impl Kv for KvService {
         match self.ctx.propose(command).await {
             Ok(r) => Ok(Response::new(DeleteResponse { revision: revision_of(&r) })),
             Err(ProposeError::NotLeader(f)) => {
-                KvClient::new(self.ctx.forward_target(&metadata, &f)?).delete(forwarded(message)).await
+                let reply = KvClient::new(self.ctx.forward_target(&metadata, &f)?).delete(forwarded(message)).await;
+                Ok(with_leader_hint(reply?, &f))
             }
             Err(ProposeError::Status(s)) => Err(s),
         }
