@@ -150,38 +150,22 @@ impl EtcdCluster {
 
 /// The same closed loop as Interlock's `writes`, against etcd.
 pub async fn writes(cluster: &EtcdCluster, clients: usize, duration: Duration) -> anyhow::Result<Row> {
-    let warmup = Duration::from_secs(1);
-    let start = Instant::now();
-    let (measure_from, stop_at) = (start + warmup, start + warmup + duration);
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let mut client = cluster.client().await?;
-        tasks.push(tokio::spawn(async move {
-            let value = vec![b'x'; 100];
-            let (mut latencies, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
-            loop {
-                let sent = Instant::now();
-                if sent >= stop_at {
-                    break;
-                }
-                let ok = client.put(format!("bench/{c}/{i}"), value.clone(), None).await.is_ok();
-                i += 1;
-                if sent >= measure_from {
-                    if ok {
-                        latencies.push(sent.elapsed().as_micros() as u64);
-                    } else {
-                        errors += 1;
-                    }
+    let mut connections = Vec::new();
+    for _ in 0..clients {
+        connections.push(cluster.client().await?);
+    }
+    let mut connections = connections.into_iter();
+    Ok(crate::closed_loop("etcd writes", clients, duration, |c| {
+        let client = connections.next();
+        move |i| {
+            let client = client.clone();
+            async move {
+                match client {
+                    Some(mut client) => client.put(format!("bench/{c}/{i}"), vec![b'x'; 100], None).await.is_ok(),
+                    None => false,
                 }
             }
-            (latencies, errors)
-        }));
-    }
-    let (mut all, mut errors) = (Vec::new(), 0u64);
-    for task in tasks {
-        let (l, e) = task.await?;
-        all.extend(l);
-        errors += e;
-    }
-    Ok(Row::from_latencies("etcd writes", clients, all, duration.as_secs_f64(), errors))
+        }
+    })
+    .await)
 }

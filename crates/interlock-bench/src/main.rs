@@ -104,24 +104,33 @@ pub fn percentile(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.min(sorted_us.len() - 1)] as f64 / 1000.0
 }
 
-/// Runs `clients` closed loops of puts for `duration`; latencies in µs.
-async fn writes(cluster: &TestCluster, clients: usize, duration: Duration) -> Row {
-    let mut tasks = Vec::new();
+/// Runs `clients` closed loops for `duration` after a 1 s warm-up. Loop `c`
+/// is `make(c)`: called with 0, 1, 2, ... back to back, it returns whether
+/// that operation succeeded. Latencies of successes are recorded in µs.
+pub async fn closed_loop<Op, Fut>(
+    name: &str,
+    clients: usize,
+    duration: Duration,
+    mut make: impl FnMut(usize) -> Op,
+) -> Row
+where
+    Op: FnMut(u64) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = bool> + Send,
+{
     let warmup = Duration::from_secs(1);
     let start = Instant::now();
     let (measure_from, stop_at) = (start + warmup, start + warmup + duration);
+    let mut tasks = Vec::new();
     for c in 0..clients {
-        // One SDK client (one HTTP/2 connection per node) per simulated client.
-        let client = Arc::new(cluster.client());
+        let mut op = make(c);
         tasks.push(tokio::spawn(async move {
-            let value = vec![b'x'; 100];
             let (mut latencies, mut errors, mut i) = (Vec::new(), 0u64, 0u64);
             loop {
                 let sent = Instant::now();
                 if sent >= stop_at {
                     break;
                 }
-                let ok = client.put(&format!("bench/{c}/{i}"), value.clone()).await.is_ok();
+                let ok = op(i).await;
                 i += 1;
                 if sent >= measure_from {
                     if ok {
@@ -141,7 +150,20 @@ async fn writes(cluster: &TestCluster, clients: usize, duration: Duration) -> Ro
             errors += e;
         }
     }
-    Row::from_latencies("writes", clients, all, duration.as_secs_f64(), errors)
+    Row::from_latencies(name, clients, all, duration.as_secs_f64(), errors)
+}
+
+/// Committed writes (KV puts of 100 bytes) from `clients` closed loops.
+async fn writes(cluster: &TestCluster, clients: usize, duration: Duration) -> Row {
+    closed_loop("writes", clients, duration, |c| {
+        // One SDK client (one HTTP/2 connection per node) per simulated client.
+        let client = Arc::new(cluster.client());
+        move |i| {
+            let client = client.clone();
+            async move { client.put(&format!("bench/{c}/{i}"), vec![b'x'; 100]).await.is_ok() }
+        }
+    })
+    .await
 }
 
 impl Row {
