@@ -8,7 +8,7 @@
 //! backoff on any UNAVAILABLE until [`ClientOptions::retry_budget`] is spent.
 //! A write is retried only when the request certainly did not reach a node
 //! (the connection could not be made) or a node refused it before proposing
-//! it (it names no leader); anything else is returned, because repeating it
+//! it (marked `x-interlock-not-proposed`); anything else is returned, because repeating it
 //! could apply it twice.
 //!
 //! ```no_run
@@ -36,7 +36,7 @@ use interlock_proto::v1::{
     AddMemberRequest, DeleteRequest, GetRequest, NodeStatusRequest, PutRequest, RangeRequest, RemoveMemberRequest,
     StatusRequest,
 };
-use interlock_proto::LEADER_ADDR_METADATA;
+use interlock_proto::{LEADER_ADDR_METADATA, NOT_PROPOSED_METADATA};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -350,14 +350,12 @@ fn retryable(status: &Status, idempotence: Idempotence) -> bool {
             Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Cancelled | Code::Aborted,
             Idempotence::Idempotent,
         ) => true,
-        // Refused before proposing (our own "not the leader"/"knows no
-        // leader" answers), or never sent (the connection could not be made).
+        // Refused before proposing (the node marks such answers), or never
+        // sent (the connection could not be made).
         (Code::Unavailable, Idempotence::NotIdempotent) => {
-            let message = status.message();
-            message.contains("not the leader")
-                || message.contains("knows no leader")
-                || message.contains("tcp connect")
-                || message.contains("onnection refused")
+            status.metadata().contains_key(NOT_PROPOSED_METADATA)
+                || status.message().contains("tcp connect")
+                || status.message().contains("onnection refused")
         }
         _ => false,
     }

@@ -21,6 +21,10 @@ pub mod raft {
 pub const LEADER_ID_METADATA: &str = "x-interlock-leader-id";
 /// The gRPC metadata key carrying the leader's gRPC address.
 pub const LEADER_ADDR_METADATA: &str = "x-interlock-leader-addr";
+/// Set on an error whose request the node certainly did not propose (it is
+/// not the leader and did not forward): a client may repeat even a
+/// non-idempotent call.
+pub const NOT_PROPOSED_METADATA: &str = "x-interlock-not-proposed";
 /// Set on a request a node forwards to the leader, so it is forwarded at most once.
 pub const FORWARDED_METADATA: &str = "x-interlock-forwarded";
 

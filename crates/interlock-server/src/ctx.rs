@@ -5,7 +5,7 @@
 use crate::channels::Channels;
 use crate::metrics::Metrics;
 use interlock_core::{Command, NodeId, NodeInfo, Refusal, Request, Response};
-use interlock_proto::{FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA};
+use interlock_proto::{FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA, NOT_PROPOSED_METADATA};
 use interlock_store::{Raft, StateReader};
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use std::sync::Arc;
@@ -116,6 +116,7 @@ impl NodeCtx {
             Some(id) => Status::unavailable(format!("node {} is not the leader; the leader is node {id}", self.id)),
             None => Status::unavailable(format!("node {} knows no leader (election in progress?)", self.id)),
         };
+        status.metadata_mut().insert(NOT_PROPOSED_METADATA, MetadataValue::from_static("1"));
         if let (Some(id), Some(node)) = (&hint.leader_id, &hint.leader_node) {
             let metadata = status.metadata_mut();
             if let Ok(v) = MetadataValue::try_from(id.to_string()) {
@@ -163,15 +164,23 @@ impl NodeCtx {
         }
     }
 
+    /// The term this node leads, if it currently believes it is the leader.
+    /// (Reads openraft's metrics in place: called on hot paths.)
+    pub fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader).then_some(m.current_term)
+    }
+
     /// Whether this node currently believes it is the leader.
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
-        m.current_leader == Some(self.id) && m.state == openraft::ServerState::Leader
+        self.leader_term().is_some()
     }
 
     /// The leader hint from this node's current view.
     pub fn leader_hint(&self) -> ForwardToLeader<NodeId, NodeInfo> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
         ForwardToLeader { leader_id: m.current_leader, leader_node: node }
     }

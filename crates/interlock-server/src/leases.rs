@@ -86,9 +86,7 @@ impl LeaseTable {
 
 /// Brings `table` in line with leadership and the replicated leases at `now_ms`.
 fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: LeaseMutations) {
-    let metrics = ctx.raft.metrics().borrow().clone();
-    let leader_term = (metrics.state == openraft::ServerState::Leader && metrics.current_leader == Some(ctx.id))
-        .then_some(metrics.current_term);
+    let leader_term = ctx.leader_term();
     let new_term = leader_term != table.term;
     if new_term {
         table.deadlines.clear();
