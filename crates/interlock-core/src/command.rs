@@ -6,7 +6,8 @@
 //! that validation guarantees but never panics on any input either.
 
 use crate::lease::RevokeReason;
-use crate::topology::Topology;
+use crate::state::{PromotionMode, RegionState, ReplicaRole};
+use crate::topology::{validate_id, Topology};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -46,6 +47,29 @@ pub enum Command {
     LeaseGrant { key: String, holder: String, ttl_ms: u64 },
     /// Free `key`. With a token, only if the lease still has that token.
     LeaseRevoke { key: String, token: Option<u64>, reason: RevokeReason },
+    /// The leader's failover loop declares `region` lost.
+    DeclareRegionLost { region: String, reason: String },
+    /// Move `region` to `state` (RECOVERING when a lost region returns;
+    /// ACTIVE by an operator).
+    SetRegionState { region: String, state: RegionState, reason: String },
+    /// Pause (`on`) or resume automation for one region, or for all (None).
+    SetMaintenance { region: Option<String>, on: bool, reason: String },
+    /// Make `replica` the primary of `shard` (epoch + 1, new lease token),
+    /// if the shard is still at `expected_epoch`.
+    Promote { shard: String, replica: String, expected_epoch: u64, mode: PromotionMode, reason: String },
+    /// First step of a planned switchover: the primary of `shard` becomes a
+    /// (read-only) replica; `to` is promoted once it has caught up.
+    Demote { shard: String, expected_epoch: u64, to: String, reason: String },
+    /// A controller has applied `role` at `epoch` to `replica` (and reports
+    /// its position at that moment).
+    Acknowledge { replica: String, epoch: u64, role: ReplicaRole, position: u64 },
+    /// Take `replica` out of play (a promotion that was never acknowledged).
+    Fence { shard: String, replica: String, expected_epoch: u64, reason: String },
+    /// Record that `shard` waits for an operator decision, and why.
+    AwaitOperator { shard: String, reason: String },
+    /// Record an observation that changes nothing (e.g. a coordinator-only
+    /// loss of contact), so that it appears in the event log.
+    Note { kind: String, subject: String, message: String },
 }
 
 /// The answer of the state machine to one applied command.
@@ -105,6 +129,26 @@ pub fn validate_key(key: &str) -> Result<(), InvalidArgument> {
     Ok(())
 }
 
+/// Longest free-text field (reasons, event messages), in bytes.
+pub const TEXT_MAX_BYTES: usize = 4096;
+
+fn validate_text(text: &str, field: &str) -> Result<(), InvalidArgument> {
+    if text.len() > TEXT_MAX_BYTES {
+        return Err(InvalidArgument::new(field, format!("is {} bytes, the limit is {TEXT_MAX_BYTES}", text.len())));
+    }
+    Ok(())
+}
+
+/// Checks a `service/shard` key.
+pub fn validate_shard_key(key: &str) -> Result<(), InvalidArgument> {
+    match key.split_once('/') {
+        Some((service, shard)) => validate_id(service, "shard")
+            .and_then(|_| validate_id(shard, "shard"))
+            .map_err(|_| InvalidArgument::new("shard", format!("{key:?} must be SERVICE/SHARD, each an identifier"))),
+        None => Err(InvalidArgument::new("shard", format!("{key:?} must be SERVICE/SHARD"))),
+    }
+}
+
 impl Command {
     /// Checks every field; an invalid command must never be proposed.
     pub fn validate(&self) -> Result<(), InvalidArgument> {
@@ -130,6 +174,36 @@ impl Command {
             }
             Command::LeaseGrant { key, holder, ttl_ms } => crate::lease::validate_grant(key, holder, *ttl_ms),
             Command::LeaseRevoke { key, .. } => crate::lease::validate_lease_key(key),
+            Command::DeclareRegionLost { region, reason } | Command::SetRegionState { region, reason, .. } => {
+                validate_id(region, "region")?;
+                validate_text(reason, "reason")
+            }
+            Command::SetMaintenance { region, reason, .. } => {
+                if let Some(region) = region {
+                    validate_id(region, "region")?;
+                }
+                validate_text(reason, "reason")
+            }
+            Command::Promote { shard, replica, reason, .. } | Command::Fence { shard, replica, reason, .. } => {
+                validate_shard_key(shard)?;
+                validate_id(replica, "replica")?;
+                validate_text(reason, "reason")
+            }
+            Command::Demote { shard, to, reason, .. } => {
+                validate_shard_key(shard)?;
+                validate_id(to, "to")?;
+                validate_text(reason, "reason")
+            }
+            Command::Acknowledge { replica, .. } => validate_id(replica, "replica"),
+            Command::AwaitOperator { shard, reason } => {
+                validate_shard_key(shard)?;
+                validate_text(reason, "reason")
+            }
+            Command::Note { kind, subject, message } => {
+                validate_text(kind, "kind")?;
+                validate_text(subject, "subject")?;
+                validate_text(message, "message")
+            }
         }
     }
 }
@@ -147,6 +221,21 @@ impl fmt::Display for Command {
             }
             Command::LeaseGrant { key, holder, ttl_ms } => write!(f, "grant {key} to {holder} for {ttl_ms} ms"),
             Command::LeaseRevoke { key, token, reason } => write!(f, "revoke {key} (token {token:?}, {reason:?})"),
+            Command::DeclareRegionLost { region, .. } => write!(f, "declare region {region} lost"),
+            Command::SetRegionState { region, state, .. } => write!(f, "region {region} -> {state:?}"),
+            Command::SetMaintenance { region, on, .. } => {
+                write!(f, "maintenance {} for {}", if *on { "on" } else { "off" }, region.as_deref().unwrap_or("all"))
+            }
+            Command::Promote { shard, replica, expected_epoch, mode, .. } => {
+                write!(f, "promote {replica} in {shard} after epoch {expected_epoch} ({mode:?})")
+            }
+            Command::Demote { shard, to, .. } => write!(f, "demote the primary of {shard} for {to}"),
+            Command::Acknowledge { replica, epoch, role, .. } => {
+                write!(f, "{replica} acknowledges {role:?} at epoch {epoch}")
+            }
+            Command::Fence { shard, replica, .. } => write!(f, "fence {replica} in {shard}"),
+            Command::AwaitOperator { shard, .. } => write!(f, "{shard} awaits an operator"),
+            Command::Note { kind, subject, .. } => write!(f, "note {kind} about {subject}"),
         }
     }
 }

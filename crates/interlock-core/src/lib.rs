@@ -8,6 +8,10 @@
 //! - [`node`]: the node descriptor stored in the Raft membership.
 //! - [`topology`]: the declared topology and its validation.
 //! - [`lease`]: leases, the leader's deadline table, the holder's deadline.
+//! - [`failover`]: region loss, promotion, switchover, fencing (state transitions).
+//! - [`detector`]: the phi-accrual failure detector for controllers.
+//! - [`planner`]: what the leader's failover loop should propose next, as a
+//!   pure function of the state and its observations.
 //!
 //! Architecture invariant: nothing in this crate performs IO, reads a clock,
 //! spawns a task or draws a random number. Time reaches the state machine as
@@ -16,8 +20,11 @@
 
 pub mod codec;
 pub mod command;
+pub mod detector;
+pub mod failover;
 pub mod lease;
 pub mod node;
+pub mod planner;
 pub mod state;
 pub mod topology;
 

@@ -40,6 +40,8 @@ pub struct Region {
     pub state: RegionState,
     /// Automation paused for this region.
     pub maintenance: bool,
+    /// When it entered its current state (proposer's wall clock).
+    pub state_since_unix_ms: u64,
 }
 
 /// A replica's role.
@@ -62,6 +64,43 @@ pub struct Shard {
     pub primary: Option<String>,
     /// Replica ids, in declaration order.
     pub replicas: Vec<String>,
+    /// A promotion waiting for its controller's acknowledgement.
+    pub pending: Option<Pending>,
+    /// A planned switchover in progress.
+    pub switchover: Option<Switchover>,
+    /// When the last automatic failover of this shard was committed.
+    pub last_auto_failover_unix_ms: Option<u64>,
+    /// Why the shard waits for an operator decision, if it does.
+    pub awaiting_operator: Option<String>,
+}
+
+/// Why a replica was promoted; decides which rules apply (cooldown applies
+/// to automatic promotions only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PromotionMode {
+    /// By the leader's failover loop (region loss, no primary).
+    Automatic,
+    /// The last step of a planned switchover (or its abort).
+    Switchover,
+    /// `interlockctl failover --to`.
+    Operator,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pending {
+    pub replica: String,
+    pub epoch: u64,
+    pub mode: PromotionMode,
+    pub since_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switchover {
+    pub from: String,
+    pub to: String,
+    pub since_unix_ms: u64,
+    /// The demoted primary's final position, once its controller acknowledged.
+    pub from_position: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +113,8 @@ pub struct Replica {
     pub role: ReplicaRole,
     /// The controller that registered it, if any.
     pub controller: Option<String>,
+    /// The last (role, epoch) its controller acknowledged having applied.
+    pub acked: Option<(ReplicaRole, u64)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,17 +165,19 @@ pub struct State {
     /// The version of the newest event dropped from `events` (0: none yet).
     /// A watcher resuming from before it has missed events.
     pub events_evicted_through: u64,
+    /// `interlockctl maintenance on` without a region: all automation paused.
+    pub paused: bool,
 }
 
 /// What an apply produces besides the response: events to record.
-struct Effects {
-    index: u64,
-    at_unix_ms: u64,
+pub(crate) struct Effects {
+    pub(crate) index: u64,
+    pub(crate) at_unix_ms: u64,
     events: Vec<Event>,
 }
 
 impl Effects {
-    fn event(&mut self, kind: &str, subject: &str, message: String) {
+    pub(crate) fn event(&mut self, kind: &str, subject: &str, message: String) {
         let seq = self.events.len() as u32;
         self.events.push(Event {
             version: self.index,
@@ -176,6 +219,30 @@ impl State {
             }
             Command::LeaseGrant { key, holder, ttl_ms } => self.grant(key, holder, *ttl_ms, &mut fx),
             Command::LeaseRevoke { key, token, reason } => self.revoke(key, *token, *reason, &mut fx),
+            Command::DeclareRegionLost { region, reason } => self.declare_region_lost(region, reason, &mut fx),
+            Command::SetRegionState { region, state, reason } => {
+                self.change_region_state(region, *state, reason, &mut fx)
+            }
+            Command::SetMaintenance { region, on, reason } => {
+                self.set_maintenance(region.as_deref(), *on, reason, &mut fx)
+            }
+            Command::Promote { shard, replica, expected_epoch, mode, reason } => {
+                self.promote(shard, replica, *expected_epoch, *mode, reason, &mut fx)
+            }
+            Command::Demote { shard, expected_epoch, to, reason } => {
+                self.demote(shard, *expected_epoch, to, reason, &mut fx)
+            }
+            Command::Acknowledge { replica, epoch, role, position } => {
+                self.acknowledge(replica, *epoch, *role, *position, &mut fx)
+            }
+            Command::Fence { shard, replica, expected_epoch, reason } => {
+                self.fence(shard, replica, *expected_epoch, reason, &mut fx)
+            }
+            Command::AwaitOperator { shard, reason } => self.await_operator(shard, reason, &mut fx),
+            Command::Note { kind, subject, message } => {
+                fx.event(kind, subject, message.clone());
+                Response::Applied { revision: index }
+            }
         };
         self.record(fx.events);
         debug_assert_eq!(self.validate(), Ok(()));
@@ -289,6 +356,9 @@ impl State {
                 }
             }
         }
+        if current.failover != desired.failover {
+            lines.push(format!("~ failover policy: {:?} -> {:?}", current.failover, desired.failover));
+        }
         for id in old_replicas.keys().filter(|id| !new_replicas.contains_key(*id)) {
             lines.push(format!("- replica {id}"));
             let is_primary = self.replicas.get(*id).is_some_and(|r| r.role == ReplicaRole::Primary);
@@ -316,6 +386,7 @@ impl State {
                     capacity: spec.capacity,
                     state: RegionState::Active,
                     maintenance: false,
+                    state_since_unix_ms: fx.at_unix_ms,
                 },
             };
             regions.insert(spec.id.clone(), region);
@@ -328,6 +399,7 @@ impl State {
                 let previous = self.shards.get(&key);
                 let ids: Vec<String> = spec.replicas.iter().map(|r| r.id.clone()).collect();
                 let primary = previous.and_then(|p| p.primary.clone()).filter(|p| ids.contains(p));
+                let switchover = previous.and_then(|p| p.switchover.clone()).filter(|s| ids.contains(&s.to));
                 shards.insert(
                     key,
                     Shard {
@@ -338,6 +410,10 @@ impl State {
                         epoch: previous.map_or(0, |p| p.epoch),
                         primary,
                         replicas: ids,
+                        pending: previous.and_then(|p| p.pending.clone()),
+                        switchover,
+                        last_auto_failover_unix_ms: previous.and_then(|p| p.last_auto_failover_unix_ms),
+                        awaiting_operator: previous.and_then(|p| p.awaiting_operator.clone()),
                     },
                 );
                 for r in &spec.replicas {
@@ -352,6 +428,7 @@ impl State {
                             priority: r.priority,
                             role: previous.map_or(ReplicaRole::Replica, |p| p.role),
                             controller: previous.and_then(|p| p.controller.clone()),
+                            acked: previous.and_then(|p| p.acked),
                         },
                     );
                 }
@@ -421,6 +498,9 @@ impl State {
     }
 
     fn grant(&mut self, key: &str, holder: &str, ttl_ms: u64, fx: &mut Effects) -> Response {
+        if let Some(refusal) = self.primary_lease_grant_refusal(key, holder) {
+            return refusal;
+        }
         if let Some(lease) = self.leases.get(key) {
             if lease.holder == holder {
                 return Response::Lease { token: lease.token, ttl_ms: lease.ttl_ms };
@@ -457,6 +537,7 @@ impl State {
             RevokeReason::Expired => ("lease.expired", "expired: no keepalive confirmed within the TTL"),
         };
         fx.event(kind, key, format!("{why}; held by {} with token {}", lease.holder, lease.token));
+        self.note_primary_lease_gone(key, reason, fx);
         self.leases.remove(key);
         Response::Applied { revision: fx.index }
     }

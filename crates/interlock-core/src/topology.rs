@@ -33,6 +33,86 @@ pub struct Topology {
     pub regions: Vec<RegionSpec>,
     #[serde(default)]
     pub services: Vec<ServiceSpec>,
+    /// How region loss is detected and acted on (every field has a default).
+    #[serde(default)]
+    pub failover: FailoverPolicy,
+}
+
+/// The cluster-wide failover policy (SPEC §4). In the replicated state, so
+/// that every leader acts on the same rules.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FailoverPolicy {
+    /// How often controllers heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// The detector suspects a controller when phi exceeds this.
+    pub phi_threshold: u32,
+    /// Floor of the heartbeat-interval standard deviation the detector
+    /// assumes (absorbs jitter on quiet links).
+    pub min_std_dev_ms: u64,
+    /// Pauses the detector tolerates on top of the observed distribution.
+    pub acceptable_pause_ms: u64,
+    /// Other regions that must also report a suspected region unreachable
+    /// before it is declared lost.
+    pub witness_quorum: u32,
+    /// Most regions that may be LOST at the same time by automatic declaration.
+    pub max_lost_regions: u32,
+    /// After a leader change, nothing is declared lost for this long.
+    pub grace_ms: u64,
+    /// A promoted replica's controller must acknowledge within this, or it
+    /// is fenced and the next candidate is tried.
+    pub promote_ack_timeout_ms: u64,
+    /// TTL of the `shard/<service>/<shard>/primary` leases.
+    pub primary_lease_ttl_ms: u64,
+    /// A lost region whose controllers have all been heard again for this
+    /// long becomes RECOVERING.
+    pub region_return_ms: u64,
+    /// A planned switchover that has not completed within this is aborted.
+    pub switchover_timeout_ms: u64,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        FailoverPolicy {
+            heartbeat_interval_ms: 500,
+            phi_threshold: 8,
+            min_std_dev_ms: 100,
+            acceptable_pause_ms: 0,
+            witness_quorum: 1,
+            max_lost_regions: 1,
+            grace_ms: 3_000,
+            promote_ack_timeout_ms: 3_000,
+            primary_lease_ttl_ms: 2_000,
+            region_return_ms: 3_000,
+            switchover_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl FailoverPolicy {
+    /// Every out-of-range field, each named `failover.<field>`.
+    pub fn validate(&self) -> Vec<InvalidArgument> {
+        let checks: [(&str, u64, u64, u64); 11] = [
+            ("heartbeat_interval_ms", self.heartbeat_interval_ms, 50, 60_000),
+            ("phi_threshold", self.phi_threshold as u64, 1, 16),
+            ("min_std_dev_ms", self.min_std_dev_ms, 1, 60_000),
+            ("acceptable_pause_ms", self.acceptable_pause_ms, 0, 600_000),
+            ("witness_quorum", self.witness_quorum as u64, 0, 64),
+            ("max_lost_regions", self.max_lost_regions as u64, 0, 64),
+            ("grace_ms", self.grace_ms, 0, 600_000),
+            ("promote_ack_timeout_ms", self.promote_ack_timeout_ms, 100, 600_000),
+            ("primary_lease_ttl_ms", self.primary_lease_ttl_ms, crate::lease::TTL_MIN_MS, crate::lease::TTL_MAX_MS),
+            ("region_return_ms", self.region_return_ms, 0, 3_600_000),
+            ("switchover_timeout_ms", self.switchover_timeout_ms, 500, 600_000),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, v, lo, hi)| v < lo || v > hi)
+            .map(|(name, v, lo, hi)| {
+                InvalidArgument::new(format!("failover.{name}"), format!("{v} is out of range {lo}..={hi}"))
+            })
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,10 +172,25 @@ pub fn shard_key(service: &str, shard: &str) -> String {
     format!("{service}/{shard}")
 }
 
+/// Prefix of the leases the coordinator manages for shard primaries.
+pub const PRIMARY_LEASE_PREFIX: &str = "shard/";
+const PRIMARY_LEASE_SUFFIX: &str = "/primary";
+
+/// The lease a shard's primary holds: `shard/<service>/<shard>/primary`.
+pub fn primary_lease_key(shard_key: &str) -> String {
+    format!("{PRIMARY_LEASE_PREFIX}{shard_key}{PRIMARY_LEASE_SUFFIX}")
+}
+
+/// The shard key of a primary lease key, if it is one.
+pub fn shard_of_primary_lease(lease_key: &str) -> Option<&str> {
+    lease_key.strip_prefix(PRIMARY_LEASE_PREFIX)?.strip_suffix(PRIMARY_LEASE_SUFFIX)
+}
+
 impl Topology {
     /// Every problem in the file, each naming its field. Empty means valid.
     pub fn validate(&self) -> Vec<InvalidArgument> {
         let mut errors = Vec::new();
+        errors.extend(self.failover.validate());
         let mut push = |r: Result<(), InvalidArgument>| {
             if let Err(e) = r {
                 errors.push(e);
@@ -211,6 +306,7 @@ pub(crate) mod tests {
                     replicas: vec![replica("orders-0-eu", "eu-west", 100), replica("orders-0-us", "us-east", 50)],
                 }],
             }],
+            failover: FailoverPolicy::default(),
         }
     }
 

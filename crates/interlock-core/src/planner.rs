@@ -1,0 +1,669 @@
+//! What the leader's failover loop proposes next: a pure function of the
+//! replicated [`State`] and the leader's soft observations (heartbeats,
+//! witness reports, replica positions), with time as an input.
+//!
+//! The loop calls [`plan`] every tick and proposes what it returns. Every
+//! command re-checks its own preconditions when applied, so a stale plan
+//! (leadership moved, the state changed) is refused, never applied wrongly.
+
+use crate::command::Command;
+use crate::state::{PromotionMode, RegionState, ReplicaRole, Shard, State};
+use crate::topology::{primary_lease_key, shard_key};
+use std::collections::BTreeMap;
+
+/// What a controller last said about one replica.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaReport {
+    pub position: u64,
+    pub lag: u64,
+    pub healthy: bool,
+}
+
+/// What the leader knows about one controller (soft state, this term only).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ControllerView {
+    /// The detector's verdict now.
+    pub suspected: bool,
+    /// Since when (monotonic ms) it has been heard without being suspected.
+    pub alive_since_ms: Option<u64>,
+    /// Its last witness report: the other regions it can reach.
+    pub reachable_regions: Vec<String>,
+    /// Its last report per replica (kept while it is suspected).
+    pub replicas: BTreeMap<String, ReplicaReport>,
+}
+
+/// The leader's observations at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Observations {
+    /// Monotonic clock of the leader.
+    pub now_ms: u64,
+    /// Wall clock of the leader (compared with times recorded in the state).
+    pub now_unix_ms: u64,
+    /// When this node became leader (monotonic).
+    pub leader_since_ms: u64,
+    /// By controller id; a controller not heard this term is absent.
+    pub controllers: BTreeMap<String, ControllerView>,
+}
+
+impl Observations {
+    fn in_grace(&self, state: &State) -> bool {
+        self.now_ms.saturating_sub(self.leader_since_ms) < state.topology.failover.grace_ms
+    }
+
+    /// Whether `controller` is suspected; one never heard this term is, once
+    /// the grace period is over.
+    fn suspected(&self, state: &State, controller: &str) -> bool {
+        match self.controllers.get(controller) {
+            Some(view) => view.suspected,
+            None => !self.in_grace(state),
+        }
+    }
+
+    fn report(&self, state: &State, replica: &str) -> Option<ReplicaReport> {
+        let controller = state.replicas.get(replica)?.controller.as_deref()?;
+        self.controllers.get(controller)?.replicas.get(replica).copied()
+    }
+}
+
+/// The loop's next steps.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Commands to propose, in order.
+    pub commands: Vec<Command>,
+    /// Regions the coordinator cannot hear but witnesses can (or that may
+    /// not be declared lost), with the reason: recorded once as an event,
+    /// never a failover.
+    pub not_declared: BTreeMap<String, String>,
+}
+
+/// Decides the next steps of region-loss handling and promotion.
+pub fn plan(state: &State, obs: &Observations) -> Plan {
+    let mut out = Plan::default();
+    plan_regions(state, obs, &mut out);
+    if !state.paused {
+        for (key, shard) in &state.shards {
+            if let Some(command) = plan_shard(state, obs, key, shard) {
+                out.commands.push(command);
+            }
+        }
+    }
+    out
+}
+
+fn controllers_in<'a>(state: &'a State, region: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    state.controllers.values().filter(move |c| c.region == region).map(|c| c.id.as_str())
+}
+
+fn plan_regions(state: &State, obs: &Observations, out: &mut Plan) {
+    let policy = &state.topology.failover;
+    for region in state.regions.values() {
+        let controllers: Vec<&str> = controllers_in(state, &region.id).collect();
+        if controllers.is_empty() {
+            continue;
+        }
+        if region.state == RegionState::Lost {
+            let back = controllers.iter().all(|c| {
+                obs.controllers.get(*c).is_some_and(|v| {
+                    !v.suspected
+                        && v.alive_since_ms.is_some_and(|s| obs.now_ms.saturating_sub(s) >= policy.region_return_ms)
+                })
+            });
+            if back {
+                out.commands.push(Command::SetRegionState {
+                    region: region.id.clone(),
+                    state: RegionState::Recovering,
+                    reason: format!(
+                        "all {} controllers heard again for {} ms; its old primaries are fenced",
+                        controllers.len(),
+                        policy.region_return_ms
+                    ),
+                });
+            }
+            continue;
+        }
+        if obs.in_grace(state) || !controllers.iter().all(|c| obs.suspected(state, c)) {
+            continue;
+        }
+        // Suspected by the coordinator. Do the other regions' controllers agree?
+        let mut witnesses = Vec::new();
+        let mut dissent = Vec::new();
+        for other in state.regions.values().filter(|o| o.id != region.id && o.state != RegionState::Lost) {
+            let live: Vec<&str> = controllers_in(state, &other.id).filter(|c| !obs.suspected(state, c)).collect();
+            if live.is_empty() {
+                continue;
+            }
+            let cannot_reach =
+                live.iter().all(|c| obs.controllers.get(*c).is_some_and(|v| !v.reachable_regions.contains(&region.id)));
+            if cannot_reach {
+                witnesses.push(other.id.as_str());
+            } else {
+                dissent.push(other.id.as_str());
+            }
+        }
+        if witnesses.len() < policy.witness_quorum as usize {
+            let reason = format!(
+                "the coordinator cannot hear region {}'s controllers, but only {} of the required {} witness regions \
+                 confirm it (still reached from: {}); not failing over",
+                region.id,
+                witnesses.len(),
+                policy.witness_quorum,
+                if dissent.is_empty() { "none".to_string() } else { dissent.join(", ") }
+            );
+            out.not_declared.insert(region.id.clone(), reason);
+            continue;
+        }
+        let lost = state.regions.values().filter(|r| r.state == RegionState::Lost).count();
+        let blocked = if !state.automation_allowed(&region.id) {
+            Some("automation is paused (maintenance)".to_string())
+        } else if lost >= policy.max_lost_regions as usize {
+            Some(format!("{lost} regions are already LOST (failover.max_lost_regions {})", policy.max_lost_regions))
+        } else if state.serving_regions().all(|r| r.id == region.id) {
+            Some("it is the last serving region".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = blocked {
+            out.not_declared.insert(region.id.clone(), format!("region {} looks lost but {why}", region.id));
+            continue;
+        }
+        out.commands.push(Command::DeclareRegionLost {
+            region: region.id.clone(),
+            reason: format!(
+                "all {} controllers suspected by the detector; witnesses {} cannot reach it either",
+                controllers.len(),
+                if witnesses.is_empty() { "(none required)".to_string() } else { witnesses.join(", ") }
+            ),
+        });
+    }
+}
+
+fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Option<Command> {
+    let policy = &state.topology.failover;
+    let elapsed = |since: u64| obs.now_unix_ms.saturating_sub(since);
+    if let Some(p) = &shard.pending {
+        return (elapsed(p.since_unix_ms) > policy.promote_ack_timeout_ms).then(|| Command::Fence {
+            shard: key.to_string(),
+            replica: p.replica.clone(),
+            expected_epoch: shard.epoch,
+            reason: format!("no acknowledgement of the promotion within {} ms", policy.promote_ack_timeout_ms),
+        });
+    }
+    let lease_held = state.leases.contains_key(&primary_lease_key(key));
+    if let Some(sw) = &shard.switchover {
+        if elapsed(sw.since_unix_ms) > policy.switchover_timeout_ms {
+            return Some(Command::Fence {
+                shard: key.to_string(),
+                replica: sw.to.clone(),
+                expected_epoch: shard.epoch,
+                reason: format!(
+                    "switchover from {} did not complete within {} ms; the shard fails over normally",
+                    sw.from, policy.switchover_timeout_ms
+                ),
+            });
+        }
+        if lease_held {
+            return None; // the demoted primary has not given its lease back yet
+        }
+        let target = sw.from_position.or_else(|| obs.report(state, &sw.from).map(|r| r.position))?;
+        let report = obs.report(state, &sw.to)?;
+        return (report.healthy && report.position >= target).then(|| Command::Promote {
+            shard: key.to_string(),
+            replica: sw.to.clone(),
+            expected_epoch: shard.epoch,
+            mode: PromotionMode::Switchover,
+            reason: format!("planned switchover from {}: caught up at position {}", sw.from, report.position),
+        });
+    }
+    let failed_primary = match &shard.primary {
+        None => None,
+        Some(p) => {
+            let region = state.replicas.get(p).map(|r| r.region.as_str()).unwrap_or_default();
+            if state.regions.get(region).is_some_and(|r| r.state == RegionState::Lost) {
+                Some(p.as_str())
+            } else {
+                return None; // it has a primary in a region that is not lost
+            }
+        }
+    };
+    if lease_held {
+        return None; // fencing: the old primary's lease must expire first
+    }
+    if let Some(last) = shard.last_auto_failover_unix_ms {
+        if elapsed(last) < shard.cooldown_seconds.saturating_mul(1000) {
+            return Some(Command::AwaitOperator {
+                shard: key.to_string(),
+                reason: format!(
+                    "in its cooldown of {} s after an automatic failover; `interlockctl failover` decides",
+                    shard.cooldown_seconds
+                ),
+            });
+        }
+    }
+    let why = match failed_primary {
+        Some(p) => format!("primary {p} is in a lost region"),
+        None => "the shard has no primary".to_string(),
+    };
+    Some(match choose_candidate(state, obs, shard, failed_primary) {
+        Ok(candidate) => Command::Promote {
+            shard: key.to_string(),
+            replica: candidate.replica,
+            expected_epoch: shard.epoch,
+            mode: PromotionMode::Automatic,
+            reason: format!("{why}; best candidate at position {}", candidate.position),
+        },
+        Err(reasons) => Command::AwaitOperator {
+            shard: key.to_string(),
+            reason: format!("{why}; no candidate within the rules: {reasons}"),
+        },
+    })
+}
+
+/// The replica chosen for promotion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub replica: String,
+    pub position: u64,
+}
+
+/// Chooses the replica to promote (SPEC §4): healthy, in an ACTIVE region
+/// without maintenance, priority > 0, not fenced, its controller not
+/// suspected, and within `max_lag_on_failover` of the best known position
+/// (including the failed primary's last report); then the best position,
+/// the highest priority, and the replica id as a stable tiebreak. On failure,
+/// says why each replica was passed over (stable text: no numbers that move).
+pub fn choose_candidate(
+    state: &State,
+    obs: &Observations,
+    shard: &Shard,
+    failed_primary: Option<&str>,
+) -> Result<Candidate, String> {
+    let mut passed = Vec::new();
+    let mut eligible = Vec::new();
+    for id in &shard.replicas {
+        let Some(replica) = state.replicas.get(id) else { continue };
+        let region = state.regions.get(&replica.region);
+        let report = obs.report(state, id);
+        let why = if Some(id.as_str()) == failed_primary {
+            Some("the failed primary")
+        } else if replica.role == ReplicaRole::Fenced {
+            Some("fenced")
+        } else if region.is_none_or(|r| r.state != RegionState::Active) {
+            Some("its region is not ACTIVE")
+        } else if !state.automation_allowed(&replica.region) {
+            Some("its region is in maintenance")
+        } else if replica.priority == 0 {
+            Some("priority 0")
+        } else if replica.controller.as_deref().is_none_or(|c| obs.suspected(state, c)) {
+            Some("its controller is not heard")
+        } else if !report.is_some_and(|r| r.healthy) {
+            Some("not reported healthy")
+        } else {
+            None
+        };
+        match (why, report) {
+            (None, Some(report)) => eligible.push((id.as_str(), replica.priority, report)),
+            (Some(why), _) => passed.push(format!("{id}: {why}")),
+            (None, None) => passed.push(format!("{id}: not reported healthy")),
+        }
+    }
+    let best_known = eligible
+        .iter()
+        .map(|(_, _, r)| r.position)
+        .chain(failed_primary.and_then(|p| obs.report(state, p)).map(|r| r.position))
+        .max()
+        .unwrap_or(0);
+    eligible.retain(|(id, _, r)| {
+        let lag = r.lag.max(best_known.saturating_sub(r.position));
+        let within = lag <= shard.max_lag_on_failover;
+        if !within {
+            passed.push(format!("{id}: lag beyond max_lag_on_failover"));
+        }
+        within
+    });
+    eligible.sort_by(|a, b| b.2.position.cmp(&a.2.position).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
+    match eligible.first() {
+        Some((id, _, report)) => Ok(Candidate { replica: id.to_string(), position: report.position }),
+        None => Err(if passed.is_empty() { "no replicas".to_string() } else { passed.join("; ") }),
+    }
+}
+
+/// The shard key of every shard whose primary is in `region`.
+pub fn shards_with_primary_in<'a>(state: &'a State, region: &'a str) -> impl Iterator<Item = String> + 'a {
+    state.shards.values().filter_map(move |s| {
+        let p = s.primary.as_deref()?;
+        (state.replicas.get(p)?.region == region).then(|| shard_key(&s.service, &s.id))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::{Request, Response};
+    use crate::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+
+    const REGIONS: [&str; 3] = ["eu", "us", "ap"];
+
+    struct World {
+        state: State,
+        index: u64,
+        now_unix_ms: u64,
+    }
+
+    impl World {
+        /// Three regions, one controller each, shard orders/0 with a replica
+        /// per region (priorities 100/50/10), primary orders-0-eu acknowledged.
+        fn new() -> World {
+            let topology = Topology {
+                regions: REGIONS.iter().map(|r| RegionSpec { id: r.to_string(), capacity: 100 }).collect(),
+                services: vec![ServiceSpec {
+                    name: "orders".into(),
+                    shards: vec![ShardSpec {
+                        id: "0".into(),
+                        max_lag_on_failover: 100,
+                        cooldown_seconds: 60,
+                        replicas: REGIONS
+                            .iter()
+                            .zip([100, 50, 10])
+                            .map(|(r, p)| ReplicaSpec {
+                                id: format!("orders-0-{r}"),
+                                region: r.to_string(),
+                                priority: p,
+                            })
+                            .collect(),
+                    }],
+                }],
+                failover: FailoverPolicy::default(),
+            };
+            let mut w = World { state: State::default(), index: 0, now_unix_ms: 1_000_000 };
+            w.apply(Command::ApplyTopology { topology });
+            for r in REGIONS {
+                w.apply(Command::RegisterController {
+                    id: format!("c-{r}"),
+                    region: r.into(),
+                    identity: String::new(),
+                    replicas: vec![format!("orders-0-{r}")],
+                });
+            }
+            w.apply(promote("orders-0-eu", 0, PromotionMode::Operator));
+            w.apply(ack("orders-0-eu", 1, ReplicaRole::Primary));
+            w
+        }
+
+        fn apply(&mut self, command: Command) -> Response {
+            self.index += 1;
+            let response = self.state.apply(self.index, &Request { at_unix_ms: self.now_unix_ms, command });
+            assert_eq!(self.state.validate(), Ok(()));
+            response
+        }
+
+        fn expire_primary_lease(&mut self) {
+            let key = primary_lease_key("orders/0");
+            let token = self.state.leases[&key].token;
+            let response = self.apply(Command::LeaseRevoke {
+                key,
+                token: Some(token),
+                reason: crate::lease::RevokeReason::Expired,
+            });
+            assert!(matches!(response, Response::Applied { .. }), "{response:?}");
+        }
+    }
+
+    fn promote(replica: &str, epoch: u64, mode: PromotionMode) -> Command {
+        Command::Promote {
+            shard: "orders/0".into(),
+            replica: replica.into(),
+            expected_epoch: epoch,
+            mode,
+            reason: "test".into(),
+        }
+    }
+
+    fn ack(replica: &str, epoch: u64, role: ReplicaRole) -> Command {
+        Command::Acknowledge { replica: replica.into(), epoch, role, position: 0 }
+    }
+
+    /// Observations: every controller heard and healthy at `positions`,
+    /// except those in `silent` (suspected); `unreachable` lists
+    /// (controller, region) witness reports of regions it cannot reach.
+    fn observe(positions: [u64; 3], silent: &[&str], unreachable: &[(&str, &str)]) -> Observations {
+        let mut controllers = BTreeMap::new();
+        for (i, r) in REGIONS.iter().enumerate() {
+            let id = format!("c-{r}");
+            let reachable = REGIONS
+                .iter()
+                .filter(|o| *o != r && !unreachable.contains(&(id.as_str(), **o)))
+                .map(|o| o.to_string())
+                .collect();
+            let report = ReplicaReport { position: positions[i], lag: 0, healthy: true };
+            controllers.insert(
+                id.clone(),
+                ControllerView {
+                    suspected: silent.contains(&id.as_str()),
+                    alive_since_ms: Some(0),
+                    reachable_regions: reachable,
+                    replicas: [(format!("orders-0-{r}"), report)].into(),
+                },
+            );
+        }
+        Observations { now_ms: 100_000, now_unix_ms: 1_000_000, leader_since_ms: 0, controllers }
+    }
+
+    fn kinds(plan: &Plan) -> Vec<String> {
+        plan.commands.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn a_region_is_declared_lost_only_when_suspected_and_corroborated() {
+        let both_witness = [("c-us", "eu"), ("c-ap", "eu")];
+        // (name, observations, regions declared lost, regions noted as not declared)
+        let cases: &[(&str, Observations, &[&str], &[&str])] = &[
+            ("all well", observe([10, 10, 10], &[], &[]), &[], &[]),
+            ("suspected, both witnesses agree", observe([10, 10, 10], &["c-eu"], &both_witness), &["eu"], &[]),
+            ("coordinator-only loss of contact", observe([10, 10, 10], &["c-eu"], &[]), &[], &["eu"]),
+            ("one witness meets quorum 1", observe([10, 10, 10], &["c-eu"], &[("c-us", "eu")]), &["eu"], &[]),
+        ];
+        for (name, obs, want_lost, want_noted) in cases {
+            let w = World::new();
+            let plan = plan(&w.state, obs);
+            let lost: Vec<&str> = plan
+                .commands
+                .iter()
+                .filter_map(|c| match c {
+                    Command::DeclareRegionLost { region, .. } => Some(region.as_str()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(lost, *want_lost, "{name}");
+            let noted: Vec<&str> = plan.not_declared.keys().map(String::as_str).collect();
+            assert_eq!(noted, *want_noted, "{name}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_declared_in_grace_in_maintenance_or_for_the_last_serving_region() {
+        let witnessed = [("c-us", "eu"), ("c-ap", "eu")];
+        // In the grace period after a leader change.
+        let w = World::new();
+        let mut obs = observe([10, 10, 10], &["c-eu"], &witnessed);
+        obs.leader_since_ms = obs.now_ms - 100;
+        assert!(plan(&w.state, &obs).commands.is_empty());
+        // Maintenance on the region.
+        let mut w = World::new();
+        w.apply(Command::SetMaintenance { region: Some("eu".into()), on: true, reason: "upgrade".into() });
+        let p = plan(&w.state, &observe([10, 10, 10], &["c-eu"], &witnessed));
+        assert!(p.commands.is_empty() && p.not_declared["eu"].contains("maintenance"), "{p:?}");
+        // Only one region serves: never declared.
+        let mut w = World::new();
+        for r in ["us", "ap"] {
+            if let Some(region) = w.state.regions.get_mut(r) {
+                region.state = RegionState::Drained;
+            }
+        }
+        let p = plan(&w.state, &observe([10, 10, 10], &["c-eu"], &witnessed));
+        assert!(p.not_declared["eu"].contains("last serving region"), "{p:?}");
+        // And the state machine refuses it too.
+        let refused = w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
+        assert!(matches!(refused, Response::Refused { .. }), "{refused:?}");
+    }
+
+    #[test]
+    fn promotion_waits_for_the_old_lease_then_picks_the_best_candidate() {
+        let mut w = World::new();
+        w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
+        let obs = observe([50, 40, 45], &["c-eu"], &[]);
+        assert!(kinds(&plan(&w.state, &obs)).iter().all(|k| !k.starts_with("promote")), "the lease is still held");
+        w.expire_primary_lease();
+        let plan = plan(&w.state, &obs);
+        // eu (50) is the failed primary; ap has the best position among the rest.
+        assert_eq!(kinds(&plan), vec!["promote orders-0-ap in orders/0 after epoch 1 (Automatic)"]);
+        for command in plan.commands {
+            assert!(matches!(w.apply(command), Response::Applied { .. }));
+        }
+        assert_eq!(w.state.shards["orders/0"].epoch, 2);
+        assert_eq!(w.state.replicas["orders-0-eu"].role, ReplicaRole::Fenced);
+        assert_eq!(w.state.leases[&primary_lease_key("orders/0")].holder, "orders-0-ap");
+    }
+
+    #[test]
+    fn candidate_choice_table() {
+        // (name, positions eu/us/ap, silent controllers, mutate, expected)
+        type Mutate = fn(&mut State);
+        type Case<'a> = (&'a str, [u64; 3], &'a [&'a str], Mutate, Result<&'a str, &'a str>);
+        let cases: &[Case<'_>] = &[
+            ("best position wins", [100, 90, 95], &[], |_| {}, Ok("orders-0-ap")),
+            ("equal positions: higher priority", [100, 95, 95], &[], |_| {}, Ok("orders-0-us")),
+            ("lag beyond the RPO bound", [1000, 10, 20], &[], |_| {}, Err("lag beyond max_lag_on_failover")),
+            ("suspected controller", [100, 100, 90], &["c-us"], |_| {}, Ok("orders-0-ap")),
+            (
+                "priority 0 never",
+                [100, 100, 90],
+                &[],
+                |s| s.replicas.get_mut("orders-0-us").iter_mut().for_each(|r| r.priority = 0),
+                Ok("orders-0-ap"),
+            ),
+            (
+                "fenced is out",
+                [100, 100, 90],
+                &[],
+                |s| s.replicas.get_mut("orders-0-us").iter_mut().for_each(|r| r.role = ReplicaRole::Fenced),
+                Ok("orders-0-ap"),
+            ),
+            (
+                "region not active",
+                [100, 100, 100],
+                &[],
+                |s| {
+                    s.regions.get_mut("us").iter_mut().for_each(|r| r.state = RegionState::Draining);
+                    s.regions.get_mut("ap").iter_mut().for_each(|r| r.state = RegionState::Recovering);
+                },
+                Err("its region is not ACTIVE"),
+            ),
+        ];
+        for (name, positions, silent, mutate, want) in cases {
+            let mut w = World::new();
+            mutate(&mut w.state);
+            let obs = observe(*positions, silent, &[]);
+            let shard = &w.state.shards["orders/0"];
+            let got = choose_candidate(&w.state, &obs, shard, Some("orders-0-eu"));
+            match (got, want) {
+                (Ok(c), Ok(id)) => assert_eq!(c.replica, *id, "{name}"),
+                (Err(why), Err(part)) => assert!(why.contains(part), "{name}: {why}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn an_unacknowledged_promotion_is_fenced_and_the_next_candidate_tried() {
+        let mut w = World::new();
+        w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
+        w.expire_primary_lease();
+        let obs = observe([50, 40, 45], &["c-eu"], &[]);
+        for c in plan(&w.state, &obs).commands {
+            w.apply(c);
+        }
+        assert_eq!(w.state.shards["orders/0"].pending.as_ref().map(|p| p.replica.as_str()), Some("orders-0-ap"));
+        let mut later = obs.clone();
+        later.now_unix_ms += w.state.topology.failover.promote_ack_timeout_ms + 1;
+        let fence = plan(&w.state, &later).commands;
+        assert_eq!(kinds(&Plan { commands: fence.clone(), ..Plan::default() }), vec!["fence orders-0-ap in orders/0"]);
+        for c in fence {
+            w.apply(c);
+        }
+        // Its lease must run out (it is no longer renewable) before anyone else.
+        let key = primary_lease_key("orders/0");
+        assert!(!w.state.lease_renewable(&key, w.state.leases[&key].token));
+        assert!(plan(&w.state, &later).commands.is_empty(), "waits for the fenced candidate's lease");
+        w.expire_primary_lease();
+        // The cooldown applies to automatic promotions: the next one waits for an operator.
+        let next = plan(&w.state, &later).commands;
+        assert!(
+            matches!(&next[..], [Command::AwaitOperator { reason, .. }] if reason.contains("cooldown")),
+            "{next:?}"
+        );
+        w.now_unix_ms += 61_000;
+        later.now_unix_ms += 61_000;
+        let next = kinds(&plan(&w.state, &later));
+        assert_eq!(next, vec!["promote orders-0-us in orders/0 after epoch 2 (Automatic)"]);
+    }
+
+    #[test]
+    fn a_switchover_demotes_waits_for_the_lease_and_for_the_candidate_to_catch_up() {
+        let mut w = World::new();
+        let demote = Command::Demote {
+            shard: "orders/0".into(),
+            expected_epoch: 1,
+            to: "orders-0-us".into(),
+            reason: "t".into(),
+        };
+        assert!(matches!(w.apply(demote), Response::Applied { .. }));
+        let key = primary_lease_key("orders/0");
+        assert!(!w.state.lease_renewable(&key, w.state.leases[&key].token), "the demoted primary's lease runs out");
+        let obs = observe([500, 480, 400], &[], &[]);
+        assert!(plan(&w.state, &obs).commands.is_empty(), "the old primary still holds its lease");
+        // The old primary stops at 500 and gives its lease back.
+        w.apply(Command::Acknowledge {
+            replica: "orders-0-eu".into(),
+            epoch: 1,
+            role: ReplicaRole::Replica,
+            position: 500,
+        });
+        assert!(!w.state.leases.contains_key(&key));
+        assert!(plan(&w.state, &obs).commands.is_empty(), "us is at 480 < 500");
+        let caught_up = observe([500, 500, 400], &[], &[]);
+        let commands = plan(&w.state, &caught_up).commands;
+        assert_eq!(
+            kinds(&Plan { commands: commands.clone(), ..Plan::default() }),
+            vec!["promote orders-0-us in orders/0 after epoch 1 (Switchover)"]
+        );
+        for c in commands {
+            w.apply(c);
+        }
+        assert_eq!(w.state.shards["orders/0"].primary.as_deref(), Some("orders-0-us"));
+        assert_eq!(w.state.replicas["orders-0-eu"].role, ReplicaRole::Replica, "a demoted primary is not fenced");
+        assert_eq!(w.state.shards["orders/0"].last_auto_failover_unix_ms, None, "no cooldown for planned moves");
+    }
+
+    #[test]
+    fn a_returning_region_recovers_and_its_fenced_replicas_rejoin() {
+        let mut w = World::new();
+        w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
+        w.expire_primary_lease();
+        for c in plan(&w.state, &observe([50, 40, 45], &["c-eu"], &[])).commands {
+            w.apply(c);
+        }
+        let back = plan(&w.state, &observe([50, 40, 45], &[], &[])).commands;
+        assert!(matches!(&back[0], Command::SetRegionState { state: RegionState::Recovering, .. }), "{back:?}");
+        w.apply(back[0].clone());
+        // The old primary's controller confirms it stopped: it rejoins as a replica.
+        w.apply(ack("orders-0-eu", 2, ReplicaRole::Fenced));
+        assert_eq!(w.state.replicas["orders-0-eu"].role, ReplicaRole::Replica);
+        // Nobody else may take the primary lease.
+        let grab = w.apply(Command::LeaseGrant {
+            key: primary_lease_key("orders/0"),
+            holder: "orders-0-eu".into(),
+            ttl_ms: 1000,
+        });
+        assert!(matches!(grab, Response::Refused { .. }), "{grab:?}");
+    }
+}
