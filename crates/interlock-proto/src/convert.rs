@@ -3,7 +3,7 @@
 use crate::v1;
 use interlock_core::lease::Lease;
 use interlock_core::state::{Controller, Event, Region, RegionState, Replica, ReplicaRole, Shard};
-use interlock_core::topology::{RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+use interlock_core::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
 
 pub fn region_state_name(state: RegionState) -> &'static str {
     match state {
@@ -53,6 +53,43 @@ impl From<&Topology> for v1::Topology {
                         .collect(),
                 })
                 .collect(),
+            failover: Some(v1::FailoverPolicy::from(&t.failover)),
+        }
+    }
+}
+
+impl From<&FailoverPolicy> for v1::FailoverPolicy {
+    fn from(p: &FailoverPolicy) -> Self {
+        v1::FailoverPolicy {
+            heartbeat_interval_ms: p.heartbeat_interval_ms,
+            phi_threshold: p.phi_threshold,
+            min_std_dev_ms: p.min_std_dev_ms,
+            acceptable_pause_ms: p.acceptable_pause_ms,
+            witness_quorum: p.witness_quorum,
+            max_lost_regions: p.max_lost_regions,
+            grace_ms: p.grace_ms,
+            promote_ack_timeout_ms: p.promote_ack_timeout_ms,
+            primary_lease_ttl_ms: p.primary_lease_ttl_ms,
+            region_return_ms: p.region_return_ms,
+            switchover_timeout_ms: p.switchover_timeout_ms,
+        }
+    }
+}
+
+impl From<v1::FailoverPolicy> for FailoverPolicy {
+    fn from(p: v1::FailoverPolicy) -> Self {
+        FailoverPolicy {
+            heartbeat_interval_ms: p.heartbeat_interval_ms,
+            phi_threshold: p.phi_threshold,
+            min_std_dev_ms: p.min_std_dev_ms,
+            acceptable_pause_ms: p.acceptable_pause_ms,
+            witness_quorum: p.witness_quorum,
+            max_lost_regions: p.max_lost_regions,
+            grace_ms: p.grace_ms,
+            promote_ack_timeout_ms: p.promote_ack_timeout_ms,
+            primary_lease_ttl_ms: p.primary_lease_ttl_ms,
+            region_return_ms: p.region_return_ms,
+            switchover_timeout_ms: p.switchover_timeout_ms,
         }
     }
 }
@@ -82,6 +119,7 @@ impl From<v1::Topology> for Topology {
                         .collect(),
                 })
                 .collect(),
+            failover: t.failover.map(FailoverPolicy::from).unwrap_or_default(),
         }
     }
 }
@@ -106,6 +144,9 @@ impl From<&Shard> for v1::Shard {
             primary: s.primary.clone().unwrap_or_default(),
             max_lag_on_failover: s.max_lag_on_failover,
             replicas: s.replicas.clone(),
+            pending: s.pending.as_ref().map(|p| p.replica.clone()).unwrap_or_default(),
+            switchover_to: s.switchover.as_ref().map(|sw| sw.to.clone()).unwrap_or_default(),
+            awaiting_operator: s.awaiting_operator.clone().unwrap_or_default(),
         }
     }
 }
@@ -120,6 +161,11 @@ impl From<&Replica> for v1::Replica {
             priority: r.priority,
             role: role_name(r.role).to_string(),
             controller: r.controller.clone().unwrap_or_default(),
+            acked_role: r.acked.map(|(role, _)| role_name(role).to_string()).unwrap_or_default(),
+            acked_epoch: r.acked.map_or(0, |(_, epoch)| epoch),
+            position: None,
+            lag: None,
+            healthy: None,
         }
     }
 }
@@ -162,7 +208,9 @@ pub fn lease_info(l: &Lease, remaining_ms: u64) -> v1::LeaseInfo {
     }
 }
 
-/// The key of the lease a shard's primary holds.
-pub fn primary_lease_key(service: &str, shard: &str) -> String {
-    format!("shard/{service}/{shard}/primary")
+/// A role from its wire name.
+pub fn parse_role(name: &str) -> Option<ReplicaRole> {
+    [ReplicaRole::Primary, ReplicaRole::Replica, ReplicaRole::Fenced, ReplicaRole::Recovering]
+        .into_iter()
+        .find(|r| role_name(*r) == name)
 }

@@ -1,18 +1,23 @@
 //! The `interlock.v1.Admin` service: apply the declared topology, and
 //! linearizable views of the state for operators.
 
-use crate::controller::Liveness;
 use crate::ctx::{forwarded, refusal_status, revision_of, NodeCtx, ProposeError};
+use crate::failover::Liveness;
 use crate::leases::LeaseTable;
+use interlock_core::command::validate_shard_key;
+use interlock_core::state::{PromotionMode, RegionState, State};
+use interlock_core::topology::validate_id;
 use interlock_core::{Command, Topology};
 use interlock_proto::convert::lease_info;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::admin_server::{Admin, AdminServer};
 use interlock_proto::v1::{
-    ApplyTopologyRequest, ApplyTopologyResponse, ControllerInfo, ControllerList, EventList, GetEventsRequest,
-    LeaseList, ListRequest, RegionList, ReplicaList, ShardList,
+    ApplyTopologyRequest, ApplyTopologyResponse, ControllerInfo, ControllerList, EventList, FailoverRequest,
+    GetEventsRequest, LeaseList, ListRequest, MaintenanceRequest, OperationResponse, RegionList, RegionRequest,
+    ReplicaList, ShardList, SwitchoverRequest,
 };
 use std::sync::Arc;
+use std::time::Duration;
 use tonic::{Request, Response, Status};
 
 /// Most events one GetEvents answers.
@@ -40,8 +45,255 @@ macro_rules! leader_read {
     };
 }
 
+/// Operator actions that depend on the leader's soft state (liveness,
+/// positions) run on the leader: other nodes forward the whole request.
+macro_rules! on_leader {
+    ($self:ident, $metadata:expr, $message:expr, $method:ident) => {
+        if !$self.ctx.is_leader() {
+            let target = $self.ctx.forward_target(&$metadata, &$self.ctx.leader_hint())?;
+            return AdminClient::new(target).$method(forwarded($message)).await;
+        }
+    };
+}
+
+fn invalid(e: interlock_core::InvalidArgument) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Longest an operator call waits for a switchover or a promotion.
+pub const OPERATION_WAIT_MAX: Duration = Duration::from_secs(300);
+
+impl AdminService {
+    /// Proposes `command` on this (leader) node; a refusal is its status.
+    async fn propose_here(&self, command: Command) -> Result<u64, Status> {
+        match self.ctx.propose(command).await {
+            Ok(r) => Ok(revision_of(&r)),
+            Err(ProposeError::NotLeader(f)) => Err(self.ctx.no_leader_status(&f)),
+            Err(ProposeError::Status(s)) => Err(s),
+        }
+    }
+
+    /// The checks a switchover target must pass before anything changes.
+    fn switchover_refusal(&self, state: &State, shard_key: &str, to: &str) -> Result<(String, u64), Status> {
+        let refuse = |why: String| Err(Status::failed_precondition(format!("switchover {shard_key} to {to}: {why}")));
+        let Some(shard) = state.shards.get(shard_key) else {
+            return Err(Status::not_found(format!("shard: unknown shard {shard_key}")));
+        };
+        let Some(replica) = state.replicas.get(to).filter(|r| shard.replicas.contains(&r.id)) else {
+            return Err(Status::not_found(format!("to: {to} is not a replica of {shard_key}")));
+        };
+        let Some(primary) = shard.primary.clone() else {
+            return refuse("the shard has no primary; use `interlockctl failover`".to_string());
+        };
+        if primary == to {
+            return refuse("it is already the primary".to_string());
+        }
+        if shard.pending.is_some() || shard.switchover.is_some() {
+            return refuse("a promotion or switchover is already in progress".to_string());
+        }
+        if state.regions.get(&replica.region).is_none_or(|r| r.state != RegionState::Active) {
+            return refuse(format!("its region {} is not ACTIVE", replica.region));
+        }
+        let Some(controller) = replica.controller.as_deref() else {
+            return refuse("no controller runs it".to_string());
+        };
+        let now = self.ctx.clock.monotonic_ms();
+        let fresh = 3 * state.topology.failover.heartbeat_interval_ms;
+        if self.liveness.last_seen_ms(controller).is_none_or(|seen| now.saturating_sub(seen) > fresh) {
+            return refuse(format!("its controller {controller} has not heartbeated within {fresh} ms"));
+        }
+        let Some(report) = self.liveness.report(controller, to).filter(|r| r.healthy) else {
+            return refuse("its controller does not report it healthy".to_string());
+        };
+        let primary_position = state
+            .replicas
+            .get(&primary)
+            .and_then(|p| p.controller.as_deref())
+            .and_then(|c| self.liveness.report(c, &primary))
+            .map_or(report.position, |r| r.position);
+        let lag = report.lag.max(primary_position.saturating_sub(report.position));
+        if lag > shard.max_lag_on_failover {
+            return refuse(format!(
+                "it is {lag} behind the primary (max_lag_on_failover {}); it could not catch up in time",
+                shard.max_lag_on_failover
+            ));
+        }
+        Ok((primary, shard.epoch))
+    }
+
+    /// Waits until `shard_key` has `to` as its acknowledged primary, or the
+    /// attempt visibly ended otherwise.
+    async fn wait_for_primary(&self, shard_key: &str, to: &str, wait: Duration) -> Result<OperationResponse, Status> {
+        let mut changes = self.ctx.state.subscribe();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            {
+                let applied = self.ctx.state.read();
+                let s = &applied.state;
+                let Some(shard) = s.shards.get(shard_key) else {
+                    return Err(Status::not_found(format!("shard: {shard_key} was removed")));
+                };
+                if shard.primary.as_deref() == Some(to) && shard.pending.is_none() {
+                    return Ok(OperationResponse {
+                        revision: s.revision,
+                        message: format!("{to} is the primary of {shard_key} at epoch {}", shard.epoch),
+                        epoch: shard.epoch,
+                    });
+                }
+                let underway = shard.switchover.as_ref().is_some_and(|sw| sw.to == to)
+                    || shard.pending.as_ref().is_some_and(|p| p.replica == to);
+                if !underway && shard.primary.as_deref() != Some(to) {
+                    let last = s.events.iter().rev().find(|e| e.subject == shard_key || e.subject == to);
+                    return Err(Status::failed_precondition(format!(
+                        "{shard_key}: {to} did not become primary: {}",
+                        last.map_or("no event recorded".to_string(), |e| format!("{} {}", e.kind, e.message))
+                    )));
+                }
+            }
+            if tokio::time::timeout_at(deadline, changes.changed()).await.is_err() {
+                return Err(Status::deadline_exceeded(format!(
+                    "{shard_key}: {to} is not the acknowledged primary after {wait:?}; see `interlockctl events`"
+                )));
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<OperationResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        validate_shard_key(&message.shard).map_err(invalid)?;
+        validate_id(&message.to, "to").map_err(invalid)?;
+        if Duration::from_millis(message.timeout_ms) > OPERATION_WAIT_MAX {
+            return Err(Status::invalid_argument(format!("timeout_ms: at most {}", OPERATION_WAIT_MAX.as_millis())));
+        }
+        on_leader!(self, metadata, message, switchover);
+        let (from, epoch, policy) = {
+            let applied = self.ctx.state.read();
+            let s = &applied.state;
+            let (from, epoch) = self.switchover_refusal(s, &message.shard, &message.to)?;
+            (from, epoch, s.topology.failover.clone())
+        };
+        let reason = format!("operator switchover from {from}");
+        let demote =
+            Command::Demote { shard: message.shard.clone(), expected_epoch: epoch, to: message.to.clone(), reason };
+        self.propose_here(demote).await?;
+        let wait = match message.timeout_ms {
+            0 => Duration::from_millis(policy.switchover_timeout_ms + policy.promote_ack_timeout_ms),
+            ms => Duration::from_millis(ms),
+        };
+        Ok(Response::new(self.wait_for_primary(&message.shard, &message.to, wait).await?))
+    }
+
+    async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<OperationResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        validate_shard_key(&message.shard).map_err(invalid)?;
+        validate_id(&message.to, "to").map_err(invalid)?;
+        if Duration::from_millis(message.wait_ms) > OPERATION_WAIT_MAX {
+            return Err(Status::invalid_argument(format!("wait_ms: at most {}", OPERATION_WAIT_MAX.as_millis())));
+        }
+        on_leader!(self, metadata, message, failover);
+        let epoch = {
+            let applied = self.ctx.state.read();
+            let s = &applied.state;
+            let Some(shard) = s.shards.get(&message.shard) else {
+                return Err(Status::not_found(format!("shard: unknown shard {}", message.shard)));
+            };
+            let Some(replica) = s.replicas.get(&message.to).filter(|r| shard.replicas.contains(&r.id)) else {
+                return Err(Status::not_found(format!("to: {} is not a replica of {}", message.to, message.shard)));
+            };
+            if !message.accept_data_loss {
+                let report = replica.controller.as_deref().and_then(|c| self.liveness.report(c, &replica.id));
+                let best = shard
+                    .replicas
+                    .iter()
+                    .filter_map(|id| s.replicas.get(id))
+                    .filter_map(|r| r.controller.as_deref().and_then(|c| self.liveness.report(c, &r.id)))
+                    .map(|r| r.position)
+                    .max()
+                    .unwrap_or(0);
+                let lag = report.map(|r| r.lag.max(best.saturating_sub(r.position)));
+                match lag {
+                    Some(lag) if lag <= shard.max_lag_on_failover => {}
+                    Some(lag) => {
+                        return Err(Status::failed_precondition(format!(
+                            "to: {} is {lag} behind the best known position (max_lag_on_failover {});                              promoting it loses data — pass --accept-data-loss to do it anyway",
+                            message.to, shard.max_lag_on_failover
+                        )))
+                    }
+                    None => {
+                        return Err(Status::failed_precondition(format!(
+                            "to: no position reported for {}; its data cannot be checked — pass --accept-data-loss                              to promote it anyway",
+                            message.to
+                        )))
+                    }
+                }
+            }
+            shard.epoch
+        };
+        let reason = if message.accept_data_loss {
+            "operator failover, data loss accepted".to_string()
+        } else {
+            "operator failover".to_string()
+        };
+        let promote = Command::Promote {
+            shard: message.shard.clone(),
+            replica: message.to.clone(),
+            expected_epoch: epoch,
+            mode: PromotionMode::Operator,
+            reason,
+        };
+        let revision = self.propose_here(promote).await?;
+        if message.wait_ms == 0 {
+            let message = format!(
+                "{} promoted in {} at epoch {}; waiting for its acknowledgement",
+                message.to,
+                message.shard,
+                epoch + 1
+            );
+            return Ok(Response::new(OperationResponse { revision, message, epoch: epoch + 1 }));
+        }
+        let wait = Duration::from_millis(message.wait_ms);
+        Ok(Response::new(self.wait_for_primary(&message.shard, &message.to, wait).await?))
+    }
+
+    async fn set_maintenance(
+        &self,
+        request: Request<MaintenanceRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let region = (!message.region.is_empty()).then(|| message.region.clone());
+        if let Some(region) = &region {
+            validate_id(region, "region").map_err(invalid)?;
+        }
+        let command =
+            Command::SetMaintenance { region: region.clone(), on: message.on, reason: message.reason.clone() };
+        command.validate().map_err(invalid)?;
+        on_leader!(self, metadata, message, set_maintenance);
+        let revision = self.propose_here(command).await?;
+        let word = if message.on { "on" } else { "off" };
+        let message = format!("maintenance {word} for {}", region.as_deref().unwrap_or("all regions"));
+        Ok(Response::new(OperationResponse { revision, message, epoch: 0 }))
+    }
+
+    async fn activate_region(&self, request: Request<RegionRequest>) -> Result<Response<OperationResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let command = Command::SetRegionState {
+            region: message.region.clone(),
+            state: RegionState::Active,
+            reason: if message.reason.is_empty() { "operator".to_string() } else { message.reason.clone() },
+        };
+        command.validate().map_err(invalid)?;
+        on_leader!(self, metadata, message, activate_region);
+        let revision = self.propose_here(command).await?;
+        Ok(Response::new(OperationResponse {
+            revision,
+            message: format!("region {} is ACTIVE", message.region),
+            epoch: 0,
+        }))
+    }
+
     async fn apply_topology(
         &self,
         request: Request<ApplyTopologyRequest>,
@@ -95,7 +347,20 @@ impl Admin for AdminService {
         leader_read!(self, metadata, message, get_replicas);
         let applied = self.ctx.state.read();
         let s = &applied.state;
-        Ok(Response::new(ReplicaList { replicas: s.replicas.values().map(Into::into).collect(), revision: s.revision }))
+        let replicas = s
+            .replicas
+            .values()
+            .map(|r| {
+                let report = r.controller.as_deref().and_then(|c| self.liveness.report(c, &r.id));
+                interlock_proto::v1::Replica {
+                    position: report.map(|p| p.position),
+                    lag: report.map(|p| p.lag),
+                    healthy: report.map(|p| p.healthy),
+                    ..r.into()
+                }
+            })
+            .collect();
+        Ok(Response::new(ReplicaList { replicas, revision: s.revision }))
     }
 
     async fn get_controllers(&self, request: Request<ListRequest>) -> Result<Response<ControllerList>, Status> {

@@ -2,57 +2,37 @@
 //! and watches — the contract region controllers live by.
 
 use crate::ctx::{forwarded, NodeCtx, ProposeError};
+use crate::failover::Liveness;
 use crate::kv::invalid;
 use crate::leases::{KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
 use crate::watch::{parse_topic, run_watch, WATCH_BUFFER};
+use interlock_core::detector::DetectorParams;
 use interlock_core::lease::{validate_grant, validate_lease_key};
 use interlock_core::topology::validate_id;
 use interlock_core::{Command, Response as CoreResponse, RevokeReason};
 use interlock_proto::convert::lease_info;
+use interlock_proto::convert::parse_role;
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::controller_server::{Controller, ControllerServer};
+use interlock_proto::v1::{AcknowledgeRequest, AcknowledgeResponse};
 use interlock_proto::v1::{
     HeartbeatRequest, HeartbeatResponse, LeaseGetRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseInfo,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, ReadIndexRequest,
-    RegisterRequest, RegisterResponse, ReplicaStatus, WatchRequest, WatchResponse,
+    RegisterRequest, RegisterResponse, WatchRequest, WatchResponse,
 };
-use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
-/// How often controllers are asked to heartbeat.
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(1000);
 /// Answers buffered per keepalive stream.
 pub const KEEPALIVE_STREAM_BUFFER: usize = 1024;
 /// How long a watch may wait for this node to catch up to the read index.
 pub const WATCH_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the leader last heard from one controller (soft state, never in Raft).
-#[derive(Debug, Clone, Default)]
-pub struct ControllerLiveness {
-    /// On this node's monotonic clock.
-    pub last_seen_ms: u64,
-    pub replicas: Vec<ReplicaStatus>,
-    pub reachable_regions: Vec<String>,
-}
-
-/// Heartbeat records by controller id.
-#[derive(Default)]
-pub struct Liveness {
-    pub by_controller: Mutex<BTreeMap<String, ControllerLiveness>>,
-}
-
-impl Liveness {
-    pub fn last_seen_ms(&self, controller: &str) -> Option<u64> {
-        self.by_controller.lock().unwrap_or_else(|p| p.into_inner()).get(controller).map(|l| l.last_seen_ms)
-    }
-}
 
 pub struct ControllerService {
     pub ctx: Arc<NodeCtx>,
@@ -121,7 +101,11 @@ impl Controller for ControllerService {
         let (ctx, liveness) = (self.ctx.clone(), self.liveness.clone());
         tokio::spawn(async move {
             while let Ok(Some(beat)) = inbound.message().await {
-                let known = ctx.state.read().state.controllers.contains_key(&beat.controller_id);
+                let (known, policy) = {
+                    let applied = ctx.state.read();
+                    let s = &applied.state;
+                    (s.controllers.contains_key(&beat.controller_id), s.topology.failover.clone())
+                };
                 if !known {
                     let status = Status::failed_precondition(format!(
                         "controller_id: {:?} is not registered; call Register first",
@@ -130,13 +114,8 @@ impl Controller for ControllerService {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
-                let record = ControllerLiveness {
-                    last_seen_ms: ctx.clock.monotonic_ms(),
-                    replicas: beat.replicas,
-                    reachable_regions: beat.reachable_regions,
-                };
-                liveness.by_controller.lock().unwrap_or_else(|p| p.into_inner()).insert(beat.controller_id, record);
-                let reply = HeartbeatResponse { leader_id: ctx.id, interval_ms: HEARTBEAT_INTERVAL.as_millis() as u32 };
+                liveness.record(beat, ctx.clock.monotonic_ms(), &DetectorParams::from_policy(&policy));
+                let reply = HeartbeatResponse { leader_id: ctx.id, interval_ms: policy.heartbeat_interval_ms as u32 };
                 if tx.send(Ok(reply)).await.is_err() || !ctx.is_leader() {
                     return;
                 }
@@ -215,6 +194,57 @@ impl Controller for ControllerService {
             Ok(r) => Ok(Response::new(LeaseRevokeResponse { revision: crate::ctx::revision_of(&r) })),
             Err(ProposeError::NotLeader(f)) => {
                 ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).lease_revoke(forwarded(message)).await
+            }
+            Err(ProposeError::Status(s)) => Err(s),
+        }
+    }
+
+    async fn acknowledge(&self, request: Request<AcknowledgeRequest>) -> Result<Response<AcknowledgeResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        validate_id(&message.controller_id, "controller_id").map_err(invalid)?;
+        validate_id(&message.replica_id, "replica_id").map_err(invalid)?;
+        let role = parse_role(&message.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "role: {:?} is not one of PRIMARY, REPLICA, FENCED, RECOVERING",
+                message.role
+            ))
+        })?;
+        let pending_since = {
+            let applied = self.ctx.state.read();
+            let s = &applied.state;
+            let Some(replica) = s.replicas.get(&message.replica_id) else {
+                return Err(Status::not_found(format!("replica_id: unknown replica {:?}", message.replica_id)));
+            };
+            if replica.controller.as_deref() != Some(message.controller_id.as_str()) {
+                return Err(Status::permission_denied(format!(
+                    "replica_id: {} is run by {}, not by {}",
+                    message.replica_id,
+                    replica.controller.as_deref().unwrap_or("no controller"),
+                    message.controller_id
+                )));
+            }
+            let shard = s.shards.get(&interlock_core::topology::shard_key(&replica.service, &replica.shard));
+            shard
+                .and_then(|sh| sh.pending.as_ref())
+                .filter(|p| p.replica == message.replica_id)
+                .map(|p| p.since_unix_ms)
+        };
+        let command = Command::Acknowledge {
+            replica: message.replica_id.clone(),
+            epoch: message.epoch,
+            role,
+            position: message.position,
+        };
+        match self.ctx.propose(command).await {
+            Ok(r) => {
+                if let Some(since) = pending_since.filter(|_| role == interlock_core::state::ReplicaRole::Primary) {
+                    let waited = self.ctx.clock.unix_ms().saturating_sub(since);
+                    self.ctx.metrics.promotion_seconds.observe(waited as f64 / 1000.0);
+                }
+                Ok(Response::new(AcknowledgeResponse { revision: crate::ctx::revision_of(&r) }))
+            }
+            Err(ProposeError::NotLeader(f)) => {
+                ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).acknowledge(forwarded(message)).await
             }
             Err(ProposeError::Status(s)) => Err(s),
         }

@@ -200,7 +200,8 @@ async fn run_batches(
         for item in batch {
             // The confirmation waited for this node to apply everything
             // committed, so the replicated state says whether the lease exists.
-            let held = applied.state.leases.get(&item.key).is_some_and(|l| l.token == item.token);
+            // (A shard's primary lease is renewable only while its holder is still the primary.)
+            let held = applied.state.lease_renewable(&item.key, item.token);
             let renewed = match (held, inner.term) {
                 (true, None) => {
                     // Leadership confirmed, but this node's view of it has not

@@ -21,6 +21,7 @@ pub mod config;
 pub mod controller;
 pub mod ctx;
 pub mod dev;
+pub mod failover;
 pub mod kv;
 pub mod leases;
 pub mod metrics;

@@ -23,6 +23,9 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub forwarded_requests: Counter,
+    pub failovers: Counter,
+    pub detection_seconds: Histogram,
+    pub promotion_seconds: Histogram,
     /// Last leader seen, to count changes (0: none).
     last_leader: AtomicU64,
 }
@@ -42,6 +45,10 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 20)),
             forwarded_requests: Counter::default(),
+            failovers: Counter::default(),
+            // 50 ms .. ~200 s
+            detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 13)),
+            promotion_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             last_leader: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -74,6 +81,17 @@ impl Metrics {
             "forwarded_requests",
             "Requests this node forwarded to the leader",
             metrics.forwarded_requests.clone(),
+        );
+        registry.register("failovers", "Automatic promotions this node committed as leader", metrics.failovers.clone());
+        registry.register(
+            "region_loss_detection_seconds",
+            "From the last heartbeat of a region's controllers to its LOST declaration",
+            metrics.detection_seconds.clone(),
+        );
+        registry.register(
+            "promotion_seconds",
+            "From a committed promotion to its controller's acknowledgement",
+            metrics.promotion_seconds.clone(),
         );
         Metrics { registry, ..metrics }
     }

@@ -11,8 +11,9 @@ use crate::admin_api::AdminService;
 use crate::channels::{tcp_channel_maker, Channels};
 use crate::cluster::ClusterService;
 use crate::config::{format_peers, NodeConfig, Timing};
-use crate::controller::{ControllerService, Liveness};
+use crate::controller::ControllerService;
 use crate::ctx::{Clock, NodeCtx, SystemClock};
+use crate::failover::{run_failover_loop, Liveness};
 use crate::kv::KvService;
 use crate::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
 use crate::metrics::Metrics;
@@ -220,14 +221,9 @@ impl Node {
         let lease_table = Arc::new(LeaseTable::default());
         tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), parts.mutations));
         let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);
-        Ok(Node {
-            raft,
-            ctx,
-            lease_table,
-            batcher,
-            liveness: Arc::new(Liveness::default()),
-            mutations: parts.mutations,
-        })
+        let liveness = Arc::new(Liveness::default());
+        tokio::spawn(run_failover_loop(ctx.clone(), liveness.clone()));
+        Ok(Node { raft, ctx, lease_table, batcher, liveness, mutations: parts.mutations })
     }
 
     /// Initialises the cluster with `peers` unless the stores already hold a

@@ -8,10 +8,12 @@
 //! message with `resync` set (it missed events) and continues from the oldest
 //! kept.
 
+use interlock_core::state::ReplicaRole;
 use interlock_core::state::State;
 use interlock_core::topology::validate_id;
+use interlock_core::topology::{primary_lease_key, shard_key};
 use interlock_core::InvalidArgument;
-use interlock_proto::convert::{lease_info, primary_lease_key, role_name};
+use interlock_proto::convert::{lease_info, role_name};
 use interlock_proto::v1::{Assignment, Event, LeaseInfo, ReplicaAssignment, WatchResponse};
 use interlock_store::StateReader;
 use tokio::sync::mpsc;
@@ -56,13 +58,22 @@ pub fn assignment(state: &State, id: &str) -> Assignment {
             c.replicas
                 .iter()
                 .filter_map(|r| state.replicas.get(r))
-                .map(|r| ReplicaAssignment {
-                    replica_id: r.id.clone(),
-                    service: r.service.clone(),
-                    shard: r.shard.clone(),
-                    role: role_name(r.role).to_string(),
-                    epoch: state.shards.get(&format!("{}/{}", r.service, r.shard)).map_or(0, |s| s.epoch),
-                    primary_lease_key: primary_lease_key(&r.service, &r.shard),
+                .map(|r| {
+                    let key = shard_key(&r.service, &r.shard);
+                    let epoch = state.shards.get(&key).map_or(0, |s| s.epoch);
+                    let lease_key = primary_lease_key(&key);
+                    let lease = state.leases.get(&lease_key).filter(|l| l.holder == r.id);
+                    ReplicaAssignment {
+                        replica_id: r.id.clone(),
+                        service: r.service.clone(),
+                        shard: r.shard.clone(),
+                        role: role_name(r.role).to_string(),
+                        epoch,
+                        primary_lease_key: lease_key,
+                        lease_token: if r.role == ReplicaRole::Primary { lease.map_or(0, |l| l.token) } else { 0 },
+                        acknowledged: r.acked == Some((r.role, epoch)),
+                        lease_ttl_ms: state.topology.failover.primary_lease_ttl_ms,
+                    }
                 })
                 .collect()
         })

@@ -1,0 +1,186 @@
+//! The leader's failover loop: heartbeats feed a phi-accrual detector per
+//! controller ([`Liveness`], soft state, never written to Raft); every tick
+//! the pure planner (`interlock_core::planner`) turns the replicated state and
+//! these observations into commands, which the loop proposes. Every command
+//! re-checks its preconditions when applied, so a stale tick is harmless.
+
+use crate::ctx::{NodeCtx, ProposeError};
+use interlock_core::detector::{DetectorParams, PhiDetector};
+use interlock_core::planner::{plan, ControllerView, Observations, ReplicaReport};
+use interlock_core::Command;
+use interlock_proto::v1::HeartbeatRequest;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// How often the leader re-plans.
+pub const FAILOVER_TICK: Duration = Duration::from_millis(100);
+
+/// What the leader knows of one controller.
+#[derive(Debug, Clone)]
+struct ControllerRecord {
+    detector: PhiDetector,
+    alive_since_ms: u64,
+    reachable_regions: Vec<String>,
+    replicas: BTreeMap<String, ReplicaReport>,
+}
+
+/// Heartbeat records by controller id, for the current term only.
+#[derive(Default)]
+pub struct Liveness {
+    inner: Mutex<BTreeMap<String, ControllerRecord>>,
+}
+
+impl Liveness {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ControllerRecord>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn last_seen_ms(&self, controller: &str) -> Option<u64> {
+        self.lock().get(controller).map(|r| r.detector.last_heartbeat_ms())
+    }
+
+    /// The leader's last report of `replica` from `controller`.
+    pub fn report(&self, controller: &str, replica: &str) -> Option<ReplicaReport> {
+        self.lock().get(controller).and_then(|r| r.replicas.get(replica).copied())
+    }
+
+    /// Records a heartbeat received at `now_ms`.
+    pub fn record(&self, beat: HeartbeatRequest, now_ms: u64, params: &DetectorParams) {
+        let replicas = beat
+            .replicas
+            .iter()
+            .map(|r| (r.replica_id.clone(), ReplicaReport { position: r.position, lag: r.lag, healthy: r.healthy }))
+            .collect();
+        let mut records = self.lock();
+        match records.get_mut(&beat.controller_id) {
+            Some(record) => {
+                if record.detector.suspected(now_ms, params) {
+                    record.alive_since_ms = now_ms;
+                }
+                record.detector.heartbeat(now_ms);
+                record.reachable_regions = beat.reachable_regions;
+                record.replicas = replicas;
+            }
+            None => {
+                let record = ControllerRecord {
+                    detector: PhiDetector::new(now_ms, params),
+                    alive_since_ms: now_ms,
+                    reachable_regions: beat.reachable_regions,
+                    replicas,
+                };
+                records.insert(beat.controller_id, record);
+            }
+        }
+    }
+
+    fn clear(&self) {
+        self.lock().clear();
+    }
+
+    /// The planner's view at `now_ms`.
+    fn views(&self, now_ms: u64, params: &DetectorParams) -> BTreeMap<String, ControllerView> {
+        self.lock()
+            .iter()
+            .map(|(id, r)| {
+                let suspected = r.detector.suspected(now_ms, params);
+                let view = ControllerView {
+                    suspected,
+                    alive_since_ms: (!suspected).then_some(r.alive_since_ms),
+                    reachable_regions: r.reachable_regions.clone(),
+                    replicas: r.replicas.clone(),
+                };
+                (id.clone(), view)
+            })
+            .collect()
+    }
+}
+
+/// Runs on every node; acts only while this node leads.
+pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
+    let mut tick = tokio::time::interval(FAILOVER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut term: Option<u64> = None;
+    let mut leader_since_ms = 0;
+    // Regions already noted as "not declared", with the note, this term.
+    let mut noted: BTreeMap<String, String> = BTreeMap::new();
+    loop {
+        tick.tick().await;
+        let now_ms = ctx.clock.monotonic_ms();
+        let current = ctx.leader_term();
+        if current != term {
+            term = current;
+            leader_since_ms = now_ms;
+            liveness.clear();
+            noted.clear();
+        }
+        if term.is_none() {
+            continue;
+        }
+        let (commands, not_declared) = {
+            let applied = ctx.state.read();
+            let state = &applied.state;
+            let params = DetectorParams::from_policy(&state.topology.failover);
+            let obs = Observations {
+                now_ms,
+                now_unix_ms: ctx.clock.unix_ms(),
+                leader_since_ms,
+                controllers: liveness.views(now_ms, &params),
+            };
+            let p = plan(state, &obs);
+            (p.commands, p.not_declared)
+        };
+        noted.retain(|region, _| not_declared.contains_key(region));
+        for (region, reason) in not_declared {
+            if noted.get(&region) != Some(&reason) {
+                tracing::warn!(region, "{reason}");
+                let note = Command::Note {
+                    kind: "region.not_declared".into(),
+                    subject: region.clone(),
+                    message: reason.clone(),
+                };
+                if propose(&ctx, note).await {
+                    noted.insert(region, reason);
+                }
+            }
+        }
+        for command in commands {
+            let lost_region = match &command {
+                Command::DeclareRegionLost { region, .. } => Some(region.clone()),
+                _ => None,
+            };
+            let promotion = matches!(command, Command::Promote { .. });
+            let label = command.to_string();
+            if !propose(&ctx, command).await {
+                continue;
+            }
+            tracing::info!("failover loop: {label}");
+            if promotion {
+                ctx.metrics.failovers.inc();
+            }
+            if let Some(region) = lost_region {
+                // Detection time: from the last heartbeat heard from the region.
+                let last_heard = {
+                    let applied = ctx.state.read();
+                    let controllers = applied.state.controllers.values().filter(|c| c.region == region);
+                    controllers.filter_map(|c| liveness.last_seen_ms(&c.id)).max()
+                };
+                let since = last_heard.unwrap_or(leader_since_ms);
+                ctx.metrics.detection_seconds.observe(now_ms.saturating_sub(since) as f64 / 1000.0);
+            }
+        }
+    }
+}
+
+/// Proposes one planned command; `true` if it was applied.
+async fn propose(ctx: &NodeCtx, command: Command) -> bool {
+    let label = command.to_string();
+    match ctx.propose(command).await {
+        Ok(_) => true,
+        Err(ProposeError::Status(s)) => {
+            tracing::debug!("planned {label}: {}", s.message());
+            false
+        }
+        Err(ProposeError::NotLeader(_)) => false,
+    }
+}
