@@ -1,13 +1,17 @@
 //! The coordinator API on [`Client`]: topology, registration, leases, views.
 
-use crate::{ApplyTopologyResponse, Client, ClientError, ControllerInfo, Event, Idempotence, LeaseInfo};
+use crate::{
+    ApplyTopologyResponse, Client, ClientError, ControllerInfo, Event, Idempotence, LeaseInfo, OperationResponse,
+};
 use interlock_core::Topology;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::{
-    ApplyTopologyRequest, GetEventsRequest, LeaseGetRequest, LeaseGrantRequest, LeaseRevokeRequest, ListRequest,
-    Region, RegisterRequest, Replica, Shard,
+    AcknowledgeRequest, ApplyTopologyRequest, FailoverRequest, GetEventsRequest, LeaseGetRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, ListRequest, MaintenanceRequest, Region, RegionRequest, RegisterRequest, Replica, Shard,
+    SwitchoverRequest,
 };
+use std::time::Duration;
 
 impl Client {
     /// Applies the declared topology (validated as a whole by the server);
@@ -126,6 +130,72 @@ impl Client {
         self.call(Idempotence::Idempotent, |ch| {
             let request = request.clone();
             async move { ControllerClient::new(ch).lease_get(request).await }
+        })
+        .await
+    }
+
+    /// Tells the coordinator that a controller has applied its assignment
+    /// (safe to repeat: a stale acknowledgement is refused and changes nothing).
+    pub async fn acknowledge(&self, request: AcknowledgeRequest) -> Result<u64, ClientError> {
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { ControllerClient::new(ch).acknowledge(request).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// Planned switchover of `shard` (SERVICE/SHARD) to replica `to`; waits
+    /// up to `timeout` (zero: the policy's) for it to complete.
+    pub async fn switchover(&self, shard: &str, to: &str, timeout: Duration) -> Result<OperationResponse, ClientError> {
+        let request = SwitchoverRequest { shard: shard.into(), to: to.into(), timeout_ms: timeout.as_millis() as u64 };
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).switchover(request).await }
+        })
+        .await
+    }
+
+    /// Operator failover of `shard` to `to`; waits up to `wait` for the
+    /// acknowledgement (zero: returns once committed).
+    pub async fn failover(
+        &self,
+        shard: &str,
+        to: &str,
+        accept_data_loss: bool,
+        wait: Duration,
+    ) -> Result<OperationResponse, ClientError> {
+        let request =
+            FailoverRequest { shard: shard.into(), to: to.into(), accept_data_loss, wait_ms: wait.as_millis() as u64 };
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).failover(request).await }
+        })
+        .await
+    }
+
+    /// Pauses (`on`) or resumes automation for `region` (None: all regions).
+    pub async fn set_maintenance(
+        &self,
+        region: Option<&str>,
+        on: bool,
+        reason: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        let request = MaintenanceRequest { region: region.unwrap_or_default().into(), on, reason: reason.into() };
+        self.call(Idempotence::Idempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).set_maintenance(request).await }
+        })
+        .await
+    }
+
+    /// Makes a RECOVERING or drained region ACTIVE again.
+    pub async fn activate_region(&self, region: &str, reason: &str) -> Result<OperationResponse, ClientError> {
+        let request = RegionRequest { region: region.into(), reason: reason.into() };
+        self.call(Idempotence::Idempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).activate_region(request).await }
         })
         .await
     }

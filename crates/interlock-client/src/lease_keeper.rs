@@ -82,16 +82,51 @@ impl LeaseKeeper {
         let sent = Instant::now();
         let (token, ttl_ms) = client.lease_grant(key, holder, ttl.as_millis() as u64).await?;
         let deadline = deadline_from(sent, ttl_ms, &options);
+        Ok(Self::start(client, key, token, ttl_ms, options, deadline))
+    }
+
+    /// Takes over a lease that was granted on this holder's behalf (a shard's
+    /// primary lease, granted by the promotion): it is held only once one
+    /// keepalive has been confirmed, counted from when that one was sent.
+    pub async fn adopt(
+        client: &Client,
+        key: &str,
+        token: u64,
+        options: LeaseOptions,
+    ) -> Result<LeaseKeeper, ClientError> {
+        let sent = Instant::now();
+        let request = LeaseKeepAliveRequest { key: key.to_string(), token, seq: 0 };
+        let answer = client
+            .call(crate::Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move {
+                    let mut rpc = ControllerClient::new(ch);
+                    let mut stream = rpc.lease_keep_alive(tokio_stream::iter([request])).await?.into_inner();
+                    match stream.message().await? {
+                        Some(answer) => Ok(tonic::Response::new(answer)),
+                        None => Err(tonic::Status::unavailable("the keepalive stream closed without an answer")),
+                    }
+                }
+            })
+            .await?;
+        if !answer.ok {
+            return Err(ClientError::Refused(answer.error));
+        }
+        let deadline = deadline_from(sent, answer.ttl_ms, &options);
+        Ok(Self::start(client, key, token, answer.ttl_ms, options, deadline))
+    }
+
+    fn start(client: &Client, key: &str, token: u64, ttl_ms: u64, options: LeaseOptions, deadline: Instant) -> Self {
         let (tx, rx) = watch::channel(LeaseState::Held { deadline });
         let task = tokio::spawn(keep(client.clone(), key.to_string(), token, ttl_ms, options, tx, deadline));
-        Ok(LeaseKeeper {
+        LeaseKeeper {
             key: key.to_string(),
             token,
             ttl: Duration::from_millis(ttl_ms),
             state: rx,
             task,
             client: client.clone(),
-        })
+        }
     }
 
     pub fn key(&self) -> &str {

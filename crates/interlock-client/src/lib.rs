@@ -22,10 +22,12 @@
 //! ```
 
 mod api;
+mod controller;
 mod error;
 mod lease_keeper;
 mod watch;
 
+pub use controller::{ControllerConfig, RegionController, ReplicaDriver};
 pub use error::ClientError;
 pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};
 pub use watch::Watcher;
@@ -47,7 +49,8 @@ use tonic::{Code, Status};
 pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
     ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo, Member,
-    MembershipResponse, NodeStatus, Region, Replica, ReplicaAssignment, ReplicaStatus, Shard, WatchResponse,
+    MembershipResponse, NodeStatus, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus, Shard,
+    WatchResponse,
 };
 
 /// Tunables of a [`Client`].

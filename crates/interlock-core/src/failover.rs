@@ -108,6 +108,13 @@ impl State {
             return precondition(format!("region {region} is {from:?}; it cannot become {to:?} this way"));
         }
         self.set_region_state(region, to, fx.at_unix_ms);
+        if to == RegionState::Recovering {
+            // Its fenced replicas are asked (again) to confirm they stopped;
+            // the confirmation lets them rejoin as replicas.
+            for r in self.replicas.values_mut().filter(|r| r.region == region && r.role == ReplicaRole::Fenced) {
+                r.acked = None;
+            }
+        }
         fx.event("region.state", region, format!("{from:?} -> {to:?}: {reason}"));
         Response::Applied { revision: fx.index }
     }

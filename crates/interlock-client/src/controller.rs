@@ -1,0 +1,278 @@
+//! [`RegionController`]: the SDK side of SPEC §4 — what a region controller
+//! must do so that the coordinator can fail over safely. Bring your own
+//! [`ReplicaDriver`] (it knows how to promote and demote your database);
+//! the controller does the rest:
+//!
+//! - registers, then heartbeats the leader with replica positions and a
+//!   witness report (the regions it can reach);
+//! - watches its assignment and, for each replica, applies it: for PRIMARY it
+//!   first takes over the shard's primary lease (one confirmed keepalive),
+//!   then promotes with the epoch and fencing token, then acknowledges; for
+//!   any other role it demotes and acknowledges with its final position;
+//! - demotes the instant the primary lease's holder deadline passes without
+//!   a renewal (a guard task per lease, independent of everything else), so
+//!   it stops acting before the coordinator could promote anyone else.
+
+use crate::{Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus};
+use interlock_proto::v1::controller_client::ControllerClient;
+use interlock_proto::v1::{AcknowledgeRequest, HeartbeatRequest};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+
+/// How often a replica's assignment is re-checked without a change (to
+/// re-acquire a primary lease that ran out, to retry a failed acknowledgement).
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// The database side of a region controller.
+pub trait ReplicaDriver: Send + Sync + 'static {
+    /// The current status of every replica this controller runs.
+    fn status(&self) -> Vec<ReplicaStatus>;
+    /// The other regions this controller can reach right now.
+    fn reachable_regions(&self) -> Vec<String>;
+    /// Start acting as primary of `replica` at `epoch`; writes carry `token`
+    /// where the storage can check it. Called only while the primary lease
+    /// is held. Must mark the replica as acting before it returns.
+    fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send;
+    /// Stop acting as primary of `replica`, now: when this returns nothing
+    /// more is written as primary. Idempotent.
+    fn demote(&self, replica: &str, reason: &str);
+}
+
+/// Who the controller is.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub id: String,
+    pub region: String,
+    pub identity: String,
+    pub replicas: Vec<String>,
+    pub lease: LeaseOptions,
+}
+
+/// A running region controller.
+pub struct RegionController;
+
+impl RegionController {
+    /// Registers and runs until a permanent error (refused registration).
+    pub async fn run<D: ReplicaDriver>(
+        client: Client,
+        config: ControllerConfig,
+        driver: Arc<D>,
+    ) -> Result<(), ClientError> {
+        register(&client, &config).await?;
+        tokio::spawn(heartbeats(client.clone(), config.id.clone(), driver.clone()));
+        let mut actors: BTreeMap<String, watch::Sender<Option<ReplicaAssignment>>> = BTreeMap::new();
+        for replica in &config.replicas {
+            let (tx, rx) = watch::channel(None);
+            actors.insert(replica.clone(), tx);
+            let actor = ReplicaActor {
+                client: client.clone(),
+                controller_id: config.id.clone(),
+                replica: replica.clone(),
+                lease: config.lease.clone(),
+                driver: driver.clone(),
+                acting: None,
+            };
+            tokio::spawn(actor.run(rx));
+        }
+        let mut watcher = client.watch(&format!("controller/{}", config.id), 0);
+        loop {
+            match watcher.next().await {
+                Ok(message) => {
+                    for assignment in message.assignment.into_iter().flat_map(|a| a.replicas) {
+                        if let Some(tx) = actors.get(&assignment.replica_id) {
+                            tx.send_replace(Some(assignment));
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("assignment watch: {e}; retrying");
+                    tokio::time::sleep(RECHECK).await;
+                }
+            }
+        }
+    }
+}
+
+async fn register(client: &Client, config: &ControllerConfig) -> Result<(), ClientError> {
+    loop {
+        match client.register_controller(&config.id, &config.region, &config.identity, &config.replicas).await {
+            Ok(_) => return Ok(()),
+            Err(
+                e @ (ClientError::InvalidArgument(_) | ClientError::NotFound(_) | ClientError::PermissionDenied(_)),
+            ) => return Err(e),
+            Err(e) => {
+                tracing::debug!("register: {e}; retrying");
+                tokio::time::sleep(RECHECK).await;
+            }
+        }
+    }
+}
+
+/// One heartbeat stream at a time to the leader, re-opened on failure.
+async fn heartbeats<D: ReplicaDriver>(client: Client, id: String, driver: Arc<D>) {
+    let mut index = client.preferred_index();
+    let mut every = Duration::from_millis(500);
+    loop {
+        let (tx, rx) = mpsc::channel(4);
+        let beat = || HeartbeatRequest {
+            controller_id: id.clone(),
+            replicas: driver.status(),
+            reachable_regions: driver.reachable_regions(),
+        };
+        let _ = tx.try_send(beat());
+        let opened = tokio::time::timeout(
+            every * 4,
+            ControllerClient::new(client.channel(index)).heartbeat(tokio_stream::wrappers::ReceiverStream::new(rx)),
+        )
+        .await;
+        let mut inbound = match opened {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => {
+                index = client.next_endpoint(index, &status);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(_) => {
+                index = (index + 1) % client.endpoints().len();
+                continue;
+            }
+        };
+        let mut ticker = tokio::time::interval(every);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if tx.try_send(beat()).is_err() {
+                        break;
+                    }
+                }
+                answer = inbound.message() => match answer {
+                    Ok(Some(a)) => {
+                        let asked = Duration::from_millis(u64::from(a.interval_ms).max(50));
+                        if asked != every {
+                            every = asked;
+                            ticker = tokio::time::interval(every);
+                            ticker.tick().await;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        let next = client.next_endpoint(index, &status);
+                        index = if next == index { (index + 1) % client.endpoints().len() } else { next };
+                        break;
+                    }
+                },
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The replica is acting as primary under this lease.
+struct Acting {
+    epoch: u64,
+    token: u64,
+    /// Demotes at the holder deadline; owns the lease keeper.
+    guard: tokio::task::JoinHandle<()>,
+}
+
+struct ReplicaActor<D> {
+    client: Client,
+    controller_id: String,
+    replica: String,
+    lease: LeaseOptions,
+    driver: Arc<D>,
+    acting: Option<Acting>,
+}
+
+impl<D: ReplicaDriver> ReplicaActor<D> {
+    async fn run(mut self, mut desired: watch::Receiver<Option<ReplicaAssignment>>) {
+        loop {
+            let assignment = desired.borrow_and_update().clone();
+            if let Some(a) = assignment {
+                self.reconcile(&a).await;
+            }
+            tokio::select! {
+                changed = desired.changed() => if changed.is_err() { return },
+                _ = tokio::time::sleep(RECHECK) => {}
+            }
+        }
+    }
+
+    fn stop_acting(&mut self, reason: &str) {
+        if let Some(acting) = self.acting.take() {
+            acting.guard.abort();
+            self.driver.demote(&self.replica, reason);
+        }
+    }
+
+    fn position(&self) -> u64 {
+        self.driver.status().into_iter().find(|s| s.replica_id == self.replica).map_or(0, |s| s.position)
+    }
+
+    async fn acknowledge(&self, a: &ReplicaAssignment) {
+        let request = AcknowledgeRequest {
+            controller_id: self.controller_id.clone(),
+            replica_id: self.replica.clone(),
+            epoch: a.epoch,
+            role: a.role.clone(),
+            position: self.position(),
+        };
+        if let Err(e) = self.client.acknowledge(request).await {
+            tracing::debug!(replica = self.replica, "acknowledge {} at epoch {}: {e}", a.role, a.epoch);
+        }
+    }
+
+    async fn reconcile(&mut self, a: &ReplicaAssignment) {
+        if a.role != "PRIMARY" {
+            self.stop_acting(&format!("assigned {} at epoch {}", a.role, a.epoch));
+            if !a.acknowledged {
+                self.acknowledge(a).await;
+            }
+            return;
+        }
+        let current = self.acting.as_ref().filter(|x| !x.guard.is_finished());
+        let same = current.is_some_and(|x| x.epoch == a.epoch && (a.lease_token == 0 || x.token == a.lease_token));
+        if !same {
+            self.stop_acting(&format!("primary lease or epoch changed (epoch {})", a.epoch));
+            let keeper = if a.lease_token != 0 {
+                LeaseKeeper::adopt(&self.client, &a.primary_lease_key, a.lease_token, self.lease.clone()).await
+            } else {
+                // The lease ran out while we were away; as the primary we may take it again.
+                let ttl = Duration::from_millis(a.lease_ttl_ms.max(interlock_core::lease::TTL_MIN_MS));
+                LeaseKeeper::acquire(&self.client, &a.primary_lease_key, &self.replica, ttl, self.lease.clone()).await
+            };
+            let mut keeper = match keeper {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::debug!(replica = self.replica, "primary lease: {e}");
+                    return;
+                }
+            };
+            let token = keeper.token();
+            if !keeper.is_held() {
+                return;
+            }
+            // The guard runs before promotion starts, so that a deadline that
+            // passes during the promotion demotes it too.
+            let (driver, replica) = (self.driver.clone(), self.replica.clone());
+            let guard = tokio::spawn(async move {
+                let reason = keeper.lost().await;
+                driver.demote(&replica, &format!("primary lease lost: {reason}"));
+            });
+            if let Err(e) = self.driver.promote(&self.replica, a.epoch, token).await {
+                tracing::warn!(replica = self.replica, "promote failed: {e}");
+                guard.abort();
+                self.driver.demote(&self.replica, "promote failed");
+                return;
+            }
+            self.acting = Some(Acting { epoch: a.epoch, token, guard });
+        }
+        if !a.acknowledged {
+            self.acknowledge(a).await;
+        }
+    }
+}
