@@ -131,16 +131,27 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
             let value = json!({"shards": shards.iter().map(|s| json!({
                 "service": s.service, "id": s.id, "epoch": s.epoch, "primary": s.primary,
                 "max_lag_on_failover": s.max_lag_on_failover, "replicas": s.replicas,
+                "pending": s.pending, "switchover_to": s.switchover_to, "awaiting_operator": s.awaiting_operator,
             })).collect::<Vec<_>>()});
             out.record(&value, || {
-                let mut t = table(&["SERVICE", "SHARD", "EPOCH", "PRIMARY", "REPLICAS"]);
+                let mut t = table(&["SERVICE", "SHARD", "EPOCH", "PRIMARY", "STATUS", "REPLICAS"]);
+                let dash = |v: &str| if v.is_empty() { "-".to_string() } else { v.to_string() };
                 for s in &shards {
-                    let primary = if s.primary.is_empty() { "-".to_string() } else { s.primary.clone() };
+                    let status = if !s.pending.is_empty() {
+                        format!("promoting {} (awaiting acknowledgement)", s.pending)
+                    } else if !s.switchover_to.is_empty() {
+                        format!("switching over to {}", s.switchover_to)
+                    } else if !s.awaiting_operator.is_empty() {
+                        format!("awaiting operator: {}", s.awaiting_operator)
+                    } else {
+                        "ok".to_string()
+                    };
                     t.add_row(vec![
                         s.service.clone(),
                         s.id.clone(),
                         s.epoch.to_string(),
-                        primary,
+                        dash(&s.primary),
+                        status,
                         s.replicas.join(","),
                     ]);
                 }
@@ -152,16 +163,37 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
             let value = json!({"replicas": replicas.iter().map(|r| json!({
                 "id": r.id, "service": r.service, "shard": r.shard, "region": r.region,
                 "priority": r.priority, "role": r.role, "controller": r.controller,
+                "acked_role": r.acked_role, "acked_epoch": r.acked_epoch,
+                "position": r.position, "lag": r.lag, "healthy": r.healthy,
             })).collect::<Vec<_>>()});
             out.record(&value, || {
-                let mut t = table(&["REPLICA", "SERVICE/SHARD", "REGION", "ROLE", "PRIORITY", "CONTROLLER"]);
+                let mut t = table(&[
+                    "REPLICA",
+                    "SERVICE/SHARD",
+                    "REGION",
+                    "ROLE",
+                    "ACKED",
+                    "PRIORITY",
+                    "POSITION",
+                    "LAG",
+                    "CONTROLLER",
+                ]);
+                let opt = |v: Option<u64>| v.map_or("-".to_string(), |v| v.to_string());
                 for r in &replicas {
+                    let acked = if r.acked_role.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{}@{}", r.acked_role, r.acked_epoch)
+                    };
                     t.add_row(vec![
                         r.id.clone(),
                         format!("{}/{}", r.service, r.shard),
                         r.region.clone(),
                         r.role.clone(),
+                        acked,
                         r.priority.to_string(),
+                        opt(r.position),
+                        opt(r.lag),
                         r.controller.clone(),
                     ]);
                 }

@@ -4,6 +4,7 @@
 //! 3 unreachable or no leader, 4 refused by a safety rule or precondition.
 
 mod coordinator;
+mod failover;
 mod output;
 
 use anyhow::Context;
@@ -79,6 +80,22 @@ enum Cmd {
     Lease(coordinator::LeaseCmd),
     /// The event log: every decision with its reason.
     Events(coordinator::EventsArgs),
+    /// Planned switchover (RPO 0): demote the primary, wait until the target
+    /// has caught up, promote it. Refused (exit 4, with the reason) if the
+    /// target cannot take over: unhealthy, too far behind, region not ACTIVE.
+    ///
+    /// With --region R, moves every primary out of R (before maintenance).
+    Switchover(failover::SwitchoverArgs),
+    /// Give SERVICE/SHARD a new primary now (e.g. after a region loss when no
+    /// replica was within max_lag_on_failover). Refused if the target is
+    /// behind the RPO bound unless --accept-data-loss.
+    Failover(failover::FailoverArgs),
+    /// Pause or resume automatic failover (Patroni's pause).
+    #[command(subcommand)]
+    Maintenance(failover::MaintenanceCmd),
+    /// Region lifecycle: bring a returned region back into service.
+    #[command(subcommand)]
+    Region(failover::RegionCmd),
 }
 
 #[derive(Subcommand)]
@@ -179,7 +196,12 @@ fn endpoints(cli: &Cli) -> Result<Vec<String>, Failure> {
 
 /// Asks for confirmation on a terminal; without one, requires --yes.
 fn confirm(cli: &Cli, what: &str) -> Result<(), Failure> {
-    if cli.yes {
+    confirm_dangerous(cli.yes, what)
+}
+
+/// Asks for confirmation on a terminal; without one, `yes` must be given.
+pub(crate) fn confirm_dangerous(yes: bool, what: &str) -> Result<(), Failure> {
+    if yes {
         return Ok(());
     }
     if !std::io::stdin().is_terminal() {
@@ -246,6 +268,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Get(args) => coordinator::get(&client, &out, args).await,
         Cmd::Lease(cmd) => coordinator::lease(&client, &out, cmd).await,
         Cmd::Events(args) => coordinator::events(&client, &out, args).await,
+        Cmd::Switchover(args) => failover::switchover(&client, &out, args).await,
+        Cmd::Failover(args) => failover::failover(&client, &out, args, cli.yes).await,
+        Cmd::Maintenance(cmd) => failover::maintenance(&client, &out, cmd).await,
+        Cmd::Region(cmd) => failover::region(&client, &out, cmd).await,
         Cmd::Kv(KvCmd::List { prefix, limit }) => {
             let kvs = client.range(prefix, true, *limit).await?;
             output::print_kvs(&out, &kvs)
