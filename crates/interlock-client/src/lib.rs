@@ -23,6 +23,7 @@
 
 mod api;
 mod controller;
+pub mod demo;
 mod error;
 mod lease_keeper;
 mod watch;

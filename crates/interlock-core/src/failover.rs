@@ -184,8 +184,11 @@ impl State {
             if !self.automation_allowed(&region) {
                 return precondition(format!("region {region}: automation is paused (maintenance)"));
             }
+            // The cooldown spaces out automatic replacements of a primary; it
+            // does not hold back a first election or the next candidate after
+            // an unacknowledged one (the shard has no primary then).
             let cooldown_ms = shard.cooldown_seconds.saturating_mul(1000);
-            if let Some(last) = shard.last_auto_failover_unix_ms {
+            if let Some(last) = shard.last_auto_failover_unix_ms.filter(|_| shard.primary.is_some()) {
                 if fx.at_unix_ms < last.saturating_add(cooldown_ms) {
                     return precondition(format!(
                         "shard {shard_key} failed over automatically {} ms ago; its cooldown is {} s",
@@ -222,7 +225,8 @@ impl State {
             s.pending = Some(Pending { replica: replica_id.to_string(), epoch, mode, since_unix_ms: fx.at_unix_ms });
             s.switchover = None;
             s.awaiting_operator = None;
-            if mode == PromotionMode::Automatic {
+            // A first election (no previous primary) starts no cooldown.
+            if mode == PromotionMode::Automatic && previous.is_some() {
                 s.last_auto_failover_unix_ms = Some(fx.at_unix_ms);
             }
         }

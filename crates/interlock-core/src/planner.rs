@@ -228,7 +228,10 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
     if lease_held {
         return None; // fencing: the old primary's lease must expire first
     }
-    if let Some(last) = shard.last_auto_failover_unix_ms {
+    if obs.in_grace(state) {
+        return None; // no heartbeat history yet: every controller looks unheard
+    }
+    if let Some(last) = shard.last_auto_failover_unix_ms.filter(|_| failed_primary.is_some()) {
         if elapsed(last) < shard.cooldown_seconds.saturating_mul(1000) {
             return Some(Command::AwaitOperator {
                 shard: key.to_string(),
@@ -595,16 +598,36 @@ mod tests {
         assert!(!w.state.lease_renewable(&key, w.state.leases[&key].token));
         assert!(plan(&w.state, &later).commands.is_empty(), "waits for the fenced candidate's lease");
         w.expire_primary_lease();
-        // The cooldown applies to automatic promotions: the next one waits for an operator.
-        let next = plan(&w.state, &later).commands;
+        // The next candidate is tried at once: the cooldown spaces out
+        // failovers, not the attempts within one.
+        let next = kinds(&plan(&w.state, &later));
+        assert_eq!(next, vec!["promote orders-0-us in orders/0 after epoch 2 (Automatic)"]);
+    }
+
+    #[test]
+    fn a_second_automatic_failover_within_the_cooldown_waits_for_an_operator() {
+        let mut w = World::new();
+        w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
+        w.expire_primary_lease();
+        for c in plan(&w.state, &observe([50, 40, 45], &["c-eu"], &[])).commands {
+            w.apply(c);
+        }
+        w.apply(ack("orders-0-ap", 2, ReplicaRole::Primary));
+        // ap is lost too, 10 s later; us would be a fine candidate, but the shard is cooling down.
+        w.state.topology.failover.max_lost_regions = 2;
+        w.now_unix_ms += 10_000;
+        w.apply(Command::DeclareRegionLost { region: "ap".into(), reason: "test".into() });
+        w.expire_primary_lease();
+        let mut obs = observe([50, 60, 70], &["c-eu", "c-ap"], &[]);
+        obs.now_unix_ms = w.now_unix_ms;
+        let next = plan(&w.state, &obs).commands;
         assert!(
             matches!(&next[..], [Command::AwaitOperator { reason, .. }] if reason.contains("cooldown")),
             "{next:?}"
         );
-        w.now_unix_ms += 61_000;
-        later.now_unix_ms += 61_000;
-        let next = kinds(&plan(&w.state, &later));
-        assert_eq!(next, vec!["promote orders-0-us in orders/0 after epoch 2 (Automatic)"]);
+        let refused = w.apply(promote("orders-0-us", 2, PromotionMode::Automatic));
+        assert!(matches!(refused, Response::Refused { ref reason, .. } if reason.contains("cooldown")), "{refused:?}");
+        assert!(matches!(w.apply(promote("orders-0-us", 2, PromotionMode::Operator)), Response::Applied { .. }));
     }
 
     #[test]

@@ -86,26 +86,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = configs.iter().filter_map(|(_, _, k)| k.grpc_listen.clone()).collect();
     std::fs::write(dir.join("endpoints"), endpoints.join(",")).context("writing the endpoints file")?;
 
-    let exe = std::env::current_exe().context("locating the interlockd binary")?;
-    let mut children: Vec<(u64, Option<Child>)> = Vec::new();
+    let mut children: Vec<Proc> = Vec::new();
     for (id, path, _) in &configs {
-        let log = std::fs::File::create(dir.join(format!("node-{id}.log")))?;
-        let child = Command::new(&exe)
-            .arg("run")
-            .arg("--config")
-            .arg(path)
-            .env(DEV_PARENT_ENV, std::process::id().to_string())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting node {id}"))?;
-        children.push((*id, Some(child)));
+        children.push(spawn(dir, &format!("node-{id}"), "run", path)?);
     }
 
     println!("Interlock dev cluster: 3 nodes in 3 regions, each its own process.");
-    for ((id, path, keys), (_, child)) in configs.iter().zip(&children) {
-        let pid = child.as_ref().and_then(Child::id).unwrap_or(0);
+    for ((id, path, keys), proc) in configs.iter().zip(&children) {
+        let pid = proc.child.as_ref().and_then(Child::id).unwrap_or(0);
         println!(
             "  node {id}  {:<9} pid {pid:<7} grpc {}  admin http://{}  log {}",
             keys.region.clone().unwrap_or_default(),
@@ -118,13 +106,31 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(leader) => println!("Leader elected: node {leader}."),
         None => println!("No leader yet after 20 s; see the node logs in {}.", dir.display()),
     }
+    match apply_demo_topology(&endpoints).await {
+        Ok(true) => println!("Applied the demo topology (deploy/examples/topology.yaml): service orders, 2 shards."),
+        Ok(false) => println!("A topology is already applied; keeping it."),
+        Err(e) => println!("Could not apply the demo topology: {e:#}"),
+    }
+    for region in DEV_REGIONS {
+        let path = agent_config(dir, region, &endpoints)?;
+        let proc = spawn(dir, &format!("agent-{region}"), "agent", &path)?;
+        println!(
+            "  agent {region:<9} pid {:<7} (demo region controller)  log {}",
+            proc.child.as_ref().and_then(Child::id).unwrap_or(0),
+            dir.join(format!("agent-{region}.log")).display()
+        );
+        children.push(proc);
+    }
     let endpoints_file = dir.join("endpoints");
     println!(
         "\nEndpoints are in {0}. Try, in another terminal:\n  \
          export INTERLOCK_ENDPOINTS=$(cat {0})\n  \
          interlockctl cluster status\n  \
          interlockctl kv put greeting hello && interlockctl kv get greeting\n  \
-         kill -9 <pid of the leader>; interlockctl cluster status   # a new leader within a second\n\
+         kill -9 <pid of the leader>; interlockctl cluster status   # a new leader within a second\n  \
+         interlockctl get shards; interlockctl get replicas          # primaries chosen by the agents' reports\n  \
+         interlockctl switchover orders/0 --to orders-0-us            # planned, RPO 0\n  \
+         kill -9 <pid of agent-eu-west>; interlockctl events --follow # eu-west LOST, its primaries move\n\
          Ctrl-C stops every node.",
         endpoints_file.display()
     );
@@ -135,7 +141,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,
             _ = sigterm.recv() => break,
-            _ = poll.tick() => report_exits(&mut children, &configs),
+            _ = poll.tick() => report_exits(&mut children),
         }
     }
     println!("Stopping the dev cluster...");
@@ -143,31 +149,84 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn report_exits(children: &mut [(u64, Option<Child>)], configs: &[(u64, PathBuf, ConfigKeys)]) {
-    for (id, slot) in children.iter_mut() {
-        let Some(child) = slot else { continue };
+/// A child process of the dev cluster: a node or an agent.
+struct Proc {
+    name: String,
+    subcommand: &'static str,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+fn spawn(dir: &Path, name: &str, subcommand: &'static str, config: &Path) -> anyhow::Result<Proc> {
+    let exe = std::env::current_exe().context("locating the interlockd binary")?;
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let child = Command::new(&exe)
+        .arg(subcommand)
+        .arg("--config")
+        .arg(config)
+        .env(DEV_PARENT_ENV, std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    Ok(Proc { name: name.to_string(), subcommand, config: config.to_path_buf(), child: Some(child) })
+}
+
+/// The demo topology, shipped with the binary.
+const DEMO_TOPOLOGY: &str = include_str!("../../../deploy/examples/topology.yaml");
+
+/// Applies the demo topology unless one is applied already.
+async fn apply_demo_topology(endpoints: &[String]) -> anyhow::Result<bool> {
+    let client = interlock_client::Client::new(endpoints.to_vec())?;
+    if !client.regions().await?.is_empty() {
+        return Ok(false);
+    }
+    let topology: interlock_core::Topology = serde_saphyr::from_str(DEMO_TOPOLOGY).context("the demo topology")?;
+    client.apply_topology(&topology, false).await?;
+    Ok(true)
+}
+
+/// Writes the agent config for `region` (probe port chosen by the OS).
+fn agent_config(dir: &Path, region: &str, endpoints: &[String]) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("agent-{region}.toml"));
+    let text = format!(
+        "# Generated by `interlockd dev`: the demo region controller of {region}.\n\
+         id = \"ctl-{region}\"\nregion = \"{region}\"\nendpoints = {:?}\nprobe_listen = \"127.0.0.1:0\"\n\
+         acting_log = {:?}\n",
+        endpoints,
+        dir.join(format!("agent-{region}.acting.jsonl")).display().to_string()
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+fn report_exits(children: &mut [Proc]) {
+    for proc in children.iter_mut() {
+        let Some(child) = &mut proc.child else { continue };
         if let Ok(Some(status)) = child.try_wait() {
-            let path = configs.iter().find(|(i, _, _)| i == id).map(|(_, p, _)| p.display().to_string());
             println!(
-                "node {id} exited ({status}). Restart it with: {} run --config {}",
+                "{} exited ({status}). Restart it with: {} {} --config {}",
+                proc.name,
                 std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "interlockd".into()),
-                path.unwrap_or_default()
+                proc.subcommand,
+                proc.config.display()
             );
-            *slot = None;
+            proc.child = None;
         }
     }
 }
 
-async fn stop_children(children: &mut [(u64, Option<Child>)]) {
-    for (_, child) in children.iter_mut() {
-        if let Some(pid) = child.as_ref().and_then(Child::id) {
+async fn stop_children(children: &mut [Proc]) {
+    for proc in children.iter() {
+        if let Some(pid) = proc.child.as_ref().and_then(Child::id) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGTERM);
         }
     }
-    for (id, slot) in children.iter_mut() {
-        let Some(child) = slot else { continue };
+    for proc in children.iter_mut() {
+        let Some(child) = &mut proc.child else { continue };
         if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-            eprintln!("node {id} did not stop within 10 s; killing it");
+            eprintln!("{} did not stop within 10 s; killing it", proc.name);
             let _ = child.kill().await;
         }
     }

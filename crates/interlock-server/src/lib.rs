@@ -15,6 +15,7 @@
 
 pub mod admin;
 pub mod admin_api;
+pub mod agent;
 pub mod channels;
 pub mod cluster;
 pub mod config;

@@ -42,6 +42,13 @@ enum Cmd {
     /// Writes the node configs, data and logs under --data-dir, and the gRPC
     /// endpoints (comma separated) to DIR/endpoints. Ctrl-C stops every node.
     Dev(DevArgs),
+    /// Run the reference region controller (demo database) for one region.
+    ///
+    /// It registers its region's declared replicas, heartbeats the leader with
+    /// positions and witness reports, promotes and demotes them as the
+    /// coordinator assigns (holding the shard's primary lease while it acts),
+    /// and acknowledges. See docs/operations.md.
+    Agent(interlock_server::agent::AgentArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -105,6 +112,29 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("interlockd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Agent(args) => {
+            let config = match interlock_server::agent::AgentConfig::load(&args.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("interlockd agent: {e:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_logging(&std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()));
+            let run = async {
+                tokio::select! {
+                    r = interlock_server::agent::run(config) => r,
+                    _ = shutdown_signal() => Ok(()),
+                }
+            };
+            match runtime.block_on(run) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("interlockd agent: {e:#}");
                     ExitCode::FAILURE
                 }
             }

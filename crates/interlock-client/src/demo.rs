@@ -1,0 +1,226 @@
+//! [`DemoDatabase`]: a stand-in database behind a [`crate::ReplicaDriver`],
+//! for `interlockd dev`, the reference agent, the simulation and the tests.
+//!
+//! Its model of replication is deliberately small but honest about timing:
+//! a replica that acts as primary "writes" (its position grows by one per
+//! [`DemoDatabase::write_tick`]); controllers probe each other's
+//! [`DemoDatabase::probe_reply`] over the network, and a probe answer both
+//! proves the other region reachable (the witness report) and carries the
+//! positions of its primaries, which the prober's replicas of those shards
+//! catch up to. A region that cannot be reached is not replicated from.
+//! Transport (real TCP or simulated) is the caller's.
+
+use crate::{ReplicaDriver, ReplicaStatus};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// First line of a probe answer.
+const PROBE_HEADER: &str = "interlock-probe v1";
+
+/// A replica started or stopped acting as primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingChange {
+    pub replica: String,
+    pub shard: String,
+    pub epoch: u64,
+    pub token: u64,
+    /// true: started acting; false: stopped.
+    pub acting: bool,
+    pub position: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+struct DemoReplica {
+    shard: String,
+    position: u64,
+    /// (epoch, token) while acting as primary.
+    acting: Option<(u64, u64)>,
+}
+
+type Observer = Box<dyn Fn(&ActingChange) + Send + Sync>;
+
+/// The demo database of one controller: its replicas, keyed by id.
+pub struct DemoDatabase {
+    region: String,
+    reachable_window: Duration,
+    inner: Mutex<Inner>,
+    observer: Observer,
+}
+
+struct Inner {
+    replicas: BTreeMap<String, DemoReplica>,
+    /// Region -> when a probe of it last succeeded.
+    reachable: BTreeMap<String, Instant>,
+}
+
+impl DemoDatabase {
+    /// `replicas` are (replica id, SERVICE/SHARD); `observer` hears every
+    /// start and stop of acting as primary (for logs and checkers).
+    pub fn new(
+        region: &str,
+        replicas: impl IntoIterator<Item = (String, String)>,
+        reachable_window: Duration,
+        observer: impl Fn(&ActingChange) + Send + Sync + 'static,
+    ) -> Self {
+        let replicas =
+            replicas.into_iter().map(|(id, shard)| (id, DemoReplica { shard, position: 0, acting: None })).collect();
+        DemoDatabase {
+            region: region.to_string(),
+            reachable_window,
+            inner: Mutex::new(Inner { replicas, reachable: BTreeMap::new() }),
+            observer: Box::new(observer),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One write on every replica acting as primary.
+    pub fn write_tick(&self) {
+        for r in self.lock().replicas.values_mut().filter(|r| r.acting.is_some()) {
+            r.position += 1;
+        }
+    }
+
+    /// Whether `replica` acts as primary, and under which (epoch, token).
+    pub fn acting(&self, replica: &str) -> Option<(u64, u64)> {
+        self.lock().replicas.get(replica).and_then(|r| r.acting)
+    }
+
+    pub fn position(&self, replica: &str) -> Option<u64> {
+        self.lock().replicas.get(replica).map(|r| r.position)
+    }
+
+    /// The answer to a probe from another controller.
+    pub fn probe_reply(&self) -> String {
+        let inner = self.lock();
+        let mut out = format!("{PROBE_HEADER} {}\n", self.region);
+        for r in inner.replicas.values().filter(|r| r.acting.is_some()) {
+            out.push_str(&format!("{} {}\n", r.shard, r.position));
+        }
+        out
+    }
+
+    /// Applies a probe answer received now: its region is reachable, and
+    /// our replicas of its primaries' shards catch up. Malformed answers are
+    /// ignored (returns false).
+    pub fn apply_probe(&self, reply: &str) -> bool {
+        let mut lines = reply.lines();
+        let Some(region) = lines.next().and_then(|l| l.strip_prefix(PROBE_HEADER)).map(str::trim) else {
+            return false;
+        };
+        if region.is_empty() {
+            return false;
+        }
+        let mut inner = self.lock();
+        inner.reachable.insert(region.to_string(), Instant::now());
+        for line in lines {
+            let Some((shard, position)) = line.split_once(' ') else { continue };
+            let Ok(position) = position.trim().parse::<u64>() else { continue };
+            for r in inner.replicas.values_mut().filter(|r| r.shard == shard && r.acting.is_none()) {
+                r.position = r.position.max(position);
+            }
+        }
+        true
+    }
+}
+
+impl ReplicaDriver for DemoDatabase {
+    fn status(&self) -> Vec<ReplicaStatus> {
+        self.lock()
+            .replicas
+            .iter()
+            .map(|(id, r)| ReplicaStatus { replica_id: id.clone(), position: r.position, lag: 0, healthy: true })
+            .collect()
+    }
+
+    fn reachable_regions(&self) -> Vec<String> {
+        let now = Instant::now();
+        self.lock()
+            .reachable
+            .iter()
+            .filter(|(region, at)| {
+                **region != self.region && now.saturating_duration_since(**at) <= self.reachable_window
+            })
+            .map(|(region, _)| region.clone())
+            .collect()
+    }
+
+    fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send {
+        let change = {
+            let mut inner = self.lock();
+            match inner.replicas.get_mut(replica) {
+                Some(r) => {
+                    r.acting = Some((epoch, token));
+                    Ok(ActingChange {
+                        replica: replica.to_string(),
+                        shard: r.shard.clone(),
+                        epoch,
+                        token,
+                        acting: true,
+                        position: r.position,
+                        reason: "promoted".to_string(),
+                    })
+                }
+                None => Err(format!("replica {replica} is not run here")),
+            }
+        };
+        if let Ok(change) = &change {
+            (self.observer)(change);
+        }
+        std::future::ready(change.map(|_| ()))
+    }
+
+    fn demote(&self, replica: &str, reason: &str) {
+        let change = {
+            let mut inner = self.lock();
+            inner.replicas.get_mut(replica).and_then(|r| {
+                r.acting.take().map(|(epoch, token)| ActingChange {
+                    replica: replica.to_string(),
+                    shard: r.shard.clone(),
+                    epoch,
+                    token,
+                    acting: false,
+                    position: r.position,
+                    reason: reason.to_string(),
+                })
+            })
+        };
+        if let Some(change) = change {
+            (self.observer)(&change);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn probes_replicate_primaries_and_prove_reachability() {
+        let changes = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let seen = changes.clone();
+        let eu = DemoDatabase::new("eu", [("o-eu".into(), "orders/0".into())], Duration::from_secs(1), move |c| {
+            seen.lock().unwrap_or_else(|p| p.into_inner()).push(c.clone())
+        });
+        let us = DemoDatabase::new("us", [("o-us".into(), "orders/0".into())], Duration::from_secs(1), |_| {});
+        eu.promote("o-eu", 1, 7).await.expect("promote");
+        for _ in 0..5 {
+            eu.write_tick();
+        }
+        assert!(us.apply_probe(&eu.probe_reply()));
+        assert_eq!(us.position("o-us"), Some(5));
+        assert_eq!(us.reachable_regions(), vec!["eu".to_string()]);
+        assert!(!us.apply_probe("garbage\norders/0 99"), "malformed answers change nothing");
+        assert_eq!(us.position("o-us"), Some(5));
+        eu.demote("o-eu", "test");
+        eu.demote("o-eu", "again: idempotent");
+        let log = changes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        assert_eq!(log.iter().map(|c| (c.acting, c.position)).collect::<Vec<_>>(), vec![(true, 0), (false, 5)]);
+    }
+}
