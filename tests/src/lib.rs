@@ -364,3 +364,128 @@ pub fn sample_topology() -> interlock_client::Topology {
     }))
     .expect("sample topology")
 }
+
+/// A reference region controller (`interlockd agent`) run as a process.
+pub struct TestAgent {
+    pub id: String,
+    pub region: String,
+    pub config_path: PathBuf,
+    pub acting_log: PathBuf,
+    pub log_path: PathBuf,
+    child: Option<Child>,
+}
+
+impl TestAgent {
+    /// Writes the agent's config in `dir` and starts it.
+    pub fn start(dir: &std::path::Path, region: &str, endpoints: &[String]) -> TestAgent {
+        let id = format!("ctl-{region}");
+        let config_path = dir.join(format!("{id}.toml"));
+        let acting_log = dir.join(format!("{id}.acting.jsonl"));
+        let text = format!(
+            "id = {id:?}\nregion = {region:?}\nendpoints = {endpoints:?}\nprobe_listen = \"127.0.0.1:0\"\nacting_log = {:?}\n",
+            acting_log.display().to_string()
+        );
+        std::fs::write(&config_path, text).expect("agent config");
+        let log_path = dir.join(format!("{id}.log"));
+        let log = std::fs::File::create(&log_path).expect("agent log");
+        let child = Command::new(bin("interlockd"))
+            .arg("agent")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn interlockd agent");
+        TestAgent { id, region: region.to_string(), config_path, acting_log, log_path, child: Some(child) }
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Its acting intervals as logged: (replica, shard, epoch, token, acting?, at_unix_ms).
+    pub fn acting_changes(&self) -> Vec<ActingLine> {
+        let text = std::fs::read_to_string(&self.acting_log).unwrap_or_default();
+        text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// One line of an agent's acting log.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ActingLine {
+    pub at_unix_ms: u64,
+    pub acting: bool,
+    pub replica: String,
+    pub shard: String,
+    pub epoch: u64,
+    pub token: u64,
+}
+
+/// Acting intervals per shard from several agents' logs; an interval still
+/// open in an agent that was killed at `killed_at[agent index]` ends there,
+/// one still open in a live agent ends at `now`. Returns every pair of
+/// intervals of one shard that overlap, described.
+pub fn overlapping_primaries(logs: &[(Vec<ActingLine>, Option<u64>)], now: u64) -> Vec<String> {
+    let mut intervals: BTreeMap<String, Vec<(u64, u64, String, u64)>> = BTreeMap::new();
+    for (lines, killed_at) in logs {
+        let mut open: BTreeMap<(String, u64), u64> = BTreeMap::new();
+        for l in lines {
+            if l.acting {
+                open.insert((l.replica.clone(), l.token), l.at_unix_ms);
+            } else if let Some(from) = open.remove(&(l.replica.clone(), l.token)) {
+                intervals.entry(l.shard.clone()).or_default().push((from, l.at_unix_ms, l.replica.clone(), l.epoch));
+            }
+        }
+        for ((replica, _), from) in open {
+            let shard = lines.iter().find(|l| l.replica == replica).map(|l| l.shard.clone()).unwrap_or_default();
+            let epoch = lines.iter().rev().find(|l| l.replica == replica).map_or(0, |l| l.epoch);
+            intervals.entry(shard).or_default().push((from, killed_at.unwrap_or(now), replica, epoch));
+        }
+    }
+    let mut problems = Vec::new();
+    for (shard, mut list) in intervals {
+        list.sort();
+        for pair in list.windows(2) {
+            let (a, b) = (&pair[0], &pair[1]);
+            if b.0 < a.1 {
+                problems.push(format!(
+                    "{shard}: {} (epoch {}) acted {}..{} and {} (epoch {}) from {}",
+                    a.2, a.3, a.0, a.1, b.2, b.3, b.0
+                ));
+            }
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(at: u64, acting: bool, replica: &str, token: u64) -> ActingLine {
+        ActingLine { at_unix_ms: at, acting, replica: replica.into(), shard: "s/0".into(), epoch: token, token }
+    }
+
+    #[test]
+    fn the_overlap_checker_finds_two_primaries_at_once() {
+        let a = vec![line(10, true, "a", 1), line(20, false, "a", 1)];
+        let b_after = vec![line(20, true, "b", 2)];
+        let b_during = vec![line(15, true, "b", 2)];
+        assert!(overlapping_primaries(&[(a.clone(), None), (b_after, None)], 30).is_empty());
+        assert_eq!(overlapping_primaries(&[(a.clone(), None), (b_during, None)], 30).len(), 1);
+        // An interval left open by a killed agent ends at its kill time.
+        let open = vec![line(10, true, "a", 1)];
+        assert!(overlapping_primaries(&[(open.clone(), Some(12)), (vec![line(12, true, "b", 2)], None)], 30).is_empty());
+        assert_eq!(overlapping_primaries(&[(open, None), (vec![line(12, true, "b", 2)], None)], 30).len(), 1);
+    }
+}

@@ -8,6 +8,9 @@ use interlock_client::{Client, ClientError, OperationResponse, Replica};
 use serde_json::json;
 use std::time::Duration;
 
+/// The longest a switchover or failover call waits on the server.
+pub const LONGEST_WAIT: Duration = Duration::from_secs(300);
+
 #[derive(Args)]
 pub struct SwitchoverArgs {
     /// SERVICE/SHARD to switch over (omit with --region).

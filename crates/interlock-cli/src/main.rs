@@ -222,7 +222,11 @@ pub(crate) fn confirm_dangerous(yes: bool, what: &str) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let options = ClientOptions { retry_budget: cli.timeout, ..ClientOptions::default() };
+    let mut options = ClientOptions { retry_budget: cli.timeout, ..ClientOptions::default() };
+    if matches!(cli.command, Cmd::Switchover(_) | Cmd::Failover(_)) {
+        // These wait on the server for the new primary's acknowledgement.
+        options.request_timeout = options.request_timeout.max(crate::failover::LONGEST_WAIT + cli.timeout);
+    }
     let client = Client::with_options(endpoints(&cli)?, options)?;
     let out = Printer::new(cli.output);
     match &cli.command {

@@ -7,7 +7,10 @@
 //! [`DemoDatabase::probe_reply`] over the network, and a probe answer both
 //! proves the other region reachable (the witness report) and carries the
 //! positions of its primaries, which the prober's replicas of those shards
-//! catch up to. A region that cannot be reached is not replicated from.
+//! catch up to (from any replica that is ahead, as cascading replication
+//! would). A region that cannot be reached is not replicated from. The model
+//! has no divergence: a fenced primary's unreplicated writes simply count as
+//! a higher position if its region returns.
 //! Transport (real TCP or simulated) is the caller's.
 
 use crate::{ReplicaDriver, ReplicaStatus};
@@ -100,7 +103,9 @@ impl DemoDatabase {
     pub fn probe_reply(&self) -> String {
         let inner = self.lock();
         let mut out = format!("{PROBE_HEADER} {}\n", self.region);
-        for r in inner.replicas.values().filter(|r| r.acting.is_some()) {
+        // Every replica serves what it has: a demoted primary's last writes
+        // still reach the replicas that lag behind it (as WAL would).
+        for r in inner.replicas.values() {
             out.push_str(&format!("{} {}\n", r.shard, r.position));
         }
         out
