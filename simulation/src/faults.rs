@@ -27,6 +27,10 @@ pub enum Fault {
     /// Whoever holds the lease now is cut from every coordinator, for longer
     /// than the lease TTL (so the lease must change hands).
     CutCurrentHolder,
+    /// A region's controller cut from every coordinator while the other
+    /// regions' controllers still reach it: a partial partition that must
+    /// not be taken for a region loss.
+    ControllerCut(usize),
 }
 
 impl fmt::Display for Fault {
@@ -41,6 +45,7 @@ impl fmt::Display for Fault {
             Fault::RegionLoss(r) => write!(f, "lose region {} (crash its hosts)", REGIONS[*r]),
             Fault::DelayBurst(a, b) => write!(f, "hold traffic between n{} and n{}", a + 1, b + 1),
             Fault::CutCurrentHolder => write!(f, "cut the current lease holder from the coordinators"),
+            Fault::ControllerCut(r) => write!(f, "cut controller c-{} from the coordinators", REGIONS[*r]),
         }
     }
 }
@@ -60,7 +65,8 @@ impl fmt::Display for Scheduled {
 }
 
 /// One fault at a time, back to back with calm gaps, within [from, until).
-/// Faults last from 2 s to a lease TTL plus 10 s, so that some outlast it.
+/// Faults last from 2 s to a lease TTL plus 10 s, so that some outlast it;
+/// a flapping region is a burst of short isolations.
 pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) -> Vec<Scheduled> {
     let mut schedule = Vec::new();
     let mut t = from_ms;
@@ -68,7 +74,7 @@ pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) 
         let mut duration = rng.gen_range(2_000..12_000);
         let r = rng.gen_range(0..REGIONS.len());
         let other = (r + 1 + rng.gen_range(0..REGIONS.len() - 1)) % REGIONS.len();
-        let fault = match rng.gen_range(0..9) {
+        let fault = match rng.gen_range(0..11) {
             0 => Fault::IsolateRegion(r),
             1 => Fault::CutHolder(r),
             2 => Fault::OneWay(r, other),
@@ -80,9 +86,25 @@ pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) 
                 duration = rng.gen_range(500..3_000);
                 Fault::DelayBurst(r, other)
             }
-            _ => {
+            8 => {
                 duration = lease_ttl_ms + rng.gen_range(1_000..8_000);
                 Fault::CutCurrentHolder
+            }
+            9 => Fault::ControllerCut(r),
+            _ => {
+                // A flapping region: isolated and reconnected in short bursts.
+                let end = (t + duration).min(until_ms);
+                let mut at = t;
+                while at + 400 < end {
+                    let on = rng.gen_range(400..1_500).min(end - at);
+                    schedule.push(Scheduled { fault: Fault::IsolateRegion(r), from_ms: at, until_ms: at + on });
+                    at += on + rng.gen_range(300..1_500);
+                }
+                t = at + rng.gen_range(1_000..6_000);
+                if t >= until_ms {
+                    return schedule;
+                }
+                continue;
             }
         };
         if t + duration >= until_ms {

@@ -40,6 +40,32 @@ impl FencedStore {
     }
 }
 
+/// A replica acting as primary, from its promotion until it stopped (its
+/// lease deadline passed, it was demoted, or its host crashed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acting {
+    pub shard: String,
+    pub replica: String,
+    pub region: usize,
+    pub epoch: u64,
+    pub token: u64,
+    /// Its position when it started acting.
+    pub position: u64,
+    pub from_ms: u64,
+    pub until_ms: Option<u64>,
+}
+
+/// A region cut off from the others (crashed, isolated), and what its
+/// primaries had written when it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut {
+    pub region: usize,
+    pub from_ms: u64,
+    pub until_ms: u64,
+    /// (replica, shard, position) of its acting primaries at `from_ms`.
+    pub primaries: Vec<(String, String, u64)>,
+}
+
 /// Everything recorded during one run.
 #[derive(Debug, Default)]
 pub struct History {
@@ -59,6 +85,12 @@ pub struct History {
     pub verified: bool,
     /// Every observation as a line, in order: the run's trace.
     pub trace: Vec<String>,
+    /// Every interval in which a replica acted as primary.
+    pub acting: Vec<Acting>,
+    /// Regions cut off by a fault.
+    pub cuts: Vec<Cut>,
+    /// (true ms seen, region) of every `region.lost` event.
+    pub lost_declared: Vec<(u64, usize)>,
 }
 
 impl History {

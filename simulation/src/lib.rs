@@ -8,9 +8,12 @@
 //!
 //! Map: [`world`] builds and drives one run; [`faults`] plans the faults;
 //! [`history`] is the oracle's record; [`invariants`] holds one file per
-//! guarantee checked; [`net`] and [`clock`] adapt turmoil to the node.
+//! guarantee checked; [`controllers`] runs the region controllers (the SDK's
+//! `RegionController` over a demo database), the operator and the event
+//! observer; [`net`] and [`clock`] adapt turmoil to the node.
 
 pub mod clock;
+pub mod controllers;
 pub mod faults;
 pub mod history;
 pub mod invariants;

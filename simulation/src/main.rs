@@ -87,6 +87,19 @@ fn run_in_process(seed: u64, mutation: Option<Mutation>) -> Result<Report, Strin
     serde_json::from_slice(&output.stdout).map_err(|e| format!("bad report: {e}"))
 }
 
+/// Failover times over every run: region cut off -> every shard it held
+/// has a primary acting elsewhere (cuts that healed first are counted apart).
+fn failover_stats(reports: &[Report]) -> serde_json::Value {
+    let mut times: Vec<u64> = reports.iter().flat_map(|r| r.failovers.iter().flatten().copied()).collect();
+    let healed_first = reports.iter().flat_map(|r| &r.failovers).filter(|f| f.is_none()).count();
+    times.sort_unstable();
+    let at = |q: f64| times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    serde_json::json!({
+        "completed": times.len(), "healed_first": healed_first,
+        "p50": at(0.5), "p99": at(0.99), "max": times.last(),
+    })
+}
+
 fn reproduce(seed: u64, mutation: Option<Mutation>) -> String {
     let m = mutation.map(|m| format!(" --mutation {}", m.name())).unwrap_or_default();
     format!("cargo run -p interlock-simulation --bin interlock-sim -- --seed {seed}{m} --trace")
@@ -167,6 +180,7 @@ fn main() -> std::process::ExitCode {
     let failures: Vec<u64> = reports.iter().filter(|r| !r.violations.is_empty()).map(|r| r.seed).collect();
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     let simulated_s: f64 = reports.iter().map(|r| r.simulated_ms as f64 / 1000.0).sum();
+    let failover = failover_stats(&reports);
     if cli.json {
         let value = serde_json::json!({
             "scenario": cli.scenario,
@@ -179,6 +193,8 @@ fn main() -> std::process::ExitCode {
             "leader_terms": reports.iter().map(|r| r.terms).sum::<usize>(),
             "lease_holdings": reports.iter().map(|r| r.lease_handovers).sum::<usize>(),
             "acknowledged_writes": reports.iter().map(|r| r.acked_writes).sum::<usize>(),
+            "region_loss_declarations": reports.iter().map(|r| r.lost_declared).sum::<usize>(),
+            "failover_ms": failover,
             "digests": reports.iter().map(|r| format!("{:016x}", r.digest)).collect::<Vec<_>>(),
         });
         println!("{value}");
@@ -190,6 +206,7 @@ fn main() -> std::process::ExitCode {
             violations,
             failures.len()
         );
+        println!("region cut off -> its shards' primaries acting elsewhere: {failover}");
         for seed in &failures {
             println!("  reproduce: {}", reproduce(*seed, mutation));
         }

@@ -4,9 +4,11 @@
 //! schedule of faults. Everything is decided by the seed.
 
 use crate::clock::{true_ms, SimClock};
+use crate::controllers;
 use crate::faults::{plan, Fault, Scheduled};
 use crate::history::{Belief, Shared};
 use crate::net::{self, GRPC_PORT};
+use interlock_client::demo::DemoDatabase;
 use interlock_client::{Client, ClientOptions, LeaseKeeper, LeaseOptions, LeaseState};
 use interlock_core::lease::DEFAULT_DRIFT;
 use interlock_core::NodeInfo;
@@ -26,8 +28,9 @@ use std::time::Duration;
 pub const REGIONS: [&str; 3] = ["eu", "us", "ap"];
 /// One-way latency between regions (ms): eu-us, eu-ap, us-ap.
 pub const CROSS_REGION_MS: [(usize, usize, u64); 3] = [(0, 1, 15), (0, 2, 40), (1, 2, 75)];
-/// The lease the holders contend for.
-pub const LEASE_KEY: &str = "shard/orders/0/primary";
+/// The lease the holders contend for (an application lock; shard primary
+/// leases are the controllers').
+pub const LEASE_KEY: &str = "lock/orders";
 /// Its TTL is one of these, chosen by the seed: long TTLs widen the window in
 /// which a clock-drift bug shows (drift is a fraction of the TTL).
 pub const LEASE_TTLS_S: [u64; 4] = [3, 5, 10, 20];
@@ -81,6 +84,14 @@ pub struct RunConfig {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     pub seed: u64,
+    /// For each region cut off while it held primaries: ms until every one
+    /// of those shards had a primary acting elsewhere (None: the region came
+    /// back first).
+    #[serde(default)]
+    pub failovers: Vec<Option<u64>>,
+    /// Region-loss declarations seen.
+    #[serde(default)]
+    pub lost_declared: usize,
     pub violations: Vec<String>,
     pub digest: u64,
     pub terms: usize,
@@ -166,15 +177,33 @@ pub fn run(config: &RunConfig) -> Report {
             holder(holder_name(i), endpoints.clone(), options.clone(), lease_ttl, backoff_seed, shared.clone())
         });
     }
+    let dbs: Vec<Arc<DemoDatabase>> = (0..REGIONS.len()).map(|r| controllers::database(r, shared.clone())).collect();
+    for (r, db) in dbs.iter().enumerate() {
+        let (endpoints, db) = (endpoints.clone(), db.clone());
+        sim.host(controllers::controller_name(r), move || {
+            let (endpoints, db) = (endpoints.clone(), db.clone());
+            async move { controllers::controller(r, client(&endpoints)?, db).await }
+        });
+    }
     {
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
         sim.client("writer", async move { writer(endpoints, shared).await });
     }
+    {
+        let (endpoints, shared) = (endpoints.clone(), shared.clone());
+        sim.client("observer", async move { controllers::observe_events(client(&endpoints)?, shared, end_ms).await });
+    }
+    {
+        let (endpoints, shared, seed) = (endpoints.clone(), shared.clone(), rng.gen::<u64>());
+        sim.client("operator", async move {
+            controllers::operator(client(&endpoints)?, shared, seed, FAULTS_FROM_MS + 2_000, FAULTS_UNTIL_MS).await
+        });
+    }
 
     // Latencies: cross-region links per the matrix, with jitter.
     for (a, b, ms) in CROSS_REGION_MS {
-        for x in [node_name(a), holder_name(a)] {
-            for y in [node_name(b), holder_name(b)] {
+        for x in region_hosts(a) {
+            for y in region_hosts(b) {
                 sim.set_link_latency(x.as_str(), y.as_str(), Duration::from_millis(ms));
                 sim.set_link_max_message_latency(x.as_str(), y.as_str(), Duration::from_millis(ms + ms / 5));
             }
@@ -184,15 +213,18 @@ pub fn run(config: &RunConfig) -> Report {
 
     let schedule = plan(&mut rng, FAULTS_FROM_MS, FAULTS_UNTIL_MS, lease_ttl.as_millis() as u64);
     let fault_lines: Vec<String> = schedule.iter().map(|s| s.to_string()).collect();
-    drive(&mut sim, &schedule, &shared, end_ms);
+    drive(&mut sim, &schedule, &shared, &dbs, end_ms);
 
     let history = shared.take();
     let mut violations = crate::invariants::check_all(&history, LIVENESS_BOUND_MS);
+    let failovers = crate::invariants::failover_times(&history);
     if let Some(error) = history.trace.iter().find(|l| l.contains("HOST ERROR")) {
         violations.push(error.clone());
     }
     Report {
         seed: config.seed,
+        failovers,
+        lost_declared: history.lost_declared.len(),
         digest: history.digest(),
         terms: history.leaders_by_term.len(),
         lease_handovers: history.beliefs.len(),
@@ -205,8 +237,8 @@ pub fn run(config: &RunConfig) -> Report {
 }
 
 /// Steps the simulation, applying and healing faults on schedule.
-fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, end_ms: u64) {
-    let hosts: Vec<String> = (0..REGIONS.len()).flat_map(|i| [node_name(i), holder_name(i)]).collect();
+fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, dbs: &[Arc<DemoDatabase>], end_ms: u64) {
+    let hosts: Vec<String> = (0..REGIONS.len()).flat_map(region_hosts).chain(CLIENTS.map(String::from)).collect();
     let mut started = vec![false; schedule.len()];
     let mut ended = vec![false; schedule.len()];
     let mut crashed: Vec<String> = Vec::new();
@@ -216,7 +248,7 @@ fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, en
         for (k, s) in schedule.iter().enumerate() {
             if !started[k] && now >= s.from_ms {
                 started[k] = true;
-                apply(sim, &s.fault, shared, &mut crashed, now);
+                apply(sim, s, shared, dbs, &mut crashed, now);
             }
             if started[k] && !ended[k] && now >= s.until_ms {
                 ended[k] = true;
@@ -245,14 +277,33 @@ fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, en
     }
 }
 
-fn region_hosts(r: usize) -> [String; 2] {
-    [node_name(r), holder_name(r)]
+/// The simulation's clients (outside every region).
+const CLIENTS: [&str; 3] = ["writer", "observer", "operator"];
+
+fn region_hosts(r: usize) -> [String; 3] {
+    [node_name(r), holder_name(r), controllers::controller_name(r)]
 }
 
-fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Shared, crashed: &mut Vec<String>, now: u64) {
+/// Records that region `r` is cut off from now until `until`, with what its
+/// primaries had written.
+fn cut(shared: &Shared, db: &DemoDatabase, r: usize, now: u64, until: u64) {
+    let primaries = db.primaries();
+    shared.lock().cuts.push(crate::history::Cut { region: r, from_ms: now, until_ms: until, primaries });
+}
+
+fn apply(
+    sim: &mut turmoil::Sim<'_>,
+    scheduled: &Scheduled,
+    shared: &Shared,
+    dbs: &[Arc<DemoDatabase>],
+    crashed: &mut Vec<String>,
+    now: u64,
+) {
+    let fault = &scheduled.fault;
     shared.lock().note(now, format!("fault {fault}"));
     match fault {
         Fault::IsolateRegion(r) => {
+            cut(shared, &dbs[*r], *r, now, scheduled.until_ms);
             for other in (0..REGIONS.len()).filter(|o| o != r) {
                 for a in region_hosts(*r) {
                     for b in region_hosts(other) {
@@ -277,7 +328,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Shared, crashed: &m
                 sim.partition(node_name(*r).as_str(), node_name(n).as_str());
             }
         }
+        Fault::ControllerCut(r) => {
+            for n in 0..REGIONS.len() {
+                sim.partition(controllers::controller_name(*r).as_str(), node_name(n).as_str());
+            }
+        }
         Fault::RegionLoss(r) => {
+            cut(shared, &dbs[*r], *r, now, scheduled.until_ms);
+            controllers::crashed(shared, &dbs[*r], *r, now);
             for host in region_hosts(*r) {
                 sim.crash(host.as_str());
                 crashed.push(host);
@@ -310,8 +368,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, fault: &Fault, shared: &Shared, crashed: &m
 }
 
 fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[String], crashed: &mut Vec<String>) {
-    for a in hosts.iter().map(String::as_str).chain(["writer"]) {
-        for b in hosts.iter().map(String::as_str).chain(["writer"]) {
+    for a in hosts.iter().map(String::as_str) {
+        for b in hosts.iter().map(String::as_str) {
             if a != b {
                 sim.repair(a, b);
                 sim.release(a, b);
@@ -470,6 +528,7 @@ async fn holder(
 /// Writes unique keys all run long, then reads every acknowledged one back.
 async fn writer(endpoints: Vec<String>, shared: Shared) -> turmoil::Result {
     let client = client(&endpoints)?;
+    controllers::apply_topology(&client, &shared).await;
     let mut i = 0u64;
     let mut failing = false;
     while true_ms() < FAULTS_UNTIL_MS + LIVENESS_BOUND_MS {

@@ -100,9 +100,12 @@ async fn register(client: &Client, config: &ControllerConfig) -> Result<(), Clie
     loop {
         match client.register_controller(&config.id, &config.region, &config.identity, &config.replicas).await {
             Ok(_) => return Ok(()),
-            Err(
-                e @ (ClientError::InvalidArgument(_) | ClientError::NotFound(_) | ClientError::PermissionDenied(_)),
-            ) => return Err(e),
+            Err(e @ (ClientError::InvalidArgument(_) | ClientError::PermissionDenied(_))) => return Err(e),
+            Err(ClientError::NotFound(e)) => {
+                // The topology may not be applied yet: keep trying, loudly.
+                tracing::warn!("register: {e}; is the topology applied? retrying");
+                tokio::time::sleep(RECHECK * 4).await;
+            }
             Err(e) => {
                 tracing::debug!("register: {e}; retrying");
                 tokio::time::sleep(RECHECK).await;
@@ -142,7 +145,14 @@ async fn heartbeats<D: ReplicaDriver>(client: Client, id: String, driver: Arc<D>
         };
         let mut ticker = tokio::time::interval(every);
         ticker.tick().await;
+        let mut answered = tokio::time::Instant::now();
         loop {
+            if answered.elapsed() > every * 3 {
+                // The leader stopped answering (cut off, or no longer leader
+                // and not saying so): find the current one.
+                index = (index + 1) % client.endpoints().len();
+                break;
+            }
             tokio::select! {
                 _ = ticker.tick() => {
                     if tx.try_send(beat()).is_err() {
@@ -151,6 +161,7 @@ async fn heartbeats<D: ReplicaDriver>(client: Client, id: String, driver: Arc<D>
                 }
                 answer = inbound.message() => match answer {
                     Ok(Some(a)) => {
+                        answered = tokio::time::Instant::now();
                         let asked = Duration::from_millis(u64::from(a.interval_ms).max(50));
                         if asked != every {
                             every = asked;

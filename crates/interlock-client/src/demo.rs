@@ -95,6 +95,21 @@ impl DemoDatabase {
         self.lock().replicas.get(replica).and_then(|r| r.acting)
     }
 
+    /// (replica, shard, position) of every replica acting as primary.
+    pub fn primaries(&self) -> Vec<(String, String, u64)> {
+        let inner = self.lock();
+        let acting = inner.replicas.iter().filter(|(_, r)| r.acting.is_some());
+        acting.map(|(id, r)| (id.clone(), r.shard.clone(), r.position)).collect()
+    }
+
+    /// The process died: nothing acts any more, and nobody is told (the
+    /// caller records it). Positions survive, like data on disk.
+    pub fn crash(&self) {
+        for r in self.lock().replicas.values_mut() {
+            r.acting = None;
+        }
+    }
+
     pub fn position(&self, replica: &str) -> Option<u64> {
         self.lock().replicas.get(replica).map(|r| r.position)
     }

@@ -132,8 +132,16 @@ fn plan_regions(state: &State, obs: &Observations, out: &mut Plan) {
             if live.is_empty() {
                 continue;
             }
-            let cannot_reach =
-                live.iter().all(|c| obs.controllers.get(*c).is_some_and(|v| !v.reachable_regions.contains(&region.id)));
+            // A controller that reaches no region at all is more likely cut
+            // off itself: its testimony counts only when there is no third
+            // region it could have reached.
+            let third_region_exists = state.regions.len() > 2;
+            let cannot_reach = live.iter().all(|c| {
+                obs.controllers.get(*c).is_some_and(|v| {
+                    !v.reachable_regions.contains(&region.id)
+                        && (!v.reachable_regions.is_empty() || !third_region_exists)
+                })
+            });
             if cannot_reach {
                 witnesses.push(other.id.as_str());
             } else {
@@ -464,6 +472,12 @@ mod tests {
             ("suspected, both witnesses agree", observe([10, 10, 10], &["c-eu"], &both_witness), &["eu"], &[]),
             ("coordinator-only loss of contact", observe([10, 10, 10], &["c-eu"], &[]), &[], &["eu"]),
             ("one witness meets quorum 1", observe([10, 10, 10], &["c-eu"], &[("c-us", "eu")]), &["eu"], &[]),
+            (
+                "a witness that reaches nobody is not believed",
+                observe([10, 10, 10], &["c-eu"], &[("c-us", "eu"), ("c-us", "ap"), ("c-ap", "ap")]),
+                &[],
+                &["eu"],
+            ),
         ];
         for (name, obs, want_lost, want_noted) in cases {
             let w = World::new();

@@ -25,5 +25,20 @@ pub fn check(history: &History, bound_ms: u64) -> Vec<String> {
             violations.push(format!("liveness: nobody held the lease within {bound_ms} ms of healing ({other:?})"))
         }
     }
+    // Every shard has a primary acting at some instant within the bound.
+    for k in 0..crate::controllers::SHARDS {
+        let shard = crate::controllers::shard_name(k);
+        let acting_at = history
+            .acting
+            .iter()
+            .filter(|a| a.shard == shard && a.until_ms.is_none_or(|until| until > healed))
+            .map(|a| a.from_ms.max(healed))
+            .min();
+        match acting_at {
+            Some(at) if at - healed <= bound_ms => {}
+            other => violations
+                .push(format!("liveness: no primary of {shard} acted within {bound_ms} ms of healing ({other:?})")),
+        }
+    }
     violations
 }

@@ -6,6 +6,10 @@ mod election_safety;
 mod fencing;
 mod lease_exclusivity;
 mod liveness;
+mod primaries;
+mod region_loss;
+
+pub use region_loss::failover_times;
 
 use crate::history::History;
 
@@ -17,5 +21,7 @@ pub fn check_all(history: &History, liveness_bound_ms: u64) -> Vec<String> {
     violations.extend(fencing::check(history));
     violations.extend(acknowledged_writes::check(history));
     violations.extend(liveness::check(history, liveness_bound_ms));
+    violations.extend(primaries::check(history));
+    violations.extend(region_loss::check(history));
     violations
 }

@@ -1,0 +1,232 @@
+//! Region controllers in the simulation: the SDK's real [`RegionController`]
+//! driving a [`DemoDatabase`] per region, probing the other regions'
+//! controllers over simulated TCP (witness reports and replication), plus
+//! the topology they serve, an operator that asks for switchovers, and an
+//! observer of the event log.
+
+use crate::clock::true_ms;
+use crate::history::{Acting, Shared};
+use crate::world::REGIONS;
+use interlock_client::demo::{ActingChange, DemoDatabase};
+use interlock_client::{Client, ControllerConfig, LeaseOptions, RegionController};
+use interlock_core::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Shards of the simulated service, each with a replica in every region.
+pub const SHARDS: usize = 4;
+/// Where controllers answer probes.
+pub const PROBE_PORT: u16 = 7301;
+/// How often a controller probes the others.
+pub const PROBE_EVERY: Duration = Duration::from_millis(200);
+/// A region not answered within this is reported unreachable.
+pub const REACHABLE_WINDOW: Duration = Duration::from_millis(1000);
+/// One demo write per this on every acting primary.
+pub const WRITE_EVERY: Duration = Duration::from_millis(50);
+/// The RPO bound of every shard, in demo writes (one second of writes).
+pub const MAX_LAG: u64 = 20;
+/// Shards' cooldown after an automatic failover.
+pub const COOLDOWN_S: u64 = 5;
+
+pub fn controller_name(r: usize) -> String {
+    format!("c-{}", REGIONS[r])
+}
+
+pub fn replica_name(shard: usize, r: usize) -> String {
+    format!("orders-{shard}-{}", REGIONS[r])
+}
+
+pub fn shard_name(shard: usize) -> String {
+    format!("orders/{shard}")
+}
+
+/// Shard k prefers region k % 3, then the next ones: primaries spread out.
+pub fn topology() -> Topology {
+    let shards = (0..SHARDS)
+        .map(|k| ShardSpec {
+            id: k.to_string(),
+            max_lag_on_failover: MAX_LAG,
+            cooldown_seconds: COOLDOWN_S,
+            replicas: (0..REGIONS.len())
+                .map(|r| {
+                    let rank = (r + REGIONS.len() - k % REGIONS.len()) % REGIONS.len();
+                    ReplicaSpec {
+                        id: replica_name(k, r),
+                        region: REGIONS[r].to_string(),
+                        priority: [100, 90, 50][rank],
+                    }
+                })
+                .collect(),
+        })
+        .collect();
+    Topology {
+        regions: REGIONS.iter().map(|r| RegionSpec { id: r.to_string(), capacity: 100 }).collect(),
+        services: vec![ServiceSpec { name: "orders".into(), shards }],
+        failover: FailoverPolicy::default(),
+    }
+}
+
+/// The demo database of region `r`, recording every start and stop of
+/// acting as primary into the history (in true time).
+pub fn database(r: usize, shared: Shared) -> Arc<DemoDatabase> {
+    let replicas = (0..SHARDS).map(|k| (replica_name(k, r), shard_name(k)));
+    Arc::new(DemoDatabase::new(REGIONS[r], replicas, REACHABLE_WINDOW, move |change: &ActingChange| {
+        record(&shared, r, change, true_ms());
+    }))
+}
+
+fn record(shared: &Shared, region: usize, change: &ActingChange, now: u64) {
+    let mut h = shared.lock();
+    if change.acting {
+        h.acting.push(Acting {
+            shard: change.shard.clone(),
+            replica: change.replica.clone(),
+            region,
+            epoch: change.epoch,
+            token: change.token,
+            position: change.position,
+            from_ms: now,
+            until_ms: None,
+        });
+    } else if let Some(a) = h
+        .acting
+        .iter_mut()
+        .rev()
+        .find(|a| a.replica == change.replica && a.token == change.token && a.until_ms.is_none())
+    {
+        a.until_ms = Some(now);
+    }
+    let verb = if change.acting { "acts as primary" } else { "stops acting" };
+    h.note(
+        now,
+        format!(
+            "{} {verb} for {} (epoch {}, token {}, position {}): {}",
+            change.replica, change.shard, change.epoch, change.token, change.position, change.reason
+        ),
+    );
+}
+
+/// A controller host: probe server, prober, demo writes, and the SDK's
+/// region controller.
+pub async fn controller(r: usize, client: Client, db: Arc<DemoDatabase>) -> turmoil::Result {
+    let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROBE_PORT)).await?;
+    let server_db = db.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { continue };
+            let reply = server_db.probe_reply();
+            tokio::spawn(async move {
+                let _ = stream.write_all(reply.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let prober_db = db.clone();
+    tokio::spawn(async move {
+        let peers: Vec<String> =
+            (0..REGIONS.len()).filter(|o| *o != r).map(|o| format!("{}:{PROBE_PORT}", controller_name(o))).collect();
+        let mut tick = tokio::time::interval(PROBE_EVERY);
+        loop {
+            tick.tick().await;
+            for peer in &peers {
+                let db = prober_db.clone();
+                let peer = peer.clone();
+                tokio::spawn(async move {
+                    let read = async {
+                        let mut stream = turmoil::net::TcpStream::connect(peer.as_str()).await.ok()?;
+                        let mut text = String::new();
+                        stream.read_to_string(&mut text).await.ok()?;
+                        Some(text)
+                    };
+                    if let Ok(Some(text)) = tokio::time::timeout(PROBE_EVERY * 2, read).await {
+                        db.apply_probe(&text);
+                    }
+                });
+            }
+        }
+    });
+    let writer_db = db.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(WRITE_EVERY);
+        loop {
+            tick.tick().await;
+            writer_db.write_tick();
+        }
+    });
+    let config = ControllerConfig {
+        id: controller_name(r),
+        region: REGIONS[r].to_string(),
+        identity: format!("controller:{}", REGIONS[r]),
+        replicas: (0..SHARDS).map(|k| replica_name(k, r)).collect(),
+        lease: LeaseOptions::default(),
+    };
+    RegionController::run(client, config, db).await?;
+    Ok(())
+}
+
+/// Applies the topology (retrying until a leader takes it).
+pub async fn apply_topology(client: &Client, shared: &Shared) {
+    loop {
+        match client.apply_topology(&topology(), false).await {
+            Ok(_) => {
+                shared.lock().note(true_ms(), "topology applied".to_string());
+                return;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Records every event of the log as it is seen (region declarations in
+/// particular), in true time.
+pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> turmoil::Result {
+    let mut watcher = client.watch("events", 0);
+    while true_ms() < until_ms {
+        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), watcher.next()).await else { continue };
+        let now = true_ms();
+        let mut h = shared.lock();
+        for e in message.events {
+            if e.kind.starts_with("region.") || e.kind.starts_with("shard.") || e.kind == "replica.fenced" {
+                h.note(now, format!("event {} {}: {}", e.kind, e.subject, e.message));
+            }
+            if e.kind == "region.lost" {
+                if let Some(r) = REGIONS.iter().position(|x| *x == e.subject) {
+                    h.lost_declared.push((now, r));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An operator that asks for a planned switchover now and then, to a random
+/// replica, whatever the network is doing.
+pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, until_ms: u64) -> turmoil::Result {
+    let mut rng = StdRng::seed_from_u64(seed);
+    tokio::time::sleep(Duration::from_millis(from_ms)).await;
+    while true_ms() < until_ms {
+        let shard = rng.gen_range(0..SHARDS);
+        let to = replica_name(shard, rng.gen_range(0..REGIONS.len()));
+        let outcome = client.switchover(&shard_name(shard), &to, Duration::ZERO).await;
+        let line = match outcome {
+            Ok(r) => format!("operator: switchover {} to {to}: {}", shard_name(shard), r.message),
+            Err(e) => format!("operator: switchover {} to {to} refused or failed: {e}", shard_name(shard)),
+        };
+        shared.lock().note(true_ms(), line);
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(8_000..16_000))).await;
+    }
+    Ok(())
+}
+
+/// Closes the acting intervals of region `r`'s replicas at `now`: its
+/// controller crashed (a crashed process stops acting when it dies).
+pub fn crashed(shared: &Shared, db: &DemoDatabase, r: usize, now: u64) {
+    db.crash();
+    let mut h = shared.lock();
+    for a in h.acting.iter_mut().filter(|a| a.region == r && a.until_ms.is_none()) {
+        a.until_ms = Some(now);
+    }
+}
