@@ -44,7 +44,8 @@ pub fn shard_name(shard: usize) -> String {
 }
 
 /// Shard k prefers region k % 3, then the next ones: primaries spread out.
-pub fn topology() -> Topology {
+/// `no_witnesses` is a mutation: regions declared lost on suspicion alone.
+pub fn topology(no_witnesses: bool) -> Topology {
     let shards = (0..SHARDS)
         .map(|k| ShardSpec {
             id: k.to_string(),
@@ -65,7 +66,7 @@ pub fn topology() -> Topology {
     Topology {
         regions: REGIONS.iter().map(|r| RegionSpec { id: r.to_string(), capacity: 100 }).collect(),
         services: vec![ServiceSpec { name: "orders".into(), shards }],
-        failover: FailoverPolicy::default(),
+        failover: FailoverPolicy { witness_quorum: if no_witnesses { 0 } else { 1 }, ..FailoverPolicy::default() },
     }
 }
 
@@ -168,9 +169,9 @@ pub async fn controller(r: usize, client: Client, db: Arc<DemoDatabase>) -> turm
 }
 
 /// Applies the topology (retrying until a leader takes it).
-pub async fn apply_topology(client: &Client, shared: &Shared) {
+pub async fn apply_topology(client: &Client, topology: &Topology, shared: &Shared) {
     loop {
-        match client.apply_topology(&topology(), false).await {
+        match client.apply_topology(topology, false).await {
             Ok(_) => {
                 shared.lock().note(true_ms(), "topology applied".to_string());
                 return;
@@ -181,14 +182,19 @@ pub async fn apply_topology(client: &Client, shared: &Shared) {
 }
 
 /// Records every event of the log as it is seen (region declarations in
-/// particular), in true time.
+/// particular), in true time. Polls with unary calls rather than holding a
+/// watch open: a watch on a node that crashed can hang until it returns,
+/// and the checker needs the delay between a decision and its sighting to
+/// stay small (a few seconds: the client's retry budget).
 pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> turmoil::Result {
-    let mut watcher = client.watch("events", 0);
+    let mut after = 0;
     while true_ms() < until_ms {
-        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), watcher.next()).await else { continue };
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(events) = client.events(after, 0).await else { continue };
         let now = true_ms();
         let mut h = shared.lock();
-        for e in message.events {
+        for e in events {
+            after = after.max(e.version);
             if e.kind.starts_with("region.") || e.kind.starts_with("shard.") || e.kind == "replica.fenced" {
                 h.note(now, format!("event {} {}: {}", e.kind, e.subject, e.message));
             }

@@ -163,9 +163,15 @@ fn main() -> std::process::ExitCode {
                 }
                 if !cli.json {
                     let verdict = if report.violations.is_empty() { "ok" } else { "VIOLATION" };
+                    let failovers: Vec<String> =
+                        report.failovers.iter().map(|f| f.map_or("healed".to_string(), |ms| format!("{ms}ms"))).collect();
                     eprintln!(
-                        "seed {seed}: {verdict} ({} terms, {} lease holdings, {} acknowledged writes, digest {:016x})",
-                        report.terms, report.lease_handovers, report.acked_writes, report.digest
+                        "seed {seed}: {verdict} ({} terms, {} lease holdings, {} acknowledged writes, failovers [{}], digest {:016x})",
+                        report.terms,
+                        report.lease_handovers,
+                        report.acked_writes,
+                        failovers.join(" "),
+                        report.digest
                     );
                     for v in &report.violations {
                         eprintln!("  {v}");

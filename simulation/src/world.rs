@@ -54,17 +54,25 @@ pub enum Mutation {
     NoResetOnNewTerm,
     /// Holders compute their deadline without the drift term.
     HolderNoDrift,
+    /// Regions are declared lost on the leader's suspicion alone
+    /// (`failover.witness_quorum: 0`).
+    NoWitnesses,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 3] =
-        [Mutation::SkipKeepaliveConfirmation, Mutation::NoResetOnNewTerm, Mutation::HolderNoDrift];
+    pub const ALL: [Mutation; 4] = [
+        Mutation::SkipKeepaliveConfirmation,
+        Mutation::NoResetOnNewTerm,
+        Mutation::HolderNoDrift,
+        Mutation::NoWitnesses,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Mutation::SkipKeepaliveConfirmation => "skip-keepalive-confirmation",
             Mutation::NoResetOnNewTerm => "no-reset-on-new-term",
             Mutation::HolderNoDrift => "holder-no-drift",
+            Mutation::NoWitnesses => "no-witnesses",
         }
     }
 
@@ -187,7 +195,8 @@ pub fn run(config: &RunConfig) -> Report {
     }
     {
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
-        sim.client("writer", async move { writer(endpoints, shared).await });
+        let topology = controllers::topology(config.mutation == Some(Mutation::NoWitnesses));
+        sim.client("writer", async move { writer(endpoints, shared, topology).await });
     }
     {
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
@@ -526,9 +535,9 @@ async fn holder(
 }
 
 /// Writes unique keys all run long, then reads every acknowledged one back.
-async fn writer(endpoints: Vec<String>, shared: Shared) -> turmoil::Result {
+async fn writer(endpoints: Vec<String>, shared: Shared, topology: interlock_core::Topology) -> turmoil::Result {
     let client = client(&endpoints)?;
-    controllers::apply_topology(&client, &shared).await;
+    controllers::apply_topology(&client, &topology, &shared).await;
     let mut i = 0u64;
     let mut failing = false;
     while true_ms() < FAULTS_UNTIL_MS + LIVENESS_BOUND_MS {

@@ -11,6 +11,10 @@ use crate::state::{PromotionMode, RegionState, ReplicaRole, Shard, State};
 use crate::topology::{primary_lease_key, shard_key};
 use std::collections::BTreeMap;
 
+/// A witness counts only after this many heartbeat intervals heard without
+/// suspicion (its own reachability view has had time to settle).
+pub const WITNESS_STEADY_HEARTBEATS: u64 = 4;
+
 /// What a controller last said about one replica.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReplicaReport {
@@ -96,6 +100,16 @@ fn controllers_in<'a>(state: &'a State, region: &'a str) -> impl Iterator<Item =
 
 fn plan_regions(state: &State, obs: &Observations, out: &mut Plan) {
     let policy = &state.topology.failover;
+    // The coordinator must hear a majority of the regions that have
+    // controllers: a leader that hears fewer is more likely the one cut off
+    // (found by the simulation: an isolated leader and its own region's
+    // controller agreed that everyone else was gone).
+    let judged: Vec<&str> =
+        state.regions.values().filter(|r| r.state != RegionState::Lost).map(|r| r.id.as_str()).collect();
+    let with_controllers: Vec<&str> =
+        judged.iter().copied().filter(|r| controllers_in(state, r).next().is_some()).collect();
+    let heard = with_controllers.iter().filter(|r| controllers_in(state, r).any(|c| !obs.suspected(state, c))).count();
+    let majority_heard = heard * 2 > with_controllers.len();
     for region in state.regions.values() {
         let controllers: Vec<&str> = controllers_in(state, &region.id).collect();
         if controllers.is_empty() {
@@ -124,11 +138,31 @@ fn plan_regions(state: &State, obs: &Observations, out: &mut Plan) {
         if obs.in_grace(state) || !controllers.iter().all(|c| obs.suspected(state, c)) {
             continue;
         }
+        if !majority_heard {
+            out.not_declared.insert(
+                region.id.clone(),
+                format!(
+                    "the coordinator hears the controllers of only {heard} of {} regions; it may be the one cut off, \
+                     so it declares nothing",
+                    with_controllers.len()
+                ),
+            );
+            continue;
+        }
         // Suspected by the coordinator. Do the other regions' controllers agree?
         let mut witnesses = Vec::new();
         let mut dissent = Vec::new();
         for other in state.regions.values().filter(|o| o.id != region.id && o.state != RegionState::Lost) {
-            let live: Vec<&str> = controllers_in(state, &other.id).filter(|c| !obs.suspected(state, c)).collect();
+            // A witness must have been heard steadily for a while: one that
+            // was itself cut off a moment ago still reports what it could not
+            // reach then (found by the simulation, flapping regions).
+            let steady = |c: &&str| {
+                obs.controllers.get(*c).and_then(|v| v.alive_since_ms).is_some_and(|since| {
+                    obs.now_ms.saturating_sub(since) >= WITNESS_STEADY_HEARTBEATS * policy.heartbeat_interval_ms
+                })
+            };
+            let live: Vec<&str> =
+                controllers_in(state, &other.id).filter(|c| !obs.suspected(state, c)).filter(steady).collect();
             if live.is_empty() {
                 continue;
             }
@@ -504,6 +538,18 @@ mod tests {
         let mut obs = observe([10, 10, 10], &["c-eu"], &witnessed);
         obs.leader_since_ms = obs.now_ms - 100;
         assert!(plan(&w.state, &obs).commands.is_empty());
+        // A leader that hears only its own region's controllers declares nothing.
+        let w = World::new();
+        let p = plan(&w.state, &observe([10, 10, 10], &["c-eu", "c-ap"], &[("c-us", "eu"), ("c-us", "ap")]));
+        assert!(p.commands.is_empty() && p.not_declared["eu"].contains("only 1 of 3"), "{p:?}");
+        // Witnesses that were themselves cut off a moment ago are not believed yet.
+        let w = World::new();
+        let mut obs = observe([10, 10, 10], &["c-eu"], &witnessed);
+        for c in ["c-us", "c-ap"] {
+            obs.controllers.get_mut(c).iter_mut().for_each(|v| v.alive_since_ms = Some(obs.now_ms - 100));
+        }
+        let p = plan(&w.state, &obs);
+        assert!(p.commands.is_empty() && p.not_declared.contains_key("eu"), "{p:?}");
         // Maintenance on the region.
         let mut w = World::new();
         w.apply(Command::SetMaintenance { region: Some("eu".into()), on: true, reason: "upgrade".into() });

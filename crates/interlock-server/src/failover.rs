@@ -108,13 +108,17 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
         tick.tick().await;
         let now_ms = ctx.clock.monotonic_ms();
         let current = ctx.leader_term();
-        if current != term {
+        // A leader that lost contact with its quorum for a while (cut off but
+        // still in office) starts over like a new leader when it regains it:
+        // what it observed meanwhile is the view from inside a partition.
+        let in_contact = current.is_some() && quorum_contact(&ctx).await;
+        if current != term || (term.is_some() && !in_contact) {
             term = current;
             leader_since_ms = now_ms;
             liveness.clear();
             noted.clear();
         }
-        if term.is_none() {
+        if term.is_none() || !in_contact {
             continue;
         }
         let (commands, not_declared) = {
@@ -128,6 +132,9 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
                 controllers: liveness.views(now_ms, &params),
             };
             let p = plan(state, &obs);
+            if p.commands.iter().any(|c| matches!(c, Command::DeclareRegionLost { .. })) {
+                tracing::info!(node = ctx.id, at_ms = now_ms, leader_since_ms, views = ?obs.controllers, "declaring a region lost");
+            }
             (p.commands, p.not_declared)
         };
         noted.retain(|region, _| not_declared.contains_key(region));
@@ -170,6 +177,14 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
             }
         }
     }
+}
+
+/// Whether this leader can confirm its leadership with a quorum now, within
+/// three Raft heartbeats. (openraft's `millis_since_quorum_ack` metric is not
+/// refreshed while nothing changes, so it cannot tell.)
+async fn quorum_contact(ctx: &NodeCtx) -> bool {
+    let window = Duration::from_millis(ctx.raft.config().heartbeat_interval * 3);
+    matches!(tokio::time::timeout(window, ctx.raft.ensure_linearizable()).await, Ok(Ok(_)))
 }
 
 /// Proposes one planned command; `true` if it was applied.
