@@ -58,3 +58,16 @@ fn a_new_leader_that_does_not_reset_lease_deadlines_is_caught() {
 fn a_holder_deadline_without_the_drift_term_is_caught() {
     caught("holder-no-drift");
 }
+
+#[test]
+fn declaring_regions_lost_without_witnesses_is_caught() {
+    caught("no-witnesses");
+}
+
+#[test]
+fn pinned_seeds_fail_over_and_report_the_time() {
+    // Seed 60 loses a region that holds primaries; the report has its failover time.
+    let report = sim(&["--seed", "60"]);
+    let completed = report["failover_ms"]["completed"].as_u64().unwrap_or(0);
+    assert!(completed >= 1, "no completed failover on seed 60: {report}");
+}

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 
 /// A witness counts only after this many heartbeat intervals heard without
 /// suspicion (its own reachability view has had time to settle).
-pub const WITNESS_STEADY_HEARTBEATS: u64 = 4;
+pub const WITNESS_STEADY_HEARTBEATS: u64 = 3;
 
 /// What a controller last said about one replica.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -74,13 +74,13 @@ pub struct FailoverPolicy {
 impl Default for FailoverPolicy {
     fn default() -> Self {
         FailoverPolicy {
-            heartbeat_interval_ms: 500,
+            heartbeat_interval_ms: 250,
             phi_threshold: 8,
             min_std_dev_ms: 100,
             acceptable_pause_ms: 0,
             witness_quorum: 1,
             max_lost_regions: 1,
-            grace_ms: 3_000,
+            grace_ms: 1_500,
             promote_ack_timeout_ms: 3_000,
             primary_lease_ttl_ms: 2_000,
             region_return_ms: 3_000,
