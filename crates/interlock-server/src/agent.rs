@@ -218,7 +218,7 @@ async fn probe_peers(client: Client, region: String, db: Arc<DemoDatabase>) {
     let mut refreshed = 0u32;
     loop {
         tick.tick().await;
-        if refreshed % 10 == 0 {
+        if refreshed.is_multiple_of(10) {
             if let Ok(kvs) = client.range(AGENTS_PREFIX, false, 1000).await {
                 peers = kvs
                     .into_iter()
