@@ -28,6 +28,9 @@ fn the_same_seed_gives_the_same_trace_byte_for_byte() {
 #[test]
 fn pinned_seeds_hold_every_invariant() {
     let report = sim(&["--seeds", "0..6", "--jobs", "2"]);
+    // Seeds 0..6 include regions cut off while holding primaries, and failing over.
+    let completed = report["failover_ms"]["completed"].as_u64().unwrap_or(0);
+    assert!(completed >= 1, "no completed failover in seeds 0..6: {report}");
     assert_eq!(report["runs"], 6);
     assert_eq!(
         report["violations"], 0,
@@ -62,12 +65,4 @@ fn a_holder_deadline_without_the_drift_term_is_caught() {
 #[test]
 fn declaring_regions_lost_without_witnesses_is_caught() {
     caught("no-witnesses");
-}
-
-#[test]
-fn pinned_seeds_fail_over_and_report_the_time() {
-    // Seed 60 loses a region that holds primaries; the report has its failover time.
-    let report = sim(&["--seed", "60"]);
-    let completed = report["failover_ms"]["completed"].as_u64().unwrap_or(0);
-    assert!(completed >= 1, "no completed failover on seed 60: {report}");
 }

@@ -11,7 +11,7 @@ async fn a_holder_keeps_its_lease_through_a_leader_kill() {
     let client = cluster.client();
     let keeper = LeaseKeeper::acquire(
         &client,
-        "shard/orders/0/primary",
+        "lock/orders",
         "ctl-eu",
         Duration::from_secs(3),
         LeaseOptions::default(),
@@ -31,11 +31,11 @@ async fn a_holder_keeps_its_lease_through_a_leader_kill() {
     }
     let new_leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     assert_ne!(new_leader, leader);
-    let lease = client.lease_get("shard/orders/0/primary").await.expect("get");
+    let lease = client.lease_get("lock/orders").await.expect("get");
     assert_eq!((lease.token, lease.holder.as_str()), (token, "ctl-eu"), "token unchanged");
     assert!(lease.remaining_ms > 0);
     keeper.release().await.expect("release");
-    let gone = client.lease_get("shard/orders/0/primary").await;
+    let gone = client.lease_get("lock/orders").await;
     assert!(matches!(gone, Err(ClientError::NotFound(_))), "{gone:?}");
 }
 

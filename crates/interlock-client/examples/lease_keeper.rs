@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let client = Client::new(endpoints.split(','))?;
     let mut keeper = LeaseKeeper::acquire(
         &client,
-        "shard/orders/0/primary",
+        "lock/orders",
         "example-controller",
         Duration::from_secs(5),
         LeaseOptions::default(),

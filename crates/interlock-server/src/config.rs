@@ -437,7 +437,7 @@ mod tests {
                 "lists this node as",
             ),
             (ConfigKeys { heartbeat_interval: Some("fast".into()), ..keys() }, "heartbeat_interval", "duration"),
-            (ConfigKeys { election_timeout_min: Some("150ms".into()), ..keys() }, "election_timeout_min", "twice"),
+            (ConfigKeys { election_timeout_min: Some("90ms".into()), ..keys() }, "election_timeout_min", "twice"),
             (ConfigKeys { snapshot_every: Some(0), ..keys() }, "snapshot_every", "positive"),
             (ConfigKeys { grpc_listen: Some("0.0.0.0:7001".into()), ..keys() }, "grpc_advertise", "required"),
         ];
