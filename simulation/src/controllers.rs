@@ -67,6 +67,7 @@ pub fn topology(no_witnesses: bool) -> Topology {
         regions: REGIONS.iter().map(|r| RegionSpec { id: r.to_string(), capacity: 100 }).collect(),
         services: vec![ServiceSpec { name: "orders".into(), shards }],
         failover: FailoverPolicy { witness_quorum: if no_witnesses { 0 } else { 1 }, ..FailoverPolicy::default() },
+        routing: Default::default(),
     }
 }
 

@@ -1,7 +1,7 @@
 //! The coordinator API over gRPC: topology, registration, watches, and bad
 //! input that is refused with the right status and changes nothing.
 
-use interlock_client::{ClientError, ClientOptions};
+use interlock_client::{AcknowledgeRequest, ClientError, ClientOptions};
 use interlock_tests::{sample_topology, ClusterOptions, TestCluster};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,6 +18,28 @@ async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
         ("zero ttl", client.lease_grant("k", "h", 0).await.map(|_| ()), "ttl"),
         ("huge ttl", client.lease_grant("k", "h", 10_000_000).await.map(|_| ()), "ttl"),
         ("empty holder", client.lease_grant("k", "", 1000).await.map(|_| ()), "holder"),
+        ("shard without service", client.switchover("orders", "o0-us", Duration::ZERO).await.map(|_| ()), "shard"),
+        ("bad target", client.failover("orders/0", "O0 US", false, Duration::ZERO).await.map(|_| ()), "to"),
+        (
+            "endless wait",
+            client.switchover("orders/0", "o0-us", Duration::from_secs(100_000)).await.map(|_| ()),
+            "timeout_ms",
+        ),
+        (
+            "unknown role",
+            client
+                .acknowledge(AcknowledgeRequest {
+                    controller_id: "ctl-eu".into(),
+                    replica_id: "o0-eu".into(),
+                    epoch: 1,
+                    role: "BOSS".into(),
+                    position: 0,
+                })
+                .await
+                .map(|_| ()),
+            "role",
+        ),
+        ("bad region", client.set_maintenance(Some("EU!"), true, "x").await.map(|_| ()), "region"),
     ];
     for (name, result, field) in cases {
         match result {
@@ -36,6 +58,12 @@ async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
         matches!(&refused, Err(ClientError::InvalidArgument(m)) if m.contains("replicas[0].region")),
         "{refused:?}"
     );
+
+    // Preconditions: refused with the reason, exit 4 in the CLI.
+    let no_primary = client.switchover("orders/0", "o0-us", Duration::ZERO).await;
+    assert!(matches!(&no_primary, Err(ClientError::Refused(m)) if m.contains("no primary")), "{no_primary:?}");
+    let unknown_shard = client.failover("orders/9", "o0-us", false, Duration::ZERO).await;
+    assert!(matches!(&unknown_shard, Err(ClientError::NotFound(m)) if m.contains("orders/9")), "{unknown_shard:?}");
 
     assert_eq!(client.events(0, 0).await.expect("events").len(), events_before, "nothing was recorded");
     assert!(client.controllers().await.expect("controllers").is_empty());

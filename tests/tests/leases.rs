@@ -9,15 +9,10 @@ use tokio::time::Instant;
 async fn a_holder_keeps_its_lease_through_a_leader_kill() {
     let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
     let client = cluster.client();
-    let keeper = LeaseKeeper::acquire(
-        &client,
-        "lock/orders",
-        "ctl-eu",
-        Duration::from_secs(3),
-        LeaseOptions::default(),
-    )
-    .await
-    .expect("acquire");
+    let keeper =
+        LeaseKeeper::acquire(&client, "lock/orders", "ctl-eu", Duration::from_secs(3), LeaseOptions::default())
+            .await
+            .expect("acquire");
     let token = keeper.token();
     tokio::time::sleep(Duration::from_millis(500)).await;
 

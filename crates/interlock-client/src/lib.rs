@@ -49,9 +49,9 @@ use tonic::{Code, Status};
 
 pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
-    ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo, Member,
-    MembershipResponse, NodeStatus, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus, Shard,
-    WatchResponse,
+    AcknowledgeRequest, ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo,
+    Member, MembershipResponse, NodeStatus, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus,
+    Shard, WatchResponse,
 };
 
 /// Tunables of a [`Client`].

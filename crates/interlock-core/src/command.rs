@@ -6,9 +6,11 @@
 //! that validation guarantees but never panics on any input either.
 
 use crate::lease::RevokeReason;
+use crate::routing::Rule;
 use crate::state::{PromotionMode, RegionState, ReplicaRole};
 use crate::topology::{validate_id, Topology};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 
 /// Longest key accepted in the key-value space, in bytes.
@@ -70,6 +72,15 @@ pub enum Command {
     /// Record an observation that changes nothing (e.g. a coordinator-only
     /// loss of contact), so that it appears in the event log.
     Note { kind: String, subject: String, message: String },
+    /// Set the base routing weights of `service` (basis points summing to
+    /// 10 000). `overrides` names rules the operator chose to bypass for this
+    /// change (audited with `reason`).
+    SetRouting { service: String, weights: BTreeMap<String, u32>, overrides: Vec<Rule>, reason: String },
+    /// Start draining `region` (or undraining it, with `undrain`), by
+    /// `step_bps` of its base weight every `interval_ms`.
+    Drain { region: String, undrain: bool, step_bps: u32, interval_ms: u64, reason: String },
+    /// One step of the drain of `region`, if its fraction is still `expected_fraction_bps`.
+    DrainStep { region: String, expected_fraction_bps: u32 },
 }
 
 /// The answer of the state machine to one applied command.
@@ -204,6 +215,27 @@ impl Command {
                 validate_text(subject, "subject")?;
                 validate_text(message, "message")
             }
+            Command::SetRouting { service, weights, reason, .. } => {
+                validate_id(service, "service")?;
+                for region in weights.keys() {
+                    validate_id(region, "weights")?;
+                }
+                validate_text(reason, "reason")
+            }
+            Command::Drain { region, step_bps, interval_ms, reason, .. } => {
+                validate_id(region, "region")?;
+                if *step_bps == 0 || *step_bps > crate::routing::TOTAL_BPS {
+                    return Err(InvalidArgument::new("step", format!("{step_bps} bps is out of range 1..=10000")));
+                }
+                if *interval_ms < 100 || *interval_ms > 86_400_000 {
+                    return Err(InvalidArgument::new(
+                        "interval",
+                        format!("{interval_ms} ms is out of range 100 ms..=1 day"),
+                    ));
+                }
+                validate_text(reason, "reason")
+            }
+            Command::DrainStep { region, .. } => validate_id(region, "region"),
         }
     }
 }
@@ -236,6 +268,13 @@ impl fmt::Display for Command {
             Command::Fence { shard, replica, .. } => write!(f, "fence {replica} in {shard}"),
             Command::AwaitOperator { shard, .. } => write!(f, "{shard} awaits an operator"),
             Command::Note { kind, subject, .. } => write!(f, "note {kind} about {subject}"),
+            Command::SetRouting { service, weights, .. } => write!(f, "set routing of {service} to {weights:?}"),
+            Command::Drain { region, undrain, .. } => {
+                write!(f, "{} region {region}", if *undrain { "undrain" } else { "drain" })
+            }
+            Command::DrainStep { region, expected_fraction_bps } => {
+                write!(f, "drain step of {region} from {expected_fraction_bps} bps")
+            }
         }
     }
 }

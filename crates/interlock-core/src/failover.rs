@@ -107,6 +107,18 @@ impl State {
         if !allowed {
             return precondition(format!("region {region} is {from:?}; it cannot become {to:?} this way"));
         }
+        if to == RegionState::Active {
+            // Traffic comes back with the region: a planned move, under every rule.
+            let mut regions = self.regions.clone();
+            if let Some(r) = regions.get_mut(region) {
+                r.state = to;
+                r.state_since_unix_ms = fx.at_unix_ms;
+                r.drain = None;
+            }
+            if let Err(Response::Refused { code, reason }) = self.reroute_planned(regions, None, &[], fx) {
+                return refuse(code, format!("{reason}; bring it back gradually with `interlockctl undrain {region}`"));
+            }
+        }
         self.set_region_state(region, to, fx.at_unix_ms);
         if to == RegionState::Recovering {
             // Its fenced replicas are asked (again) to confirm they stopped;
@@ -154,6 +166,15 @@ impl State {
         Ok(s)
     }
 
+    /// The shard, if it is still at `expected_epoch` and `replica_id` is one of its replicas.
+    fn shard_with(&self, shard_key: &str, replica_id: &str, expected_epoch: u64) -> Result<&Shard, Response> {
+        let shard = self.shard_at(shard_key, expected_epoch)?;
+        if !shard.replicas.iter().any(|r| r == replica_id) {
+            return Err(refuse(Refusal::NotFound, format!("replica: {replica_id} is not a replica of {shard_key}")));
+        }
+        Ok(shard)
+    }
+
     pub(crate) fn promote(
         &mut self,
         shard_key: &str,
@@ -163,13 +184,10 @@ impl State {
         reason: &str,
         fx: &mut Effects,
     ) -> Response {
-        let shard = match self.shard_at(shard_key, expected_epoch) {
+        let shard = match self.shard_with(shard_key, replica_id, expected_epoch) {
             Ok(s) => s,
             Err(r) => return r,
         };
-        if !shard.replicas.iter().any(|r| r == replica_id) {
-            return refuse(Refusal::NotFound, format!("replica: {replica_id} is not a replica of {shard_key}"));
-        }
         let lease_key = primary_lease_key(shard_key);
         if let Some(lease) = self.leases.get(&lease_key).filter(|l| l.holder != replica_id) {
             return precondition(format!(
@@ -366,13 +384,10 @@ impl State {
         reason: &str,
         fx: &mut Effects,
     ) -> Response {
-        let shard = match self.shard_at(shard_key, expected_epoch) {
+        let shard = match self.shard_with(shard_key, replica_id, expected_epoch) {
             Ok(s) => s,
             Err(r) => return r,
         };
-        if !shard.replicas.iter().any(|r| r == replica_id) {
-            return refuse(Refusal::NotFound, format!("replica: {replica_id} is not a replica of {shard_key}"));
-        }
         let was_primary = shard.primary.as_deref() == Some(replica_id);
         if let Some(r) = self.replicas.get_mut(replica_id) {
             r.role = ReplicaRole::Fenced;

@@ -10,6 +10,7 @@
 //! - [`lease`]: leases, the leader's deadline table, the holder's deadline.
 //! - [`failover`]: region loss, promotion, switchover, fencing (state transitions).
 //! - [`detector`]: the phi-accrual failure detector for controllers.
+//! - [`routing`]: routing weights, their shaping by region state, the safety rules.
 //! - [`planner`]: what the leader's failover loop should propose next, as a
 //!   pure function of the state and its observations.
 //!
@@ -25,6 +26,8 @@ pub mod failover;
 pub mod lease;
 pub mod node;
 pub mod planner;
+pub mod routing;
+mod routing_state;
 pub mod state;
 pub mod topology;
 

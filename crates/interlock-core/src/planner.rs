@@ -84,6 +84,12 @@ pub struct Plan {
 pub fn plan(state: &State, obs: &Observations) -> Plan {
     let mut out = Plan::default();
     plan_regions(state, obs, &mut out);
+    // Drains advance on the leader's clock, from state any leader can resume.
+    for region in state.regions.values() {
+        if let Some(d) = region.drain.as_ref().filter(|d| obs.now_unix_ms >= d.next_step_at_unix_ms) {
+            out.commands.push(Command::DrainStep { region: region.id.clone(), expected_fraction_bps: d.fraction_bps });
+        }
+    }
     if !state.paused {
         for (key, shard) in &state.shards {
             if let Some(command) = plan_shard(state, obs, key, shard) {
@@ -296,6 +302,8 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
             mode: PromotionMode::Automatic,
             reason: format!("{why}; best candidate at position {}", candidate.position),
         },
+        // A shard that never had a primary waits for its controllers quietly.
+        Err(_) if shard.epoch == 0 => return None,
         Err(reasons) => Command::AwaitOperator {
             shard: key.to_string(),
             reason: format!("{why}; no candidate within the rules: {reasons}"),
@@ -418,6 +426,7 @@ mod tests {
                     }],
                 }],
                 failover: FailoverPolicy::default(),
+                routing: Default::default(),
             };
             let mut w = World { state: State::default(), index: 0, now_unix_ms: 1_000_000 };
             w.apply(Command::ApplyTopology { topology });

@@ -42,6 +42,37 @@ pub struct Region {
     pub maintenance: bool,
     /// When it entered its current state (proposer's wall clock).
     pub state_since_unix_ms: u64,
+    /// A drain or undrain in progress (state DRAINING).
+    pub drain: Option<Drain>,
+}
+
+/// A gradual drain (or undrain) of a region, step by step, resumable by any
+/// leader: everything it needs is here, in the replicated state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    /// How much of its base weight the region keeps now (10 000 = all).
+    pub fraction_bps: u32,
+    /// Change per step, in basis points of its base weight.
+    pub step_bps: u32,
+    pub interval_ms: u64,
+    /// true: ramping back up (undrain).
+    pub undrain: bool,
+    /// When the next step is due (proposer's wall clock).
+    pub next_step_at_unix_ms: u64,
+}
+
+/// The routing table of one service (SPEC §5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Routing {
+    pub service: String,
+    /// The log index of the last change of `effective`.
+    pub version: u64,
+    /// Operators' weights, in basis points summing to 10 000.
+    pub base: BTreeMap<String, u32>,
+    /// What controllers apply: `base` shaped by region states.
+    pub effective: BTreeMap<String, u32>,
+    /// Proposer's wall clock when `version` was committed.
+    pub updated_at_unix_ms: u64,
 }
 
 /// A replica's role.
@@ -167,6 +198,8 @@ pub struct State {
     pub events_evicted_through: u64,
     /// `interlockctl maintenance on` without a region: all automation paused.
     pub paused: bool,
+    /// By service.
+    pub routing: BTreeMap<String, Routing>,
 }
 
 /// What an apply produces besides the response: events to record.
@@ -243,7 +276,26 @@ impl State {
                 fx.event(kind, subject, message.clone());
                 Response::Applied { revision: index }
             }
+            Command::SetRouting { service, weights, overrides, reason } => {
+                self.set_routing(service, weights, overrides, reason, &mut fx)
+            }
+            Command::Drain { region, undrain, step_bps, interval_ms, reason } => {
+                self.drain(region, *undrain, *step_bps, *interval_ms, reason, &mut fx)
+            }
+            Command::DrainStep { region, expected_fraction_bps } => {
+                self.drain_step(region, *expected_fraction_bps, &mut fx)
+            }
         };
+        // Region states shape routing: a lost, recovering or re-declared
+        // region reroutes every service (never refused; see routing_state.rs).
+        if matches!(response, Response::Applied { .. })
+            && matches!(
+                request.command,
+                Command::ApplyTopology { .. } | Command::DeclareRegionLost { .. } | Command::SetRegionState { .. }
+            )
+        {
+            self.reroute_forced(&mut fx);
+        }
         self.record(fx.events);
         debug_assert_eq!(self.validate(), Ok(()));
         response
@@ -359,6 +411,9 @@ impl State {
         if current.failover != desired.failover {
             lines.push(format!("~ failover policy: {:?} -> {:?}", current.failover, desired.failover));
         }
+        if current.routing != desired.routing {
+            lines.push(format!("~ routing policy: {:?} -> {:?}", current.routing, desired.routing));
+        }
         for id in old_replicas.keys().filter(|id| !new_replicas.contains_key(*id)) {
             lines.push(format!("- replica {id}"));
             let is_primary = self.replicas.get(*id).is_some_and(|r| r.role == ReplicaRole::Primary);
@@ -387,6 +442,7 @@ impl State {
                     state: RegionState::Active,
                     maintenance: false,
                     state_since_unix_ms: fx.at_unix_ms,
+                    drain: None,
                 },
             };
             regions.insert(spec.id.clone(), region);
@@ -564,6 +620,18 @@ impl State {
                 .count();
             if primaries > 1 {
                 return Err(format!("shard {key} has {primaries} replicas in role Primary"));
+            }
+        }
+        for (service, routing) in &self.routing {
+            let sum: u32 = routing.effective.values().sum();
+            if sum != crate::routing::TOTAL_BPS && sum != 0 {
+                return Err(format!("routing of {service} sums to {sum} bps"));
+            }
+            for (region, weight) in &routing.effective {
+                let lost = self.regions.get(region).is_none_or(|r| r.state == RegionState::Lost);
+                if lost && *weight > 0 {
+                    return Err(format!("routing of {service} gives {weight} bps to lost or unknown region {region}"));
+                }
             }
         }
         for replica in self.replicas.values() {

@@ -36,6 +36,9 @@ pub struct Topology {
     /// How region loss is detected and acted on (every field has a default).
     #[serde(default)]
     pub failover: FailoverPolicy,
+    /// The safety rules of routing changes (every field has a default).
+    #[serde(default)]
+    pub routing: crate::routing::RoutingPolicy,
 }
 
 /// The cluster-wide failover policy (SPEC §4). In the replicated state, so
@@ -191,6 +194,7 @@ impl Topology {
     pub fn validate(&self) -> Vec<InvalidArgument> {
         let mut errors = Vec::new();
         errors.extend(self.failover.validate());
+        errors.extend(self.routing.validate());
         let mut push = |r: Result<(), InvalidArgument>| {
             if let Err(e) = r {
                 errors.push(e);
@@ -307,6 +311,7 @@ pub(crate) mod tests {
                 }],
             }],
             failover: FailoverPolicy::default(),
+            routing: Default::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use crate::v1;
 use interlock_core::lease::Lease;
+use interlock_core::routing::RoutingPolicy;
 use interlock_core::state::{Controller, Event, Region, RegionState, Replica, ReplicaRole, Shard};
 use interlock_core::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
 
@@ -54,6 +55,11 @@ impl From<&Topology> for v1::Topology {
                 })
                 .collect(),
             failover: Some(v1::FailoverPolicy::from(&t.failover)),
+            routing: Some(v1::RoutingPolicy {
+                min_serving_regions: t.routing.min_serving_regions,
+                capacity_headroom_pct: t.routing.capacity_headroom_pct,
+                max_step_bps: t.routing.max_step_bps,
+            }),
         }
     }
 }
@@ -120,6 +126,14 @@ impl From<v1::Topology> for Topology {
                 })
                 .collect(),
             failover: t.failover.map(FailoverPolicy::from).unwrap_or_default(),
+            routing: t
+                .routing
+                .map(|r| RoutingPolicy {
+                    min_serving_regions: r.min_serving_regions,
+                    capacity_headroom_pct: r.capacity_headroom_pct,
+                    max_step_bps: r.max_step_bps,
+                })
+                .unwrap_or_default(),
         }
     }
 }

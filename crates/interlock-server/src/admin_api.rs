@@ -12,9 +12,10 @@ use interlock_proto::convert::lease_info;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::admin_server::{Admin, AdminServer};
 use interlock_proto::v1::{
-    ApplyTopologyRequest, ApplyTopologyResponse, ControllerInfo, ControllerList, EventList, FailoverRequest,
-    GetEventsRequest, LeaseList, ListRequest, MaintenanceRequest, OperationResponse, RegionList, RegionRequest,
-    ReplicaList, ShardList, SwitchoverRequest,
+    ApplyTopologyRequest, ApplyTopologyResponse, ControllerInfo, ControllerList, DrainRequest, EventList,
+    FailoverRequest, GetEventsRequest, GetRoutingRequest, LeaseList, ListRequest, MaintenanceRequest,
+    OperationResponse, RegionList, RegionRequest, ReplicaList, RoutingList, RoutingStatus, SetRoutingRequest,
+    ShardList, SwitchoverRequest,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,7 @@ pub struct AdminService {
     pub ctx: Arc<NodeCtx>,
     pub leases: Arc<LeaseTable>,
     pub liveness: Arc<Liveness>,
+    pub routing_acks: Arc<crate::routing::RoutingAcks>,
 }
 
 impl AdminService {
@@ -58,6 +60,16 @@ macro_rules! on_leader {
 
 fn invalid(e: interlock_core::InvalidArgument) -> Status {
     Status::invalid_argument(e.to_string())
+}
+
+/// Checks the fields every switchover and failover request has.
+fn validate_operation(shard: &str, to: &str, (wait_field, wait_ms): (&str, u64)) -> Result<(), Status> {
+    validate_shard_key(shard).map_err(invalid)?;
+    validate_id(to, "to").map_err(invalid)?;
+    if Duration::from_millis(wait_ms) > OPERATION_WAIT_MAX {
+        return Err(Status::invalid_argument(format!("{wait_field}: at most {}", OPERATION_WAIT_MAX.as_millis())));
+    }
+    Ok(())
 }
 
 /// Longest an operator call waits for a switchover or a promotion.
@@ -159,15 +171,95 @@ impl AdminService {
     }
 }
 
+/// Default drain step and interval (`interlockctl drain` without flags).
+pub const DRAIN_STEP_BPS: u32 = 1_000;
+pub const DRAIN_INTERVAL_MS: u64 = 30_000;
+
 #[tonic::async_trait]
 impl Admin for AdminService {
+    async fn get_routing(&self, request: Request<GetRoutingRequest>) -> Result<Response<RoutingList>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        leader_read!(self, metadata, message, get_routing);
+        let applied = self.ctx.state.read();
+        let s = &applied.state;
+        if !message.service.is_empty() && !s.routing.contains_key(&message.service) {
+            return Err(Status::not_found(format!("service: no routing table for {:?}", message.service)));
+        }
+        let region_states: std::collections::HashMap<String, String> = s
+            .regions
+            .values()
+            .map(|r| (r.id.clone(), interlock_proto::convert::region_state_name(r.state).to_string()))
+            .collect();
+        let services = s
+            .routing
+            .values()
+            .filter(|r| message.service.is_empty() || r.service == message.service)
+            .map(|r| {
+                let acks = self.routing_acks.for_service(&r.service);
+                let converged =
+                    s.controllers.keys().all(|c| acks.iter().any(|a| a.controller_id == *c && a.version >= r.version));
+                RoutingStatus {
+                    table: Some(crate::watch::routing_table(r)),
+                    acks,
+                    converged,
+                    region_states: region_states.clone(),
+                }
+            })
+            .collect();
+        Ok(Response::new(RoutingList { services, revision: s.revision }))
+    }
+
+    async fn set_routing(&self, request: Request<SetRoutingRequest>) -> Result<Response<OperationResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let mut overrides = Vec::new();
+        for name in &message.override_rules {
+            let rule = interlock_core::routing::Rule::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = interlock_core::routing::Rule::ALL.iter().map(|r| r.name()).collect();
+                Status::invalid_argument(format!("override_rules: unknown rule {name:?} (known: {})", known.join(", ")))
+            })?;
+            overrides.push(rule);
+        }
+        if !overrides.is_empty() && message.reason.trim().is_empty() {
+            return Err(Status::invalid_argument("reason: an override needs a reason (it is audited)"));
+        }
+        let command = Command::SetRouting {
+            service: message.service.clone(),
+            weights: message.weights.clone().into_iter().collect(),
+            overrides,
+            reason: if message.reason.is_empty() { "operator".to_string() } else { message.reason.clone() },
+        };
+        command.validate().map_err(invalid)?;
+        on_leader!(self, metadata, message, set_routing);
+        let revision = self.propose_here(command).await?;
+        let message = format!("routing of {} set at revision {revision}", message.service);
+        Ok(Response::new(OperationResponse { revision, message, epoch: 0 }))
+    }
+
+    async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<OperationResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let step_bps = if message.step_bps == 0 { DRAIN_STEP_BPS } else { message.step_bps };
+        let interval_ms = if message.interval_ms == 0 { DRAIN_INTERVAL_MS } else { message.interval_ms };
+        let command = Command::Drain {
+            region: message.region.clone(),
+            undrain: message.undrain,
+            step_bps,
+            interval_ms,
+            reason: if message.reason.is_empty() { "operator".to_string() } else { message.reason.clone() },
+        };
+        command.validate().map_err(invalid)?;
+        on_leader!(self, metadata, message, drain);
+        let revision = self.propose_here(command).await?;
+        let verb = if message.undrain { "undraining" } else { "draining" };
+        let text = format!(
+            "{verb} {} by {step_bps} bps every {interval_ms} ms (first step applied at revision {revision})",
+            message.region
+        );
+        Ok(Response::new(OperationResponse { revision, message: text, epoch: 0 }))
+    }
+
     async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<OperationResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        validate_shard_key(&message.shard).map_err(invalid)?;
-        validate_id(&message.to, "to").map_err(invalid)?;
-        if Duration::from_millis(message.timeout_ms) > OPERATION_WAIT_MAX {
-            return Err(Status::invalid_argument(format!("timeout_ms: at most {}", OPERATION_WAIT_MAX.as_millis())));
-        }
+        validate_operation(&message.shard, &message.to, ("timeout_ms", message.timeout_ms))?;
         on_leader!(self, metadata, message, switchover);
         let (from, epoch, policy) = {
             let applied = self.ctx.state.read();
@@ -188,11 +280,7 @@ impl Admin for AdminService {
 
     async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<OperationResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        validate_shard_key(&message.shard).map_err(invalid)?;
-        validate_id(&message.to, "to").map_err(invalid)?;
-        if Duration::from_millis(message.wait_ms) > OPERATION_WAIT_MAX {
-            return Err(Status::invalid_argument(format!("wait_ms: at most {}", OPERATION_WAIT_MAX.as_millis())));
-        }
+        validate_operation(&message.shard, &message.to, ("wait_ms", message.wait_ms))?;
         on_leader!(self, metadata, message, failover);
         let epoch = {
             let applied = self.ctx.state.read();

@@ -15,7 +15,7 @@ use interlock_proto::convert::parse_role;
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::controller_server::{Controller, ControllerServer};
-use interlock_proto::v1::{AcknowledgeRequest, AcknowledgeResponse};
+use interlock_proto::v1::{AckRoutingRequest, AckRoutingResponse, AcknowledgeRequest, AcknowledgeResponse};
 use interlock_proto::v1::{
     HeartbeatRequest, HeartbeatResponse, LeaseGetRequest, LeaseGrantRequest, LeaseGrantResponse, LeaseInfo,
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, ReadIndexRequest,
@@ -35,6 +35,7 @@ pub const KEEPALIVE_STREAM_BUFFER: usize = 1024;
 pub const WATCH_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ControllerService {
+    pub routing_acks: Arc<crate::routing::RoutingAcks>,
     pub ctx: Arc<NodeCtx>,
     pub leases: Arc<LeaseTable>,
     pub mutations: LeaseMutations,
@@ -248,6 +249,42 @@ impl Controller for ControllerService {
             }
             Err(ProposeError::Status(s)) => Err(s),
         }
+    }
+
+    async fn ack_routing(&self, request: Request<AckRoutingRequest>) -> Result<Response<AckRoutingResponse>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        validate_id(&message.controller_id, "controller_id").map_err(invalid)?;
+        validate_id(&message.service, "service").map_err(invalid)?;
+        if !self.ctx.is_leader() {
+            let target = self.ctx.forward_target(&metadata, &self.ctx.leader_hint())?;
+            return ControllerClient::new(target).ack_routing(forwarded(message)).await;
+        }
+        let updated_at = {
+            let applied = self.ctx.state.read();
+            let s = &applied.state;
+            if !s.controllers.contains_key(&message.controller_id) {
+                return Err(Status::failed_precondition(format!(
+                    "controller_id: {:?} is not registered",
+                    message.controller_id
+                )));
+            }
+            let Some(table) = s.routing.get(&message.service) else {
+                return Err(Status::not_found(format!("service: no routing table for {:?}", message.service)));
+            };
+            if message.version > table.version {
+                return Err(Status::invalid_argument(format!(
+                    "version: {} is newer than the current version {}",
+                    message.version, table.version
+                )));
+            }
+            (message.version == table.version).then_some(table.updated_at_unix_ms)
+        };
+        let propagation_ms = updated_at.map_or(0, |at| self.ctx.clock.unix_ms().saturating_sub(at));
+        if updated_at.is_some() {
+            self.ctx.metrics.routing_propagation_seconds.observe(propagation_ms as f64 / 1000.0);
+        }
+        self.routing_acks.record(&message.service, &message.controller_id, message.version, propagation_ms);
+        Ok(Response::new(AckRoutingResponse {}))
     }
 
     async fn lease_get(&self, request: Request<LeaseGetRequest>) -> Result<Response<LeaseInfo>, Status> {

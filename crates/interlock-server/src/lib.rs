@@ -28,4 +28,5 @@ pub mod leases;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod routing;
 pub mod watch;

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub failovers: Counter,
     pub detection_seconds: Histogram,
     pub promotion_seconds: Histogram,
+    pub routing_propagation_seconds: Histogram,
     /// Last leader seen, to count changes (0: none).
     last_leader: AtomicU64,
 }
@@ -49,6 +50,7 @@ impl Metrics {
             // 50 ms .. ~200 s
             detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 13)),
             promotion_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
+            routing_propagation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             last_leader: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -92,6 +94,11 @@ impl Metrics {
             "promotion_seconds",
             "From a committed promotion to its controller's acknowledgement",
             metrics.promotion_seconds.clone(),
+        );
+        registry.register(
+            "routing_propagation_seconds",
+            "From a routing version's commit to a controller's acknowledgement of it",
+            metrics.routing_propagation_seconds.clone(),
         );
         Metrics { registry, ..metrics }
     }

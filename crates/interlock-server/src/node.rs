@@ -196,6 +196,7 @@ pub struct Node {
     lease_table: Arc<LeaseTable>,
     batcher: KeepaliveBatcher,
     liveness: Arc<Liveness>,
+    routing_acks: Arc<crate::routing::RoutingAcks>,
     mutations: LeaseMutations,
 }
 
@@ -223,7 +224,7 @@ impl Node {
         let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);
         let liveness = Arc::new(Liveness::default());
         tokio::spawn(run_failover_loop(ctx.clone(), liveness.clone()));
-        Ok(Node { raft, ctx, lease_table, batcher, liveness, mutations: parts.mutations })
+        Ok(Node { raft, ctx, lease_table, batcher, liveness, routing_acks: Arc::default(), mutations: parts.mutations })
     }
 
     /// Initialises the cluster with `peers` unless the stores already hold a
@@ -254,14 +255,19 @@ impl Node {
             .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
         let ctx = &self.ctx;
         let controller = ControllerService {
+            routing_acks: self.routing_acks.clone(),
             ctx: ctx.clone(),
             leases: self.lease_table.clone(),
             mutations: self.mutations,
             batcher: self.batcher.clone(),
             liveness: self.liveness.clone(),
         };
-        let admin =
-            AdminService { ctx: ctx.clone(), leases: self.lease_table.clone(), liveness: self.liveness.clone() };
+        let admin = AdminService {
+            ctx: ctx.clone(),
+            leases: self.lease_table.clone(),
+            liveness: self.liveness.clone(),
+            routing_acks: self.routing_acks.clone(),
+        };
         Ok(tonic::transport::Server::builder()
             .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
             .add_service(RaftRpcServer { raft: self.raft.clone() }.into_service())

@@ -14,7 +14,7 @@ use interlock_core::topology::validate_id;
 use interlock_core::topology::{primary_lease_key, shard_key};
 use interlock_core::InvalidArgument;
 use interlock_proto::convert::{lease_info, role_name};
-use interlock_proto::v1::{Assignment, Event, LeaseInfo, ReplicaAssignment, WatchResponse};
+use interlock_proto::v1::{Assignment, Event, LeaseInfo, ReplicaAssignment, RoutingTable, WatchResponse};
 use interlock_store::StateReader;
 use tokio::sync::mpsc;
 use tonic::Status;
@@ -33,17 +33,20 @@ pub enum Topic {
     Leases,
     /// The replicas a controller runs, with roles and epochs.
     Controller(String),
+    /// Every service's routing table (all of them, whenever one changes).
+    Routing,
 }
 
 pub fn parse_topic(topic: &str) -> Result<Topic, InvalidArgument> {
     match topic {
         "events" => Ok(Topic::Events),
         "leases" => Ok(Topic::Leases),
+        "routing" => Ok(Topic::Routing),
         other => match other.strip_prefix("controller/") {
             Some(id) => validate_id(id, "topic").map(|_| Topic::Controller(id.to_string())),
             None => Err(InvalidArgument::new(
                 "topic",
-                format!("{topic:?} is not one of \"events\", \"leases\", \"controller/<id>\""),
+                format!("{topic:?} is not one of \"events\", \"leases\", \"routing\", \"controller/<id>\""),
             )),
         },
     }
@@ -88,6 +91,8 @@ struct Cursor {
     /// Level topics: the last value sent (None before the first message).
     last_assignment: Option<Assignment>,
     last_leases: Option<Vec<LeaseInfo>>,
+    /// Routing: the (service, version) pairs last sent.
+    last_routing: Option<Vec<(String, u64)>>,
 }
 
 /// The next message for `topic`, or None if nothing new.
@@ -133,6 +138,26 @@ fn next_message(
                 current.into_iter().map(|l| LeaseInfo { remaining_ms: remaining_ms(&l.key, l.ttl_ms), ..l }).collect();
             Some(WatchResponse { version: state.revision, leases, ..WatchResponse::default() })
         }
+        Topic::Routing => {
+            let versions: Vec<(String, u64)> = state.routing.values().map(|r| (r.service.clone(), r.version)).collect();
+            if cursor.last_routing.as_ref() == Some(&versions) {
+                return None;
+            }
+            cursor.last_routing = Some(versions);
+            let routing = state.routing.values().map(routing_table).collect();
+            Some(WatchResponse { version: state.revision, routing, ..WatchResponse::default() })
+        }
+    }
+}
+
+/// A routing table on the wire.
+pub fn routing_table(r: &interlock_core::state::Routing) -> RoutingTable {
+    RoutingTable {
+        service: r.service.clone(),
+        version: r.version,
+        weights: r.effective.clone().into_iter().collect(),
+        base: r.base.clone().into_iter().collect(),
+        updated_at_unix_ms: r.updated_at_unix_ms,
     }
 }
 
@@ -145,7 +170,7 @@ pub async fn run_watch(
     remaining_ms: impl Fn(&str, u64) -> u64 + Send + 'static,
 ) {
     let mut changes = state.subscribe();
-    let mut cursor = Cursor { after: after_version, last_assignment: None, last_leases: None };
+    let mut cursor = Cursor { after: after_version, last_assignment: None, last_leases: None, last_routing: None };
     loop {
         let message = {
             let applied = state.read();
@@ -184,7 +209,7 @@ mod tests {
             grant(&mut state, i, &format!("k{i}"));
         }
         let none = |_: &str, ttl: u64| ttl;
-        let mut cursor = Cursor { after: 2, last_assignment: None, last_leases: None };
+        let mut cursor = Cursor { after: 2, last_assignment: None, last_leases: None, last_routing: None };
         let first = next_message(&state, &Topic::Events, &mut cursor, &none).expect("events");
         assert_eq!(first.events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(!first.resync);
@@ -200,7 +225,7 @@ mod tests {
         for i in 1..=(interlock_core::state::EVENTS_KEPT as u64 + 10) {
             grant(&mut state, i, &format!("k{i}"));
         }
-        let mut cursor = Cursor { after: 3, last_assignment: None, last_leases: None };
+        let mut cursor = Cursor { after: 3, last_assignment: None, last_leases: None, last_routing: None };
         let message = next_message(&state, &Topic::Events, &mut cursor, &|_: &str, t: u64| t).expect("message");
         assert!(message.resync);
         assert_eq!(message.events.first().map(|e| e.version), Some(11));
@@ -211,7 +236,8 @@ mod tests {
     fn topics_are_validated() {
         assert_eq!(parse_topic("events"), Ok(Topic::Events));
         assert_eq!(parse_topic("controller/ctl-eu"), Ok(Topic::Controller("ctl-eu".into())));
-        assert_eq!(parse_topic("routing").map_err(|e| e.field), Err("topic".to_string()));
+        assert_eq!(parse_topic("routing"), Ok(Topic::Routing));
+        assert_eq!(parse_topic("routes").map_err(|e| e.field), Err("topic".to_string()));
         assert!(parse_topic("controller/").is_err());
     }
 }
