@@ -189,8 +189,13 @@ pub async fn apply_topology(client: &Client, topology: &Topology, shared: &Share
 /// stay small (a few seconds: the client's retry budget).
 pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> turmoil::Result {
     let mut after = 0;
+    let mut polls = 0u64;
     while true_ms() < until_ms {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        polls += 1;
+        if polls.is_multiple_of(4) {
+            check_routing(&client, &shared).await;
+        }
         let Ok(events) = client.events(after, 0).await else { continue };
         let now = true_ms();
         let mut h = shared.lock();
@@ -209,8 +214,33 @@ pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> tu
     Ok(())
 }
 
+/// Reads every routing table and checks what must hold at every instant:
+/// weights sum to 10 000 (or nobody can serve), a LOST region has none.
+async fn check_routing(client: &Client, shared: &Shared) {
+    let Ok(statuses) = client.routing("").await else { return };
+    let now = true_ms();
+    let mut h = shared.lock();
+    for s in statuses {
+        let Some(table) = s.table else { continue };
+        let sum: u32 = table.weights.values().sum();
+        if sum != 10_000 && sum != 0 {
+            h.routing_violations.push(format!("at {now} ms {} version {} sums to {sum}", table.service, table.version));
+        }
+        for (region, weight) in &table.weights {
+            if *weight > 0 && s.region_states.get(region).map(String::as_str) == Some("LOST") {
+                h.routing_violations.push(format!(
+                    "at {now} ms {} version {} gives {weight} bps to LOST {region}",
+                    table.service, table.version
+                ));
+            }
+        }
+        h.routing_versions.insert(table.service.clone(), table.version);
+    }
+}
+
 /// An operator that asks for a planned switchover now and then, to a random
-/// replica, whatever the network is doing.
+/// replica, whatever the network is doing; and sometimes drains a region and
+/// undrains it a few seconds later.
 pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, until_ms: u64) -> turmoil::Result {
     let mut rng = StdRng::seed_from_u64(seed);
     tokio::time::sleep(Duration::from_millis(from_ms)).await;
@@ -223,6 +253,20 @@ pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, u
             Err(e) => format!("operator: switchover {} to {to} refused or failed: {e}", shard_name(shard)),
         };
         shared.lock().note(true_ms(), line);
+        if rng.gen_bool(0.4) {
+            let region = REGIONS[rng.gen_range(0..REGIONS.len())];
+            let step = Duration::from_millis(1_000);
+            for undrain in [false, true] {
+                let outcome = client.drain(region, undrain, 2_500, step, "simulated operator").await;
+                let verb = if undrain { "undrain" } else { "drain" };
+                let line = match outcome {
+                    Ok(r) => format!("operator: {verb} {region}: {}", r.message),
+                    Err(e) => format!("operator: {verb} {region} refused or failed: {e}"),
+                };
+                shared.lock().note(true_ms(), line);
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(3_000..6_000))).await;
+            }
+        }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(8_000..16_000))).await;
     }
     Ok(())

@@ -91,6 +91,10 @@ pub struct History {
     pub cuts: Vec<Cut>,
     /// (true ms seen, region) of every `region.lost` event.
     pub lost_declared: Vec<(u64, usize)>,
+    /// Routing tables as last read by the observer: service -> version.
+    pub routing_versions: std::collections::BTreeMap<String, u64>,
+    /// Routing tables read that broke a rule of their own (sum, lost region).
+    pub routing_violations: Vec<String>,
 }
 
 impl History {

@@ -227,6 +227,12 @@ pub fn run(config: &RunConfig) -> Report {
     let history = shared.take();
     let mut violations = crate::invariants::check_all(&history, LIVENESS_BOUND_MS);
     let failovers = crate::invariants::failover_times(&history);
+    let applied: Vec<(String, BTreeMap<String, u64>)> = dbs
+        .iter()
+        .enumerate()
+        .map(|(r, db)| (controllers::controller_name(r), db.routing().into_iter().map(|(s, (v, _))| (s, v)).collect()))
+        .collect();
+    violations.extend(crate::invariants::routing_converged(&history, &applied));
     if let Some(error) = history.trace.iter().find(|l| l.contains("HOST ERROR")) {
         violations.push(error.clone());
     }

@@ -25,6 +25,8 @@ pub enum Kind {
     Replicas,
     Controllers,
     Leases,
+    /// Routing tables: version, weights, and which controllers applied them.
+    Routing,
 }
 
 #[derive(Args)]
@@ -32,6 +34,8 @@ pub struct GetArgs {
     /// What to show.
     #[arg(value_enum)]
     kind: Kind,
+    /// For routing: only this service.
+    pub name: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -215,6 +219,7 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
                 t.to_string()
             })
         }
+        Kind::Routing => crate::routing::get(client, out, args.name.as_deref()).await,
         Kind::Leases => {
             let leases = client.leases().await?;
             let value = json!({"leases": leases.iter().map(lease_json).collect::<Vec<_>>()});

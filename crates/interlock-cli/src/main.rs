@@ -6,6 +6,7 @@
 mod coordinator;
 mod failover;
 mod output;
+mod routing;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -96,6 +97,17 @@ enum Cmd {
     /// Region lifecycle: bring a returned region back into service.
     #[command(subcommand)]
     Region(failover::RegionCmd),
+    /// Active-active routing weights: set the base weights of a service.
+    /// (Show them with `get routing`.)
+    #[command(subcommand)]
+    Routing(routing::RoutingCmd),
+    /// Move a region's traffic away gradually: its weight falls by --step of
+    /// its base weight every --interval until it is DRAINED (0). Resumes
+    /// across leader changes (the plan is in Raft). Refused (exit 4, naming
+    /// the rule) if a step would break a safety rule.
+    Drain(routing::DrainArgs),
+    /// Bring a DRAINED or RECOVERING region's traffic back, step by step.
+    Undrain(routing::DrainArgs),
 }
 
 #[derive(Subcommand)]
@@ -157,6 +169,13 @@ enum KvCmd {
 pub(crate) struct Failure {
     code: u8,
     message: String,
+}
+
+impl Failure {
+    /// A usage error (exit 2) with its message.
+    pub(crate) fn usage(message: String) -> Failure {
+        Failure { code: 2, message }
+    }
 }
 
 impl From<ClientError> for Failure {
@@ -276,6 +295,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Failover(args) => failover::failover(&client, &out, args, cli.yes).await,
         Cmd::Maintenance(cmd) => failover::maintenance(&client, &out, cmd).await,
         Cmd::Region(cmd) => failover::region(&client, &out, cmd).await,
+        Cmd::Routing(cmd) => routing::routing(&client, &out, cmd).await,
+        Cmd::Drain(args) => routing::drain(&client, &out, args, false).await,
+        Cmd::Undrain(args) => routing::drain(&client, &out, args, true).await,
         Cmd::Kv(KvCmd::List { prefix, limit }) => {
             let kvs = client.range(prefix, true, *limit).await?;
             output::print_kvs(&out, &kvs)

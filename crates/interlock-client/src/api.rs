@@ -7,10 +7,11 @@ use interlock_core::Topology;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::{
-    AcknowledgeRequest, ApplyTopologyRequest, FailoverRequest, GetEventsRequest, LeaseGetRequest, LeaseGrantRequest,
-    LeaseRevokeRequest, ListRequest, MaintenanceRequest, Region, RegionRequest, RegisterRequest, Replica, Shard,
-    SwitchoverRequest,
+    AckRoutingRequest, AcknowledgeRequest, ApplyTopologyRequest, DrainRequest, FailoverRequest, GetEventsRequest,
+    GetRoutingRequest, LeaseGetRequest, LeaseGrantRequest, LeaseRevokeRequest, ListRequest, MaintenanceRequest, Region,
+    RegionRequest, RegisterRequest, Replica, RoutingStatus, SetRoutingRequest, Shard, SwitchoverRequest,
 };
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 impl Client {
@@ -198,5 +199,74 @@ impl Client {
             async move { AdminClient::new(ch).activate_region(request).await }
         })
         .await
+    }
+
+    /// Routing tables with their convergence (one service, or all with "").
+    pub async fn routing(&self, service: &str) -> Result<Vec<RoutingStatus>, ClientError> {
+        let request = GetRoutingRequest { service: service.into() };
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { AdminClient::new(ch).get_routing(request).await }
+            })
+            .await?;
+        Ok(reply.services)
+    }
+
+    /// Sets the base weights of `service` (basis points summing to 10 000),
+    /// bypassing the named rules (audited with `reason`).
+    pub async fn set_routing(
+        &self,
+        service: &str,
+        weights: &BTreeMap<String, u32>,
+        override_rules: &[String],
+        reason: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        let request = SetRoutingRequest {
+            service: service.into(),
+            weights: weights.clone().into_iter().collect(),
+            override_rules: override_rules.to_vec(),
+            reason: reason.into(),
+        };
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).set_routing(request).await }
+        })
+        .await
+    }
+
+    /// Starts draining (or, with `undrain`, undraining) `region` by
+    /// `step_bps` every `interval` (zeros: the server's defaults).
+    pub async fn drain(
+        &self,
+        region: &str,
+        undrain: bool,
+        step_bps: u32,
+        interval: Duration,
+        reason: &str,
+    ) -> Result<OperationResponse, ClientError> {
+        let request = DrainRequest {
+            region: region.into(),
+            step_bps,
+            interval_ms: interval.as_millis() as u64,
+            reason: reason.into(),
+            undrain,
+        };
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).drain(request).await }
+        })
+        .await
+    }
+
+    /// Tells the leader that `controller_id` applied `version` of `service`'s routing.
+    pub async fn ack_routing(&self, controller_id: &str, service: &str, version: u64) -> Result<(), ClientError> {
+        let request = AckRoutingRequest { controller_id: controller_id.into(), service: service.into(), version };
+        self.call(Idempotence::Idempotent, |ch| {
+            let request = request.clone();
+            async move { ControllerClient::new(ch).ack_routing(request).await }
+        })
+        .await
+        .map(|_| ())
     }
 }

@@ -9,11 +9,13 @@
 //!   first takes over the shard's primary lease (one confirmed keepalive),
 //!   then promotes with the epoch and fencing token, then acknowledges; for
 //!   any other role it demotes and acknowledges with its final position;
+//! - follows the routing tables, applies each new version through the
+//!   driver and acknowledges it;
 //! - demotes the instant the primary lease's holder deadline passes without
 //!   a renewal (a guard task per lease, independent of everything else), so
 //!   it stops acting before the coordinator could promote anyone else.
 
-use crate::{Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus};
+use crate::{Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus, RoutingTable};
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::{AcknowledgeRequest, HeartbeatRequest};
 use std::collections::BTreeMap;
@@ -39,6 +41,13 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     /// Stop acting as primary of `replica`, now: when this returns nothing
     /// more is written as primary. Idempotent.
     fn demote(&self, replica: &str, reason: &str);
+    /// Apply a routing table (weights per region, basis points summing to
+    /// 10 000) to the region's load balancers. Called for every new version;
+    /// the controller acknowledges the version once this returns Ok.
+    fn apply_routing(&self, table: &RoutingTable) -> Result<(), String> {
+        let _ = table;
+        Ok(())
+    }
 }
 
 /// Who the controller is.
@@ -63,6 +72,7 @@ impl RegionController {
     ) -> Result<(), ClientError> {
         register(&client, &config).await?;
         tokio::spawn(heartbeats(client.clone(), config.id.clone(), driver.clone()));
+        tokio::spawn(follow_routing(client.clone(), config.id.clone(), driver.clone()));
         let mut actors: BTreeMap<String, watch::Sender<Option<ReplicaAssignment>>> = BTreeMap::new();
         for replica in &config.replicas {
             let (tx, rx) = watch::channel(None);
@@ -109,6 +119,35 @@ async fn register(client: &Client, config: &ControllerConfig) -> Result<(), Clie
             Err(e) => {
                 tracing::debug!("register: {e}; retrying");
                 tokio::time::sleep(RECHECK).await;
+            }
+        }
+    }
+}
+
+/// Applies every new routing table version and acknowledges it.
+async fn follow_routing<D: ReplicaDriver>(client: Client, id: String, driver: Arc<D>) {
+    let mut watcher = client.watch("routing", 0);
+    let mut applied: BTreeMap<String, u64> = BTreeMap::new();
+    loop {
+        let message = match watcher.next().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!("routing watch: {e}; retrying");
+                tokio::time::sleep(RECHECK).await;
+                continue;
+            }
+        };
+        for table in message.routing {
+            if applied.get(&table.service) >= Some(&table.version) {
+                continue;
+            }
+            if let Err(e) = driver.apply_routing(&table) {
+                tracing::warn!(service = table.service, "applying routing version {}: {e}", table.version);
+                continue;
+            }
+            applied.insert(table.service.clone(), table.version);
+            if let Err(e) = client.ack_routing(&id, &table.service, table.version).await {
+                tracing::debug!(service = table.service, "acknowledging routing: {e}");
             }
         }
     }

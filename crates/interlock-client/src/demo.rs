@@ -55,6 +55,8 @@ pub struct DemoDatabase {
 }
 
 struct Inner {
+    /// Routing applied to "the load balancers": service -> (version, weights).
+    routing: BTreeMap<String, (u64, BTreeMap<String, u32>)>,
     replicas: BTreeMap<String, DemoReplica>,
     /// Region -> when a probe of it last succeeded.
     reachable: BTreeMap<String, Instant>,
@@ -74,7 +76,7 @@ impl DemoDatabase {
         DemoDatabase {
             region: region.to_string(),
             reachable_window,
-            inner: Mutex::new(Inner { replicas, reachable: BTreeMap::new() }),
+            inner: Mutex::new(Inner { routing: BTreeMap::new(), replicas, reachable: BTreeMap::new() }),
             observer: Box::new(observer),
         }
     }
@@ -93,6 +95,11 @@ impl DemoDatabase {
     /// Whether `replica` acts as primary, and under which (epoch, token).
     pub fn acting(&self, replica: &str) -> Option<(u64, u64)> {
         self.lock().replicas.get(replica).and_then(|r| r.acting)
+    }
+
+    /// The routing this controller's "load balancers" apply, by service.
+    pub fn routing(&self) -> BTreeMap<String, (u64, BTreeMap<String, u32>)> {
+        self.lock().routing.clone()
     }
 
     /// (replica, shard, position) of every replica acting as primary.
@@ -194,6 +201,12 @@ impl ReplicaDriver for DemoDatabase {
             (self.observer)(change);
         }
         std::future::ready(change.map(|_| ()))
+    }
+
+    fn apply_routing(&self, table: &crate::RoutingTable) -> Result<(), String> {
+        let weights = table.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        self.lock().routing.insert(table.service.clone(), (table.version, weights));
+        Ok(())
     }
 
     fn demote(&self, replica: &str, reason: &str) {

@@ -51,7 +51,7 @@ pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
     AcknowledgeRequest, ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo,
     Member, MembershipResponse, NodeStatus, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus,
-    Shard, WatchResponse,
+    RoutingAck, RoutingStatus, RoutingTable, Shard, WatchResponse,
 };
 
 /// Tunables of a [`Client`].

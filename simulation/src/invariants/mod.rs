@@ -8,8 +8,10 @@ mod lease_exclusivity;
 mod liveness;
 mod primaries;
 mod region_loss;
+mod routing;
 
 pub use region_loss::failover_times;
+pub use routing::converged as routing_converged;
 
 use crate::history::History;
 
@@ -23,5 +25,6 @@ pub fn check_all(history: &History, liveness_bound_ms: u64) -> Vec<String> {
     violations.extend(liveness::check(history, liveness_bound_ms));
     violations.extend(primaries::check(history));
     violations.extend(region_loss::check(history));
+    violations.extend(routing::check(history));
     violations
 }
