@@ -76,6 +76,15 @@ enum Workload {
         #[arg(long, default_value_t = 20)]
         changes: usize,
     },
+    /// One routing change -> every watching controller notified and its
+    /// acknowledgement accepted by the leader (SPEC §11: 1000 watchers, p99
+    /// <= 50 ms). Registers the controllers first.
+    Routing {
+        #[arg(long, default_value_t = 1000)]
+        controllers: usize,
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+    },
 }
 
 #[cfg(feature = "etcd")]
@@ -200,6 +209,7 @@ async fn main() -> anyhow::Result<()> {
             workloads::leases(&cluster, leases, streams, grant_clients, duration).await?
         }
         Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],
+        Workload::Routing { controllers, changes } => workloads::routing(&cluster, controllers, changes).await?,
         Workload::Failover { rounds } => {
             let mut took = Vec::new();
             for _ in 0..rounds {

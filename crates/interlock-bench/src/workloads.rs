@@ -168,6 +168,102 @@ pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> an
     Ok(Row::from_latencies("watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
 }
 
+/// Registers `controllers` controllers, each watching "routing" and
+/// acknowledging every version; then times `changes` routing changes: from
+/// sending the change to each controller receiving it (routing-notify) and to
+/// the leader accepting its acknowledgement (routing-ack).
+pub async fn routing(cluster: &TestCluster, controllers: usize, changes: usize) -> anyhow::Result<Vec<Row>> {
+    let admin = cluster.client();
+    admin.apply_topology(&interlock_tests::sample_topology(), false).await?;
+    let regions = ["eu-west", "us-east", "ap-south"];
+    let mut registrations = Vec::new();
+    for chunk in (0..controllers).collect::<Vec<_>>().chunks(controllers.div_ceil(16).max(1)) {
+        let (client, chunk) = (cluster.client(), chunk.to_vec());
+        registrations.push(tokio::spawn(async move {
+            for i in chunk {
+                let region = regions[i % regions.len()];
+                client.register_controller(&format!("bench-c{i}"), region, "bench", &[]).await?;
+            }
+            Ok::<_, interlock_client::ClientError>(())
+        }));
+    }
+    for r in registrations {
+        r.await??;
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool, Instant)>();
+    let mut clients: Vec<Client> = Vec::new();
+    let mut ready = Vec::new();
+    for c in 0..controllers {
+        if c % 100 == 0 {
+            let endpoint = cluster.nodes[(c / 100) % cluster.nodes.len()].grpc.clone();
+            clients.push(Client::new([endpoint])?);
+        }
+        let client = clients.last().cloned().ok_or_else(|| anyhow::anyhow!("no client"))?;
+        let tx = tx.clone();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        ready.push(ready_rx);
+        tokio::spawn(async move {
+            let mut watcher = client.watch("routing", 0);
+            let mut ready_tx = Some(ready_tx);
+            let mut seen = 0;
+            while let Ok(message) = watcher.next().await {
+                if let Some(r) = ready_tx.take() {
+                    let _ = r.send(());
+                }
+                for table in message.routing {
+                    if table.version <= seen {
+                        continue;
+                    }
+                    seen = table.version;
+                    let _ = tx.send((table.version, false, Instant::now()));
+                    if client.ack_routing(&format!("bench-c{c}"), &table.service, table.version).await.is_ok() {
+                        let _ = tx.send((table.version, true, Instant::now()));
+                    }
+                }
+            }
+        });
+    }
+    for r in ready {
+        let _ = r.await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (mut notified, mut acked, mut missing) = (Vec::new(), Vec::new(), 0u64);
+    let started = Instant::now();
+    for c in 0..changes {
+        // Alternate between two tables one safe step apart.
+        let eu = if c % 2 == 0 { 4_000 } else { 3_334 };
+        let weights: BTreeMap<String, u32> = [("eu-west", eu), ("us-east", 3_333), ("ap-south", 10_000 - eu - 3_333)]
+            .map(|(r, w)| (r.to_string(), w))
+            .into();
+        let sent = Instant::now();
+        let version = admin.set_routing("orders", &weights, &[], "benchmark").await?.revision;
+        let (mut n, mut a) = (0, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while a < controllers {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(Some((v, is_ack, at))) if v == version => {
+                    let us = at.duration_since(sent).as_micros() as u64;
+                    if is_ack {
+                        acked.push(us);
+                        a += 1;
+                    } else {
+                        notified.push(us);
+                        n += 1;
+                    }
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        missing += (controllers - a.min(n)) as u64;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(vec![
+        Row::from_latencies("routing-notify", controllers, notified, elapsed, missing),
+        Row::from_latencies("routing-ack", controllers, acked, elapsed, missing),
+    ])
+}
+
 /// Kills the Interlock leader with SIGKILL; returns the time from the kill to
 /// the first acknowledged write, then restarts the killed node.
 pub async fn leader_kill_to_write(cluster: &mut TestCluster) -> anyhow::Result<Duration> {
