@@ -216,8 +216,11 @@ pub async fn routing(cluster: &TestCluster, controllers: usize, changes: usize) 
                     }
                     seen = table.version;
                     let _ = tx.send((table.version, false, Instant::now()));
-                    if client.ack_routing(&format!("bench-c{c}"), &table.service, table.version).await.is_ok() {
-                        let _ = tx.send((table.version, true, Instant::now()));
+                    match client.ack_routing(&format!("bench-c{c}"), &table.service, table.version).await {
+                        Ok(()) => {
+                            let _ = tx.send((table.version, true, Instant::now()));
+                        }
+                        Err(e) => eprintln!("bench-c{c}: acknowledging version {}: {e}", table.version),
                     }
                 }
             }

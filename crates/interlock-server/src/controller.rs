@@ -29,6 +29,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+/// How long an acknowledgement waits for the leader to apply its version.
+pub const ACK_APPLY_WAIT: Duration = Duration::from_secs(1);
 /// Answers buffered per keepalive stream.
 pub const KEEPALIVE_STREAM_BUFFER: usize = 1024;
 /// How long a watch may wait for this node to catch up to the read index.
@@ -259,6 +261,9 @@ impl Controller for ControllerService {
             let target = self.ctx.forward_target(&metadata, &self.ctx.leader_hint())?;
             return ControllerClient::new(target).ack_routing(forwarded(message)).await;
         }
+        // The version is a log index; a follower may have applied it before
+        // this leader did (openraft applies asynchronously): wait for it.
+        let _ = tokio::time::timeout(ACK_APPLY_WAIT, self.ctx.state.wait_applied(message.version)).await;
         let updated_at = {
             let applied = self.ctx.state.read();
             let s = &applied.state;
