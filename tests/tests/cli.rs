@@ -116,3 +116,70 @@ async fn exit_codes_follow_the_spec() {
         .expect("run");
     assert_eq!(unreachable.status.code(), Some(3), "{}", text(&unreachable));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routing_changes_are_checked_by_named_rules_and_drains_step_down() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let endpoints = cluster.endpoints();
+    cluster.client().apply_topology(&interlock_tests::sample_topology(), false).await.expect("apply");
+    let routing = |e: &[String]| json(&ctl(e, &["get", "routing", "orders", "-o", "json"]))["routing"][0].clone();
+    let start = routing(&endpoints);
+    assert_eq!(
+        start["weights"]["eu-west"].as_u64().unwrap_or(0)
+            + start["weights"]["us-east"].as_u64().unwrap_or(0)
+            + start["weights"]["ap-south"].as_u64().unwrap_or(0),
+        10_000,
+        "{start}"
+    );
+
+    // Too big a step: refused with the rule's name, exit 4, nothing changed.
+    let big = ctl(&endpoints, &["routing", "set", "orders", "eu-west=60%", "us-east=20%", "ap-south=20%"]);
+    assert_eq!(big.status.code(), Some(4), "{}", text(&big));
+    assert!(String::from_utf8_lossy(&big.stderr).contains("max-step"), "{}", text(&big));
+    assert_eq!(routing(&endpoints)["version"], start["version"]);
+    // Bad input: exit 2, naming the field.
+    let bad = ctl(&endpoints, &["routing", "set", "orders", "eu-west=50%", "us-east=20%"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("weights"), "{}", text(&bad));
+    // An override needs a reason, and is audited.
+    let ok = ctl(
+        &endpoints,
+        &[
+            "routing",
+            "set",
+            "orders",
+            "eu-west=60%",
+            "us-east=20%",
+            "ap-south=20%",
+            "--override",
+            "max-step",
+            "--reason",
+            "test",
+        ],
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert_eq!(routing(&endpoints)["weights"]["eu-west"], 6000);
+    let events = json(&ctl(&endpoints, &["events", "-o", "json"]));
+    assert!(events.to_string().contains("routing.override"), "{events}");
+
+    // A drain steps the region down to DRAINED (from weights that leave
+    // the others room under their capacity ceiling).
+    let back = ctl(&endpoints, &["routing", "set", "orders", "eu-west=40%", "us-east=40%", "ap-south=20%"]);
+    assert_eq!(back.status.code(), Some(0), "{}", text(&back));
+    let drain = ctl(&endpoints, &["drain", "ap-south", "--step", "50%", "--interval", "200ms"]);
+    assert_eq!(drain.status.code(), Some(0), "{}", text(&drain));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = routing(&endpoints);
+        if now["region_states"]["ap-south"] == "DRAINED" {
+            assert_eq!(now["weights"]["ap-south"], 0, "{now}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "ap-south never drained: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Draining a second region would leave one serving: refused by min-serving-regions.
+    let second = ctl(&endpoints, &["drain", "us-east", "--step", "100%"]);
+    assert_eq!(second.status.code(), Some(4), "{}", text(&second));
+    assert!(String::from_utf8_lossy(&second.stderr).contains("min-serving-regions"), "{}", text(&second));
+}

@@ -104,6 +104,8 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
     let mut leader_since_ms = 0;
     // Regions already noted as "not declared", with the note, this term.
     let mut noted: BTreeMap<String, String> = BTreeMap::new();
+    // Drains whose next step a rule refuses, with the refusal (noted once).
+    let mut blocked: BTreeMap<String, String> = BTreeMap::new();
     loop {
         tick.tick().await;
         let now_ms = ctx.clock.monotonic_ms();
@@ -152,6 +154,24 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
             }
         }
         for command in commands {
+            if let Command::DrainStep { region, .. } = &command {
+                // A step a rule refuses pauses the drain: say so once.
+                let region = region.clone();
+                if let Err(reason) = propose_step(&ctx, command).await {
+                    if blocked.get(&region) != Some(&reason) {
+                        let message = format!("drain paused: {reason}");
+                        tracing::warn!(region, "{message}");
+                        let note =
+                            Command::Note { kind: "region.drain_blocked".into(), subject: region.clone(), message };
+                        if propose(&ctx, note).await {
+                            blocked.insert(region, reason);
+                        }
+                    }
+                } else {
+                    blocked.remove(&region);
+                }
+                continue;
+            }
             let lost_region = match &command {
                 Command::DeclareRegionLost { region, .. } => Some(region.clone()),
                 _ => None,
@@ -185,6 +205,15 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
 async fn quorum_contact(ctx: &NodeCtx) -> bool {
     let window = Duration::from_millis(ctx.raft.config().heartbeat_interval * 3);
     matches!(tokio::time::timeout(window, ctx.raft.ensure_linearizable()).await, Ok(Ok(_)))
+}
+
+/// Proposes a drain step; the refusal's text if a rule (or anything) refused it.
+async fn propose_step(ctx: &NodeCtx, command: Command) -> Result<(), String> {
+    match ctx.propose(command).await {
+        Ok(_) => Ok(()),
+        Err(ProposeError::Status(s)) if s.code() == tonic::Code::FailedPrecondition => Err(s.message().to_string()),
+        Err(_) => Ok(()), // not leader or unknown outcome: the next tick looks again
+    }
 }
 
 /// Proposes one planned command; `true` if it was applied.
