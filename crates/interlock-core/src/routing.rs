@@ -133,7 +133,7 @@ pub fn apportion(shares: &BTreeMap<String, u64>, total: u32) -> BTreeMap<String,
         remainders.push((remainder, k));
     }
     // Largest remainder first; ties by key order (stable sort keeps it).
-    remainders.sort_by(|a, b| b.0.cmp(&a.0));
+    remainders.sort_by_key(|(remainder, _)| std::cmp::Reverse(*remainder));
     for (_, k) in remainders.into_iter().take((total - given) as usize) {
         if let Some(v) = out.get_mut(k) {
             *v += 1;
@@ -263,6 +263,11 @@ pub fn validate_weights(
     Ok(())
 }
 
+/// Weights by region.
+pub type Weights = BTreeMap<String, u32>;
+/// (base, effective) weights by service.
+pub type Tables = BTreeMap<String, (Weights, Weights)>;
+
 /// The routing tables every service would have with `regions` (and, for one
 /// service, new base weights), checked against the rules for a change of
 /// `kind`. A planned change is refused by the first violation; an emergency
@@ -273,7 +278,7 @@ pub fn reroute(
     new_base: Option<(&str, &BTreeMap<String, u32>)>,
     kind: ChangeKind,
     overrides: &[Rule],
-) -> Result<(BTreeMap<String, (BTreeMap<String, u32>, BTreeMap<String, u32>)>, Vec<String>), (String, Violation)> {
+) -> Result<(Tables, Vec<String>), (String, Violation)> {
     let mut tables = BTreeMap::new();
     let mut reported = Vec::new();
     for service in &state.topology.services {
@@ -369,7 +374,8 @@ mod tests {
                 .collect();
         let policy = RoutingPolicy::default();
         let even = weights(&[("a", 3334), ("b", 3333), ("c", 3333)]);
-        let cases: &[(&str, BTreeMap<String, u32>, ChangeKind, &[Rule], Option<Rule>)] = &[
+        type Case<'a> = (&'a str, Weights, ChangeKind, &'a [Rule], Option<Rule>);
+        let cases: &[Case<'_>] = &[
             ("a small planned move", weights(&[("a", 4000), ("b", 3000), ("c", 3000)]), ChangeKind::Planned, &[], None),
             (
                 "one region only",

@@ -9,11 +9,7 @@ use std::collections::BTreeMap;
 impl State {
     /// Installs the routing tables computed for `regions` (already checked),
     /// bumping the version of every table whose effective weights changed.
-    fn install_routing(
-        &mut self,
-        tables: BTreeMap<String, (BTreeMap<String, u32>, BTreeMap<String, u32>)>,
-        fx: &mut Effects,
-    ) {
+    fn install_routing(&mut self, tables: crate::routing::Tables, fx: &mut Effects) {
         self.routing.retain(|service, _| tables.contains_key(service));
         for (service, (base, effective)) in tables {
             let changed = self.routing.get(&service).is_none_or(|r| r.effective != effective || r.base != base);
