@@ -249,3 +249,14 @@ pub async fn wait_for_leader(endpoints: &[String], within: Duration) -> Option<u
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_demo_topology_is_valid() {
+        let topology: interlock_core::Topology = serde_saphyr::from_str(super::DEMO_TOPOLOGY).expect("parses");
+        assert_eq!(topology.validate(), vec![]);
+        assert_eq!(topology.failover, interlock_core::topology::FailoverPolicy::default(), "documents the defaults");
+        assert_eq!(topology.routing, interlock_core::routing::RoutingPolicy::default(), "documents the defaults");
+    }
+}
