@@ -112,18 +112,24 @@ pub async fn leases(
     Ok(vec![grants, keepalives])
 }
 
+/// Watch streams per client connection in the watch workloads.
+const WATCHERS_PER_CONNECTION: usize = 100;
+
+/// One client per `WATCHERS_PER_CONNECTION` watchers, spread over the nodes.
+fn watcher_clients(cluster: &TestCluster, watchers: usize) -> anyhow::Result<Vec<Client>> {
+    (0..watchers.div_ceil(WATCHERS_PER_CONNECTION))
+        .map(|i| Ok(Client::new([cluster.nodes[i % cluster.nodes.len()].grpc.clone()])?))
+        .collect()
+}
+
 /// `watchers` watch "events" (spread over the nodes, 100 streams per
 /// connection); each of `changes` lease grants is timed to every watcher.
 pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> anyhow::Result<Row> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-    let mut clients: Vec<Client> = Vec::new();
+    let clients = watcher_clients(cluster, watchers)?;
     let mut ready = Vec::new();
     for w in 0..watchers {
-        if w % 100 == 0 {
-            let endpoint = cluster.nodes[(w / 100) % cluster.nodes.len()].grpc.clone();
-            clients.push(Client::new([endpoint])?);
-        }
-        let client = clients.last().cloned().ok_or_else(|| anyhow::anyhow!("no client"))?;
+        let client = clients[w / WATCHERS_PER_CONNECTION].clone();
         let tx = tx.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         ready.push(ready_rx);
@@ -191,14 +197,10 @@ pub async fn routing(cluster: &TestCluster, controllers: usize, changes: usize) 
         r.await??;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool, Instant)>();
-    let mut clients: Vec<Client> = Vec::new();
+    let clients = watcher_clients(cluster, controllers)?;
     let mut ready = Vec::new();
     for c in 0..controllers {
-        if c % 100 == 0 {
-            let endpoint = cluster.nodes[(c / 100) % cluster.nodes.len()].grpc.clone();
-            clients.push(Client::new([endpoint])?);
-        }
-        let client = clients.last().cloned().ok_or_else(|| anyhow::anyhow!("no client"))?;
+        let client = clients[c / WATCHERS_PER_CONNECTION].clone();
         let tx = tx.clone();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         ready.push(ready_rx);
