@@ -169,3 +169,52 @@ pub async fn writes(cluster: &EtcdCluster, clients: usize, duration: Duration) -
     })
     .await)
 }
+
+/// The same as Interlock's `watch`: `watchers` watches of the prefix
+/// `bench/watch/` over one connection per 100 watchers, and each of
+/// `changes` puts timed to every watcher.
+pub async fn watch(cluster: &EtcdCluster, watchers: usize, changes: usize) -> anyhow::Result<Row> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Instant)>();
+    let mut clients = Vec::new();
+    for _ in 0..watchers.div_ceil(100) {
+        clients.push(cluster.client().await?);
+    }
+    for w in 0..watchers {
+        let mut client = clients[w / 100].clone();
+        let mut stream = client.watch("bench/watch/", Some(etcd_client::WatchOptions::new().with_prefix())).await?;
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = stream.message().await {
+                let now = Instant::now();
+                for event in message.events() {
+                    if let Some(kv) = event.kv() {
+                        let _ = tx.send((kv.key().to_vec(), now));
+                    }
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut writer = cluster.client().await?;
+    let (mut latencies, mut missing) = (Vec::new(), 0u64);
+    let started = Instant::now();
+    for c in 0..changes {
+        let key = format!("bench/watch/{c}").into_bytes();
+        let sent = Instant::now();
+        writer.put(key.clone(), "x", None).await?;
+        let mut received = 0;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while received < watchers {
+            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+                Ok(Some((k, at))) if k == key => {
+                    latencies.push(at.duration_since(sent).as_micros() as u64);
+                    received += 1;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        missing += (watchers - received) as u64;
+    }
+    Ok(Row::from_latencies("etcd watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
+}

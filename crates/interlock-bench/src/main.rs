@@ -66,6 +66,13 @@ enum Workload {
         duration: Duration,
         #[arg(long, default_value_t = 5)]
         failovers: usize,
+        /// Watchers for the watch comparison (0: skip it).
+        #[arg(long, default_value_t = 1000)]
+        watchers: usize,
+        /// Shorter everything (3 s per level, 3 failovers, 10 watch changes):
+        /// under two minutes on a 2-core machine.
+        #[arg(long)]
+        quick: bool,
     },
     /// One change (a lease grant) -> every watcher of "events" notified;
     /// latency from sending the change to each watcher receiving it.
@@ -85,6 +92,37 @@ enum Workload {
         #[arg(long, default_value_t = 20)]
         changes: usize,
     },
+}
+
+/// For a comparison: each Interlock row beside the etcd row of the same
+/// workload and concurrency, with the ratios (ops/s: higher is better for
+/// Interlock above 1; p99: lower is better for Interlock below 1).
+fn print_ratios(rows: &[Row]) {
+    let pairs: Vec<(&Row, &Row)> = rows
+        .iter()
+        .filter_map(|ours| {
+            let theirs = rows.iter().find(|t| {
+                t.clients == ours.clients
+                    && t.workload.strip_prefix("etcd ").is_some_and(|w| ours.workload.ends_with(w))
+            })?;
+            (!ours.workload.starts_with("etcd")).then_some((ours, theirs))
+        })
+        .collect();
+    if pairs.is_empty() {
+        return;
+    }
+    println!("\n{:<20} {:>7} {:>14} {:>14} {:>16}", "vs etcd", "clients", "ops/s ratio", "p50 ratio", "p99 ratio");
+    for (ours, theirs) in pairs {
+        let ratio = |a: f64, b: f64| if b > 0.0 { format!("{:.2}", a / b) } else { "-".to_string() };
+        println!(
+            "{:<20} {:>7} {:>14} {:>14} {:>16}",
+            ours.workload,
+            ours.clients,
+            ratio(ours.ops_per_sec, theirs.ops_per_sec),
+            ratio(ours.p50_ms, theirs.p50_ms),
+            ratio(ours.p99_ms, theirs.p99_ms)
+        );
+    }
 }
 
 #[cfg(feature = "etcd")]
@@ -218,12 +256,18 @@ async fn main() -> anyhow::Result<()> {
             vec![Row::from_latencies("leader-kill->write", 1, took, 0.0, 0)]
         }
         #[cfg(feature = "etcd")]
-        Workload::Compare { clients, duration, failovers } => {
+        Workload::Compare { clients, duration, failovers, watchers, quick } => {
+            let (duration, failovers, changes) =
+                if quick { (Duration::from_secs(3), failovers.min(3), 10) } else { (duration, failovers, 20) };
             let mut peer = etcd::EtcdCluster::start().await?;
             let mut rows = Vec::new();
             for level in clients {
                 rows.push(writes(&cluster, level, duration).await);
                 rows.push(etcd::writes(&peer, level, duration).await?);
+            }
+            if watchers > 0 {
+                rows.push(workloads::watch(&cluster, watchers, changes).await?);
+                rows.push(etcd::watch(&peer, watchers, changes).await?);
             }
             let (mut ours, mut theirs) = (Vec::new(), Vec::new());
             for _ in 0..failovers {
@@ -248,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
                 r.workload, r.clients, r.ops, r.ops_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.errors
             );
         }
+        print_ratios(&rows);
     }
     Ok(())
 }
