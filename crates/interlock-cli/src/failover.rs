@@ -69,6 +69,7 @@ pub enum RegionCmd {
     /// its replicas become candidates again. Traffic returns only this way.
     Activate {
         region: String,
+        /// Why, for the event log.
         #[arg(long, default_value = "operator")]
         reason: String,
     },

@@ -74,21 +74,24 @@ enum Cmd {
     /// Every problem is reported with its field, and one refuses the whole file.
     #[command(verbatim_doc_comment)]
     Apply(coordinator::ApplyArgs),
-    /// Show regions, shards, replicas, controllers or leases.
+    /// Show regions, shards, replicas, controllers, leases or routing.
     Get(coordinator::GetArgs),
     /// Leases with fencing tokens.
     #[command(subcommand)]
     Lease(coordinator::LeaseCmd),
     /// The event log: every decision with its reason.
     Events(coordinator::EventsArgs),
-    /// Planned switchover (RPO 0): demote the primary, wait until the target
-    /// has caught up, promote it. Refused (exit 4, with the reason) if the
-    /// target cannot take over: unhealthy, too far behind, region not ACTIVE.
+    /// Planned switchover of a shard's primary (RPO 0).
     ///
-    /// With --region R, moves every primary out of R (before maintenance).
+    /// Demotes the primary, waits until the target has caught up, promotes it.
+    /// Refused (exit 4, with the reason) if the target cannot take over:
+    /// unhealthy, too far behind, region not ACTIVE. With --region R, moves
+    /// every primary out of R (before maintenance).
     Switchover(failover::SwitchoverArgs),
-    /// Give SERVICE/SHARD a new primary now (e.g. after a region loss when no
-    /// replica was within max_lag_on_failover). Refused if the target is
+    /// Give a shard a new primary now (operator failover).
+    ///
+    /// For a shard awaiting an operator, e.g. after a region loss when no
+    /// replica was within max_lag_on_failover. Refused if the target is
     /// behind the RPO bound unless --accept-data-loss.
     Failover(failover::FailoverArgs),
     /// Pause or resume automatic failover (Patroni's pause).
@@ -97,14 +100,15 @@ enum Cmd {
     /// Region lifecycle: bring a returned region back into service.
     #[command(subcommand)]
     Region(failover::RegionCmd),
-    /// Active-active routing weights: set the base weights of a service.
-    /// (Show them with `get routing`.)
+    /// Active-active routing weights (show them with `get routing`).
     #[command(subcommand)]
     Routing(routing::RoutingCmd),
-    /// Move a region's traffic away gradually: its weight falls by --step of
-    /// its base weight every --interval until it is DRAINED (0). Resumes
-    /// across leader changes (the plan is in Raft). Refused (exit 4, naming
-    /// the rule) if a step would break a safety rule.
+    /// Move a region's traffic away gradually.
+    ///
+    /// Its weight falls by --step of its base weight every --interval until it
+    /// is DRAINED (0). Resumes across leader changes (the plan is in Raft).
+    /// Refused (exit 4, naming the rule) if a step would break a safety rule;
+    /// a later step that would is held back (event region.drain_blocked).
     Drain(routing::DrainArgs),
     /// Bring a DRAINED or RECOVERING region's traffic back, step by step.
     Undrain(routing::DrainArgs),

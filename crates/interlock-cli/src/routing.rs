@@ -41,6 +41,7 @@ pub struct DrainArgs {
     /// Time between steps.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
+    /// Why, for the event log.
     #[arg(long, default_value = "operator")]
     pub reason: String,
 }
