@@ -218,3 +218,40 @@ pub async fn watch(cluster: &EtcdCluster, watchers: usize, changes: usize) -> an
     }
     Ok(Row::from_latencies("etcd watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
 }
+
+/// Keepalives with one lease per stream, `streams` streams in a closed loop
+/// (send one keepalive, wait for its answer, repeat) for `duration` after a
+/// 1 s warm-up. The `etcd-client` crate's keeper holds one lease per stream,
+/// so this is the shape both systems are compared in.
+pub async fn keepalives(cluster: &EtcdCluster, streams: usize, duration: Duration) -> anyhow::Result<Row> {
+    let measure_from = Instant::now() + Duration::from_secs(1);
+    let stop_at = measure_from + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..streams {
+        let mut client = cluster.client().await?;
+        let id = client.lease_grant(60, None).await?.id();
+        tasks.push(tokio::spawn(async move {
+            let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
+            let (mut latencies, mut failures) = (Vec::new(), 0u64);
+            while Instant::now() < stop_at {
+                let sent = Instant::now();
+                keeper.keep_alive().await?;
+                let answer = stream.message().await?;
+                if sent >= measure_from {
+                    match answer {
+                        Some(a) if a.ttl() > 0 => latencies.push(sent.elapsed().as_micros() as u64),
+                        _ => failures += 1,
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>((latencies, failures))
+        }));
+    }
+    let (mut latencies, mut failures) = (Vec::new(), 0u64);
+    for task in tasks {
+        let (l, f) = task.await??;
+        latencies.extend(l);
+        failures += f;
+    }
+    Ok(Row::from_latencies("etcd keepalives", streams, latencies, duration.as_secs_f64(), failures))
+}

@@ -265,6 +265,12 @@ async fn main() -> anyhow::Result<()> {
                 rows.push(writes(&cluster, level, duration).await);
                 rows.push(etcd::writes(&peer, level, duration).await?);
             }
+            // Keepalives, one lease per stream (the shape etcd-client allows).
+            for streams in [64, 256] {
+                let ours = workloads::leases(&cluster, streams, streams, 16.min(streams), duration).await?;
+                rows.extend(ours.into_iter().filter(|r| r.workload == "keepalives"));
+                rows.push(etcd::keepalives(&peer, streams, duration).await?);
+            }
             if watchers > 0 {
                 rows.push(workloads::watch(&cluster, watchers, changes).await?);
                 rows.push(etcd::watch(&peer, watchers, changes).await?);
