@@ -57,8 +57,8 @@ impl TimingPreset {
             // openraft 0.9: a follower calls an election only after
             // election_max (the leader lease it grants) + its own random
             // timeout in [min, max] without hearing the leader. So a leader's
-            // death is followed by a new leader after max+min..2×max plus one
-            // vote round: 0.75-0.9 s here, 1.7-2.0 s for wan.
+            // death is followed by a new leader after 2×min..2×max plus one
+            // vote round: 0.6-0.9 s here, 1.4-2.0 s for wan.
             TimingPreset::Lan => Timing {
                 heartbeat: Duration::from_millis(50),
                 election_min: Duration::from_millis(300),
