@@ -58,16 +58,16 @@ impl TimingPreset {
             // election_max (the leader lease it grants) + its own random
             // timeout in [min, max] without hearing the leader. So a leader's
             // death is followed by a new leader after 2×min..2×max plus one
-            // vote round: 0.6-0.9 s here, 1.4-2.0 s for wan.
+            // vote round: 0.6-0.9 s here, 2.0-2.8 s for wan.
             TimingPreset::Lan => Timing {
                 heartbeat: Duration::from_millis(50),
                 election_min: Duration::from_millis(300),
                 election_max: Duration::from_millis(450),
             },
             TimingPreset::Wan => Timing {
-                heartbeat: Duration::from_millis(250),
-                election_min: Duration::from_millis(700),
-                election_max: Duration::from_millis(1000),
+                heartbeat: Duration::from_millis(300),
+                election_min: Duration::from_millis(1000),
+                election_max: Duration::from_millis(1400),
             },
         }
     }
