@@ -219,33 +219,77 @@ pub async fn watch(cluster: &EtcdCluster, watchers: usize, changes: usize) -> an
     Ok(Row::from_latencies("etcd watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
 }
 
-/// Keepalives with one lease per stream, `streams` streams in a closed loop
-/// (send one keepalive, wait for its answer, repeat) for `duration` after a
-/// 1 s warm-up. The `etcd-client` crate's keeper holds one lease per stream,
-/// so this is the shape both systems are compared in.
-pub async fn keepalives(cluster: &EtcdCluster, streams: usize, duration: Duration) -> anyhow::Result<Row> {
+/// etcd's `LeaseKeepAlive` stream at the wire level. The `etcd-client`
+/// crate's keeper renews one lease per stream; the stream itself accepts any
+/// lease id, so this speaks it directly (prost messages with etcd's field
+/// numbers; the response header, field 1, is skipped when decoding).
+mod wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseKeepAliveRequest {
+        #[prost(int64, tag = "1")]
+        pub id: i64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct LeaseKeepAliveResponse {
+        #[prost(int64, tag = "2")]
+        pub id: i64,
+        #[prost(int64, tag = "3")]
+        pub ttl: i64,
+    }
+
+    pub const KEEPALIVE_PATH: &str = "/etcdserverpb.Lease/LeaseKeepAlive";
+}
+
+/// The same as Interlock's `leases`: grants `leases` leases (60 s TTL) with
+/// `grant_clients` closed loops, then keeps all of them alive over `streams`
+/// streams to the leader, each pipelining its share round after round.
+pub async fn leases(
+    cluster: &EtcdCluster,
+    leases: usize,
+    streams: usize,
+    grant_clients: usize,
+    duration: Duration,
+) -> anyhow::Result<Vec<Row>> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..grant_clients {
+        let mut client = cluster.client().await?;
+        tasks.push(tokio::spawn(async move {
+            let (mut granted, mut latencies) = (Vec::new(), Vec::new());
+            for _ in (c..leases).step_by(grant_clients) {
+                let sent = Instant::now();
+                if let Ok(lease) = client.lease_grant(60, None).await {
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    granted.push(lease.id());
+                }
+            }
+            (granted, latencies)
+        }));
+    }
+    let (mut granted, mut grant_latencies) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (g, l) = task.await?;
+        granted.extend(g);
+        grant_latencies.extend(l);
+    }
+    let errors = (leases - granted.len()) as u64;
+    let grants = Row::from_latencies(
+        "etcd lease-grants",
+        grant_clients,
+        grant_latencies,
+        started.elapsed().as_secs_f64(),
+        errors,
+    );
+
+    let leader_url = cluster.members[cluster.leader().await?].client_url.clone();
     let measure_from = Instant::now() + Duration::from_secs(1);
     let stop_at = measure_from + duration;
     let mut tasks = Vec::new();
-    for _ in 0..streams {
-        let mut client = cluster.client().await?;
-        let id = client.lease_grant(60, None).await?.id();
-        tasks.push(tokio::spawn(async move {
-            let (mut keeper, mut stream) = client.lease_keep_alive(id).await?;
-            let (mut latencies, mut failures) = (Vec::new(), 0u64);
-            while Instant::now() < stop_at {
-                let sent = Instant::now();
-                keeper.keep_alive().await?;
-                let answer = stream.message().await?;
-                if sent >= measure_from {
-                    match answer {
-                        Some(a) if a.ttl() > 0 => latencies.push(sent.elapsed().as_micros() as u64),
-                        _ => failures += 1,
-                    }
-                }
-            }
-            Ok::<_, anyhow::Error>((latencies, failures))
-        }));
+    for s in 0..streams {
+        let share: Vec<i64> = granted.iter().copied().skip(s).step_by(streams).collect();
+        let url = leader_url.clone();
+        tasks.push(tokio::spawn(async move { keep_share(url, share, measure_from, stop_at).await }));
     }
     let (mut latencies, mut failures) = (Vec::new(), 0u64);
     for task in tasks {
@@ -253,5 +297,52 @@ pub async fn keepalives(cluster: &EtcdCluster, streams: usize, duration: Duratio
         latencies.extend(l);
         failures += f;
     }
-    Ok(Row::from_latencies("etcd keepalives", streams, latencies, duration.as_secs_f64(), failures))
+    let keepalives = Row::from_latencies("etcd keepalives", streams, latencies, duration.as_secs_f64(), failures);
+    Ok(vec![grants, keepalives])
+}
+
+/// One keepalive stream renewing `share`: every lease sent, every answer
+/// awaited, repeated until `stop_at`; latencies of the answers to keepalives
+/// sent after `measure_from`.
+async fn keep_share(
+    url: String,
+    share: Vec<i64>,
+    measure_from: Instant,
+    stop_at: Instant,
+) -> anyhow::Result<(Vec<u64>, u64)> {
+    use tonic::codegen::http::uri::PathAndQuery;
+    use wire::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
+    let channel = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(share.len() * 2 + 1);
+    let codec = tonic_prost::ProstCodec::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>::default();
+    let mut inbound = grpc
+        .streaming(
+            tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            PathAndQuery::from_static(wire::KEEPALIVE_PATH),
+            codec,
+        )
+        .await?
+        .into_inner();
+    let (mut latencies, mut failures) = (Vec::new(), 0u64);
+    let mut sent = std::collections::HashMap::with_capacity(share.len());
+    while Instant::now() < stop_at {
+        for id in &share {
+            sent.insert(*id, Instant::now());
+            tx.send(LeaseKeepAliveRequest { id: *id }).await?;
+        }
+        for _ in 0..share.len() {
+            let answer = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("etcd keepalive stream closed"))?;
+            let Some(at) = sent.get(&answer.id) else { continue };
+            if *at >= measure_from && *at < stop_at {
+                if answer.ttl > 0 {
+                    latencies.push(at.elapsed().as_micros() as u64);
+                } else {
+                    failures += 1;
+                }
+            }
+        }
+    }
+    Ok((latencies, failures))
 }

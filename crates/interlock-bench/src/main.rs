@@ -55,9 +55,10 @@ enum Workload {
         rounds: usize,
     },
     /// Interlock and etcd side by side on the same machine: committed writes
-    /// at each concurrency, and leader kill -9 -> first acknowledged write
-    /// (median of --failovers). Needs `--features etcd` and an `etcd` binary
-    /// (scripts/bench-setup.sh).
+    /// at each concurrency, lease grants and keepalives of --leases leases,
+    /// one change -> --watchers watchers, and leader kill -9 -> first
+    /// acknowledged write (median of --failovers). Needs `--features etcd`
+    /// and an `etcd` binary (scripts/bench-setup.sh).
     #[cfg(feature = "etcd")]
     Compare {
         #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
@@ -66,6 +67,9 @@ enum Workload {
         duration: Duration,
         #[arg(long, default_value_t = 5)]
         failovers: usize,
+        /// Leases granted and kept alive (over 64 streams) on each system.
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
         /// Watchers for the watch comparison (0: skip it).
         #[arg(long, default_value_t = 1000)]
         watchers: usize,
@@ -256,7 +260,7 @@ async fn main() -> anyhow::Result<()> {
             vec![Row::from_latencies("leader-kill->write", 1, took, 0.0, 0)]
         }
         #[cfg(feature = "etcd")]
-        Workload::Compare { clients, duration, failovers, watchers, quick } => {
+        Workload::Compare { clients, duration, failovers, leases, watchers, quick } => {
             let (duration, failovers, changes) =
                 if quick { (Duration::from_secs(3), failovers.min(3), 10) } else { (duration, failovers, 20) };
             let mut peer = etcd::EtcdCluster::start().await?;
@@ -265,12 +269,9 @@ async fn main() -> anyhow::Result<()> {
                 rows.push(writes(&cluster, level, duration).await);
                 rows.push(etcd::writes(&peer, level, duration).await?);
             }
-            // Keepalives, one lease per stream (the shape etcd-client allows).
-            for streams in [64, 256] {
-                let ours = workloads::leases(&cluster, streams, streams, 16.min(streams), duration).await?;
-                rows.extend(ours.into_iter().filter(|r| r.workload == "keepalives"));
-                rows.push(etcd::keepalives(&peer, streams, duration).await?);
-            }
+            // Leases: grants, then all of them kept alive over pipelined streams.
+            rows.extend(workloads::leases(&cluster, leases, 64, 64, duration).await?);
+            rows.extend(etcd::leases(&peer, leases, 64, 64, duration).await?);
             if watchers > 0 {
                 rows.push(workloads::watch(&cluster, watchers, changes).await?);
                 rows.push(etcd::watch(&peer, watchers, changes).await?);

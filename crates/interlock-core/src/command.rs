@@ -20,6 +20,13 @@ pub const KEY_MAX_BYTES: usize = 1024;
 /// transport's message limit.
 pub const VALUE_MAX_BYTES: usize = 64 * 1024;
 
+/// Most commands in one [`Command::Batch`].
+pub const BATCH_MAX_COMMANDS: usize = 1024;
+/// Most key and value bytes in one [`Command::Batch`]: with openraft's 300
+/// entries per append, an append of full batches stays well under the
+/// transport's message limit.
+pub const BATCH_MAX_BYTES: usize = 128 * 1024;
+
 /// One entry of the Raft log's application payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
@@ -81,6 +88,27 @@ pub enum Command {
     Drain { region: String, undrain: bool, step_bps: u32, interval_ms: u64, reason: String },
     /// One step of the drain of `region`, if its fraction is still `expected_fraction_bps`.
     DrainStep { region: String, expected_fraction_bps: u32 },
+    /// Key-value writes of several clients that reached the leader together,
+    /// applied in order in one log entry (see `interlock-server`'s
+    /// `proposer`). Only `Put` and `Delete` may be batched: they share the
+    /// entry's index as their revision, which a fencing token must not.
+    Batch { commands: Vec<Command> },
+}
+
+impl Command {
+    /// Whether the command may travel in a [`Command::Batch`].
+    pub fn is_batchable(&self) -> bool {
+        matches!(self, Command::Put { .. } | Command::Delete { .. })
+    }
+
+    /// Key and value bytes the command carries, for bounding a batch.
+    pub fn kv_bytes(&self) -> usize {
+        match self {
+            Command::Put { key, value } => key.len() + value.len(),
+            Command::Delete { key } => key.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// The answer of the state machine to one applied command.
@@ -93,6 +121,8 @@ pub enum Response {
     Lease { token: u64, ttl_ms: u64 },
     /// The command was refused by the state machine, and changed nothing.
     Refused { code: Refusal, reason: String },
+    /// The answers to a [`Command::Batch`], one per command, in order.
+    Batch { responses: Vec<Response> },
 }
 
 /// The class of a refusal, which the gRPC edge maps to a status code.
@@ -236,6 +266,25 @@ impl Command {
                 validate_text(reason, "reason")
             }
             Command::DrainStep { region, .. } => validate_id(region, "region"),
+            Command::Batch { commands } => {
+                if commands.is_empty() || commands.len() > BATCH_MAX_COMMANDS {
+                    return Err(InvalidArgument::new(
+                        "commands",
+                        format!("a batch holds 1..={BATCH_MAX_COMMANDS} commands, not {}", commands.len()),
+                    ));
+                }
+                if let Some(other) = commands.iter().find(|c| !c.is_batchable()) {
+                    return Err(InvalidArgument::new("commands", format!("{other} cannot be batched")));
+                }
+                let bytes: usize = commands.iter().map(Command::kv_bytes).sum();
+                if bytes > BATCH_MAX_BYTES {
+                    return Err(InvalidArgument::new(
+                        "commands",
+                        format!("a batch carries {bytes} bytes, the limit is {BATCH_MAX_BYTES}"),
+                    ));
+                }
+                commands.iter().try_for_each(Command::validate)
+            }
         }
     }
 }
@@ -275,6 +324,7 @@ impl fmt::Display for Command {
             Command::DrainStep { region, expected_fraction_bps } => {
                 write!(f, "drain step of {region} from {expected_fraction_bps} bps")
             }
+            Command::Batch { commands } => write!(f, "batch of {} key-value writes", commands.len()),
         }
     }
 }
@@ -293,6 +343,29 @@ mod tests {
             (
                 Command::Put { key: "k".into(), value: vec![0; VALUE_MAX_BYTES + 1] },
                 Some(("value", "the limit is 65536")),
+            ),
+            (Command::Batch { commands: vec![] }, Some(("commands", "1..=1024 commands, not 0"))),
+            (
+                Command::Batch {
+                    commands: vec![Command::Delete { key: "a".into() }, Command::Delete { key: "".into() }],
+                },
+                Some(("key", "must not be empty")),
+            ),
+            (
+                Command::Batch {
+                    commands: vec![Command::Note { kind: "k".into(), subject: "s".into(), message: "m".into() }],
+                },
+                Some(("commands", "note k about s cannot be batched")),
+            ),
+            (
+                Command::Batch {
+                    commands: vec![Command::Batch { commands: vec![Command::Delete { key: "a".into() }] }],
+                },
+                Some(("commands", "cannot be batched")),
+            ),
+            (
+                Command::Batch { commands: vec![Command::Put { key: "k".into(), value: vec![0; VALUE_MAX_BYTES] }; 2] },
+                Some(("commands", "the limit is 131072")),
             ),
         ];
         for (command, expected) in cases {

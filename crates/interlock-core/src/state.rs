@@ -238,13 +238,9 @@ impl State {
         }
         let mut fx = Effects { index, at_unix_ms: request.at_unix_ms, events: Vec::new() };
         let response = match &request.command {
-            Command::Put { key, value } => {
-                self.kv.insert(key.clone(), KvEntry { value: value.clone(), mod_revision: index });
-                Response::Applied { revision: index }
-            }
-            Command::Delete { key } => {
-                self.kv.remove(key);
-                Response::Applied { revision: index }
+            Command::Put { .. } | Command::Delete { .. } => self.apply_kv(index, &request.command),
+            Command::Batch { commands } => {
+                Response::Batch { responses: commands.iter().map(|c| self.apply_kv(index, c)).collect() }
             }
             Command::ApplyTopology { topology } => self.apply_topology(topology, &mut fx),
             Command::RegisterController { id, region, identity, replicas } => {
@@ -299,6 +295,22 @@ impl State {
         self.record(fx.events);
         debug_assert_eq!(self.validate(), Ok(()));
         response
+    }
+
+    /// A key-value write at `index` (on its own or as part of a batch).
+    fn apply_kv(&mut self, index: u64, command: &Command) -> Response {
+        match command {
+            Command::Put { key, value } => {
+                self.kv.insert(key.clone(), KvEntry { value: value.clone(), mod_revision: index });
+                Response::Applied { revision: index }
+            }
+            Command::Delete { key } => {
+                self.kv.remove(key);
+                Response::Applied { revision: index }
+            }
+            // Batch validation admits nothing else; never panic on a log entry.
+            other => Response::refused(Refusal::InvalidArgument, format!("{other} cannot be batched")),
+        }
     }
 
     /// Records that a log entry without application payload (a blank entry
@@ -676,6 +688,28 @@ mod tests {
         state.apply(5, &Request { at_unix_ms: 6, command: Command::Delete { key: "a".into() } });
         assert!(state.kv.is_empty());
         assert_eq!((state.revision, state.last_at_unix_ms), (5, 6));
+    }
+
+    #[test]
+    fn a_batch_applies_its_writes_in_order_at_one_revision() {
+        let mut state = State::default();
+        let commands = vec![
+            Command::Put { key: "a".into(), value: b"1".to_vec() },
+            Command::Put { key: "b".into(), value: b"2".to_vec() },
+            Command::Delete { key: "a".into() },
+            Command::Put { key: "b".into(), value: b"3".to_vec() },
+        ];
+        let response = state.apply(7, &Request { at_unix_ms: 9, command: Command::Batch { commands } });
+        assert_eq!(response, Response::Batch { responses: vec![Response::Applied { revision: 7 }; 4] });
+        assert_eq!(state.kv.keys().collect::<Vec<_>>(), ["b"]);
+        assert_eq!(state.kv["b"], KvEntry { value: b"3".to_vec(), mod_revision: 7 });
+        assert_eq!((state.revision, state.last_at_unix_ms), (7, 9));
+
+        // A batch that validation refuses changes nothing but the revision.
+        let grant = Command::LeaseGrant { key: "l".into(), holder: "h".into(), ttl_ms: 1000 };
+        let refused = state.apply(8, &Request { at_unix_ms: 10, command: Command::Batch { commands: vec![grant] } });
+        assert!(matches!(refused, Response::Refused { code: Refusal::InvalidArgument, .. }), "{refused:?}");
+        assert!(state.leases.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use crate::metrics::Metrics;
 use interlock_core::{Command, NodeId, NodeInfo, Refusal, Request, Response};
 use interlock_proto::{FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA, NOT_PROPOSED_METADATA};
 use interlock_store::{Raft, StateReader};
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ForwardToLeader, RaftError};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
@@ -63,9 +63,12 @@ pub struct NodeCtx {
     pub write_timeout: Duration,
     /// How long a request that needs a leader waits for an election to end.
     pub leader_wait: Duration,
+    /// Where key-value writes queue up to be proposed together.
+    pub write_batcher: crate::proposer::WriteBatcher,
 }
 
 /// Why a proposal did not produce a result.
+#[derive(Clone)]
 pub enum ProposeError {
     /// This node is not the leader; forward to the one named (if known).
     NotLeader(ForwardToLeader<NodeId, NodeInfo>),
@@ -77,19 +80,21 @@ impl NodeCtx {
     /// Proposes `command` (already validated), waits until it is applied,
     /// and returns the state machine's answer; a refusal becomes its status.
     pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
-        let request = Request { at_unix_ms: self.clock.unix_ms(), command };
-        let written = tokio::time::timeout(self.write_timeout, self.raft.client_write(request)).await;
-        match written {
+        let proposed = async {
+            // A follower answers "ask the leader" at once instead of queueing.
+            if command.is_batchable() && self.is_leader() {
+                self.write_batcher.propose(command).await
+            } else {
+                crate::proposer::write(&self.raft, Request { at_unix_ms: self.clock.unix_ms(), command }).await
+            }
+        };
+        match tokio::time::timeout(self.write_timeout, proposed).await {
             Err(_) => Err(ProposeError::Status(Status::deadline_exceeded(format!(
                 "the write was not committed within {:?}; its outcome is unknown",
                 self.write_timeout
             )))),
-            Ok(Ok(reply)) => match reply.data {
-                Response::Refused { code, reason } => Err(ProposeError::Status(refusal_status(code, reason))),
-                other => Ok(other),
-            },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => Err(ProposeError::NotLeader(f)),
-            Ok(Err(e)) => Err(ProposeError::Status(Status::unavailable(e.to_string()))),
+            Ok(Ok(Response::Refused { code, reason })) => Err(ProposeError::Status(refusal_status(code, reason))),
+            Ok(outcome) => outcome,
         }
     }
 
@@ -145,7 +150,7 @@ pub fn revision_of(response: &Response) -> u64 {
     match response {
         Response::Applied { revision } => *revision,
         Response::Lease { token, .. } => *token,
-        Response::Refused { .. } => 0,
+        Response::Refused { .. } | Response::Batch { .. } => 0,
     }
 }
 

@@ -6,6 +6,7 @@
 //! - [`network`]: Raft's transport over gRPC (client and server side).
 //! - [`channels`]: reused gRPC channels to peers, made by an injected maker.
 //! - [`ctx`]: what request handlers share; proposing and forwarding.
+//! - [`proposer`]: the leader batches concurrent key-value writes into one entry.
 //! - [`kv`], [`cluster`], [`controller`], [`admin_api`]: the public gRPC services.
 //! - [`leases`]: the leader's lease deadlines, expiry loop and keepalive batcher.
 //! - [`watch`]: resumable watch streams read from the applied state.
@@ -28,5 +29,6 @@ pub mod leases;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod routing;
 pub mod watch;

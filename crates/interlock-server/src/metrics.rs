@@ -23,6 +23,7 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub forwarded_requests: Counter,
+    pub write_batch_writes: Histogram,
     pub failovers: Counter,
     pub detection_seconds: Histogram,
     pub promotion_seconds: Histogram,
@@ -46,6 +47,8 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 20)),
             forwarded_requests: Counter::default(),
+            // 1 .. 1024
+            write_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             failovers: Counter::default(),
             // 50 ms .. ~200 s
             detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 13)),
@@ -73,6 +76,11 @@ impl Metrics {
             "append_latency_seconds",
             "Time to make a batch of log entries durable (write and flush)",
             metrics.append_seconds.clone(),
+        );
+        registry.register(
+            "write_batch_writes",
+            "Key-value writes this node proposed together in one log entry (as leader)",
+            metrics.write_batch_writes.clone(),
         );
         registry.register(
             "apply_latency_seconds",

@@ -18,6 +18,7 @@ use crate::kv::KvService;
 use crate::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
 use crate::metrics::Metrics;
 use crate::network::{Network, RaftRpcServer};
+use crate::proposer::WriteBatcher;
 use interlock_core::{codec, NodeId, NodeInfo};
 use interlock_store::{Raft, SledLogStore, SnapshotVault, StateMachineStore, TypeConfig};
 use openraft::storage::RaftLogStorage;
@@ -214,9 +215,10 @@ impl Node {
             state,
             channels: parts.channels,
             metrics: parts.metrics.clone(),
-            clock: parts.clock,
+            clock: parts.clock.clone(),
             write_timeout: parts.timing.election_max * 10,
             leader_wait: parts.timing.election_max * 2,
+            write_batcher: WriteBatcher::start(raft.clone(), parts.clock.clone(), parts.metrics.clone()),
         });
         tokio::spawn(mirror_raft_metrics(raft.clone(), parts.metrics));
         let lease_table = Arc::new(LeaseTable::default());

@@ -10,7 +10,9 @@
 //!
 //! Both log stores pass `openraft::testing::Suite` (see `tests/suite.rs`).
 //! Durability rule: nothing is acknowledged to openraft (append callback,
-//! `save_vote`, `save_committed`) before it is flushed.
+//! `save_vote`, `truncate`, `purge`) before it is flushed. The committed log
+//! id is the exception: openraft treats it as an optional hint, so it rides
+//! along with the next flush instead of paying its own fsync.
 
 pub mod mem_log;
 pub mod runtime;

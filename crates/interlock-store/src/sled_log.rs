@@ -3,8 +3,8 @@
 //! Layout: tree `log` maps a big-endian `u64` index to an encoded entry; tree
 //! `meta` holds the vote, the committed log id and the last purged log id.
 //! Every value is written with
-//! [`interlock_core::codec`], so it carries a format byte. Every change is
-//! followed by a flush before it is acknowledged.
+//! [`interlock_core::codec`], so it carries a format byte. Every change but
+//! the committed log id is followed by a flush before it is acknowledged.
 
 use crate::{read_err, write_err, Entry, LogId, StoreError, StoreObserver, TypeConfig, Vote};
 use interlock_core::codec;
@@ -151,8 +151,14 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         self.get_raw(KEY_VOTE)
     }
 
+    /// Recorded without a flush of its own: it becomes durable with the next
+    /// append, vote or sled's periodic flush. openraft treats the committed
+    /// log id as an optional hint (a restarted node that finds an older one
+    /// re-applies less of its log and learns the rest from the leader), so
+    /// an fsync here would only double the leader's fsyncs per write.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StoreError> {
-        self.put_raw(KEY_COMMITTED, &committed).await
+        self.meta.insert(KEY_COMMITTED, codec::encode(&committed).map_err(write_err)?).map_err(write_err)?;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StoreError> {
