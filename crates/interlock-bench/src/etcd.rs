@@ -316,6 +316,14 @@ async fn keep_share(
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await?;
     let (tx, rx) = tokio::sync::mpsc::channel(share.len() * 2 + 1);
+    // etcd (grpc-go) sends the response headers with its first answer, and
+    // the call below returns only once it has them: the first round must
+    // already be queued.
+    let mut sent = std::collections::HashMap::with_capacity(share.len());
+    for id in &share {
+        sent.insert(*id, Instant::now());
+        tx.try_send(LeaseKeepAliveRequest { id: *id })?;
+    }
     let codec = tonic_prost::ProstCodec::<LeaseKeepAliveRequest, LeaseKeepAliveResponse>::default();
     let mut inbound = grpc
         .streaming(
@@ -326,12 +334,7 @@ async fn keep_share(
         .await?
         .into_inner();
     let (mut latencies, mut failures) = (Vec::new(), 0u64);
-    let mut sent = std::collections::HashMap::with_capacity(share.len());
-    while Instant::now() < stop_at {
-        for id in &share {
-            sent.insert(*id, Instant::now());
-            tx.send(LeaseKeepAliveRequest { id: *id }).await?;
-        }
+    loop {
         for _ in 0..share.len() {
             let answer = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("etcd keepalive stream closed"))?;
             let Some(at) = sent.get(&answer.id) else { continue };
@@ -343,6 +346,12 @@ async fn keep_share(
                 }
             }
         }
+        if Instant::now() >= stop_at {
+            return Ok((latencies, failures));
+        }
+        for id in &share {
+            sent.insert(*id, Instant::now());
+            tx.send(LeaseKeepAliveRequest { id: *id }).await?;
+        }
     }
-    Ok((latencies, failures))
 }

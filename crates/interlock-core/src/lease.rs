@@ -104,6 +104,15 @@ struct Deadline {
     at_ms: u64,
     /// A revoke for this lease was proposed and is in flight.
     revoking: bool,
+    /// The [`LeaseDeadlines::sync`] round that last saw the lease replicated.
+    seen_in: u64,
+}
+
+impl Deadline {
+    /// A lease the table did not know: its full TTL from `now_ms`.
+    fn fresh(lease: &Lease, now_ms: u64, seen_in: u64) -> Deadline {
+        Deadline { token: lease.token, ttl_ms: lease.ttl_ms, at_ms: now_ms + lease.ttl_ms, revoking: false, seen_in }
+    }
 }
 
 /// The leader's lease deadlines, on its monotonic clock (milliseconds).
@@ -113,6 +122,8 @@ struct Deadline {
 #[derive(Debug, Default, Clone)]
 pub struct LeaseDeadlines {
     deadlines: BTreeMap<String, Deadline>,
+    /// Counts [`LeaseDeadlines::sync`] rounds.
+    round: u64,
 }
 
 impl LeaseDeadlines {
@@ -123,19 +134,39 @@ impl LeaseDeadlines {
 
     /// Brings the table in line with the replicated leases at `now_ms`:
     /// a lease the table does not know (new grant, or a new leader) gets
-    /// `now + ttl`; entries for leases that are gone are dropped.
+    /// `now + ttl`; entries for leases that are gone are dropped. In place:
+    /// with thousands of leases this runs every expiry tick, so it allocates
+    /// only for new leases.
     pub fn sync<'a>(&mut self, leases: impl IntoIterator<Item = &'a Lease>, now_ms: u64) {
-        let mut seen = BTreeMap::new();
+        self.round += 1;
+        let round = self.round;
         for lease in leases {
-            let entry = match self.deadlines.get(&lease.key) {
-                Some(d) if d.token == lease.token => *d,
-                _ => {
-                    Deadline { token: lease.token, ttl_ms: lease.ttl_ms, at_ms: now_ms + lease.ttl_ms, revoking: false }
+            match self.deadlines.get_mut(&lease.key) {
+                Some(d) if d.token == lease.token => d.seen_in = round,
+                Some(d) => *d = Deadline::fresh(lease, now_ms, round),
+                None => {
+                    self.deadlines.insert(lease.key.clone(), Deadline::fresh(lease, now_ms, round));
                 }
-            };
-            seen.insert(lease.key.clone(), entry);
+            }
         }
-        self.deadlines = seen;
+        self.deadlines.retain(|_, d| d.seen_in == round);
+    }
+
+    /// [`LeaseDeadlines::sync`] for one key only, whose replicated lease is
+    /// `lease` (`None`: there is none): what a grant needs, at O(log n).
+    pub fn sync_key(&mut self, key: &str, lease: Option<&Lease>, now_ms: u64) {
+        let round = self.round;
+        match (lease, self.deadlines.get_mut(key)) {
+            (None, Some(_)) => {
+                self.deadlines.remove(key);
+            }
+            (None, None) => {}
+            (Some(lease), Some(d)) if d.token == lease.token => {}
+            (Some(lease), Some(d)) => *d = Deadline::fresh(lease, now_ms, round),
+            (Some(lease), None) => {
+                self.deadlines.insert(key.to_string(), Deadline::fresh(lease, now_ms, round));
+            }
+        }
     }
 
     /// A keepalive for (`key`, `token`) received at `received_ms`, after a
@@ -255,6 +286,24 @@ mod tests {
         // The key re-granted with a new token: a fresh deadline.
         t.sync([&lease("a", 9, 1000)], 800);
         assert_eq!(t.deadline_ms("a"), Some(1800));
+    }
+
+    #[test]
+    fn sync_key_does_for_one_key_what_sync_does_for_all() {
+        let mut t = LeaseDeadlines::default();
+        t.sync([&lease("a", 3, 1000), &lease("b", 4, 1000)], 0);
+        t.refresh("a", 3, 500);
+        t.sync_key("a", Some(&lease("a", 3, 1000)), 700);
+        assert_eq!(t.deadline_ms("a"), Some(1500), "a known lease keeps its deadline");
+        t.sync_key("c", Some(&lease("c", 5, 1000)), 700);
+        assert_eq!(t.deadline_ms("c"), Some(1700), "a new grant gets its full TTL");
+        t.sync_key("a", Some(&lease("a", 9, 1000)), 800);
+        assert_eq!(t.deadline_ms("a"), Some(1800), "a re-grant gets a fresh deadline");
+        t.sync_key("b", None, 800);
+        assert_eq!((t.deadline_ms("b"), t.len()), (None, 2), "a revoked lease is dropped");
+        // A key added by sync_key survives the next full sync, if still replicated.
+        t.sync([&lease("a", 9, 1000), &lease("c", 5, 1000)], 900);
+        assert_eq!((t.deadline_ms("a"), t.deadline_ms("c")), (Some(1800), Some(1700)));
     }
 
     #[test]

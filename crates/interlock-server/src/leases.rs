@@ -73,7 +73,7 @@ impl LeaseTable {
         mutations: LeaseMutations,
     ) -> bool {
         let mut inner = self.lock();
-        sync_table(ctx, &mut inner, ctx.clock.monotonic_ms(), mutations);
+        sync_table(ctx, &mut inner, ctx.clock.monotonic_ms(), mutations, Some(key));
         inner.term.is_some() && inner.deadlines.refresh(key, token, received_ms).is_some()
     }
 
@@ -84,8 +84,10 @@ impl LeaseTable {
     }
 }
 
-/// Brings `table` in line with leadership and the replicated leases at `now_ms`.
-fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: LeaseMutations) {
+/// Brings `table` in line with leadership and the replicated leases at
+/// `now_ms`: all of them, or only `key`'s while the term is unchanged (a
+/// grant must not cost a pass over every lease).
+fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: LeaseMutations, key: Option<&str>) {
     let leader_term = ctx.leader_term();
     let new_term = leader_term != table.term;
     if new_term {
@@ -94,7 +96,10 @@ fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: Lea
     }
     if table.term.is_some() {
         let applied = ctx.state.read();
-        table.deadlines.sync(applied.state.leases.values(), now_ms);
+        match key {
+            Some(key) if !new_term => table.deadlines.sync_key(key, applied.state.leases.get(key), now_ms),
+            _ => table.deadlines.sync(applied.state.leases.values(), now_ms),
+        }
         if new_term && mutations.no_reset_on_new_term {
             table.deadlines.shorten_all_to(now_ms);
         }
@@ -110,7 +115,7 @@ pub async fn run_expiry_loop(ctx: Arc<NodeCtx>, table: Arc<LeaseTable>, mutation
         let now = ctx.clock.monotonic_ms();
         let expired = {
             let mut inner = table.lock();
-            sync_table(&ctx, &mut inner, now, mutations);
+            sync_table(&ctx, &mut inner, now, mutations, None);
             if inner.term.is_none() {
                 continue;
             }
@@ -195,7 +200,7 @@ async fn run_batches(
         }
         let now = ctx.clock.monotonic_ms();
         let mut inner = table.lock();
-        sync_table(&ctx, &mut inner, now, mutations);
+        sync_table(&ctx, &mut inner, now, mutations, None);
         let applied = ctx.state.read();
         for item in batch {
             // The confirmation waited for this node to apply everything
