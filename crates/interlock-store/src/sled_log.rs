@@ -58,18 +58,8 @@ impl SledLogStore {
         Ok(SledLogStore { db, log, meta, observer })
     }
 
-    /// Makes everything written so far durable (sled's `flush`: write out and
-    /// fsync). Done on the calling thread: openraft waits for each flush
-    /// before it moves on anyway, and `flush_async` only adds a hand-off to
-    /// sled's IO threads and back — measured: 10-20% fewer writes/s and lease
-    /// grants/s on the leader (docs/benchmarks.md). On a multi-threaded
-    /// runtime the worker's other tasks move elsewhere meanwhile.
-    fn flush(&self) -> sled::Result<()> {
-        let flush = || self.db.flush().map(|_| ());
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(flush),
-            _ => flush(),
-        }
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await.map(|_| ()).map_err(write_err)
     }
 
     fn get_raw<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StoreError> {
@@ -81,7 +71,7 @@ impl SledLogStore {
 
     async fn put_raw<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StoreError> {
         self.meta.insert(key, codec::encode(value).map_err(write_err)?).map_err(write_err)?;
-        self.flush().map_err(write_err)
+        self.flush().await
     }
 
     fn last_entry_id(&self) -> Result<Option<LogId>, StoreError> {
@@ -186,7 +176,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
             batch.insert(&entry.log_id.index.to_be_bytes(), codec::encode(&entry).map_err(write_err)?);
         }
         self.log.apply_batch(batch).map_err(write_err)?;
-        let flushed = self.flush();
+        let flushed = self.db.flush_async().await.map(|_| ());
         self.observer.append_seconds(started.elapsed().as_secs_f64());
         match flushed {
             Ok(()) => {
@@ -203,7 +193,7 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StoreError> {
         self.remove_range(log_id.index, u64::MAX)?;
-        self.flush().map_err(write_err)
+        self.flush().await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StoreError> {
@@ -211,6 +201,6 @@ impl RaftLogStorage<TypeConfig> for SledLogStore {
         // extra entries below it, which get_log_state and reads tolerate.
         self.put_raw(KEY_LAST_PURGED, &log_id).await?;
         self.remove_range(0, log_id.index)?;
-        self.flush().map_err(write_err)
+        self.flush().await
     }
 }
