@@ -99,15 +99,11 @@ async fn run(raft: Raft, clock: Arc<dyn crate::ctx::Clock>, metrics: Arc<Metrics
 /// Proposes `batch` as one entry (a lone write as itself) and answers each
 /// waiter with its own response.
 async fn propose_batch(raft: &Raft, at_unix_ms: u64, batch: Vec<Pending>) {
-    let (mut commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = replies.len();
-    let command = match commands.pop() {
-        Some(lone) if commands.is_empty() => lone,
-        Some(last) => {
-            commands.push(last);
-            Command::Batch { commands }
-        }
-        None => return,
+    let command = match <[Command; 1]>::try_from(commands) {
+        Ok([lone]) => lone,
+        Err(commands) => Command::Batch { commands },
     };
     match (count, write(raft, Request { at_unix_ms, command }).await) {
         (1, outcome) => answer_all(replies, || outcome.clone()),
@@ -116,6 +112,8 @@ async fn propose_batch(raft: &Raft, at_unix_ms: u64, batch: Vec<Pending>) {
                 let _ = reply.send(Ok(response));
             }
         }
+        // The whole entry was refused (nothing changed): each write was.
+        (_, Ok(refused @ Response::Refused { .. })) => answer_all(replies, || Ok(refused.clone())),
         (_, Ok(other)) => answer_all(replies, || {
             Err(ProposeError::Status(Status::internal(format!(
                 "a batch of {count} writes was answered with {other:?}; their outcome is unknown"
@@ -138,5 +136,82 @@ pub async fn write(raft: &Raft, request: Request) -> Result<Response, ProposeErr
         Ok(written) => Ok(written.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => Err(ProposeError::NotLeader(f)),
         Err(e) => Err(ProposeError::Status(Status::unavailable(e.to_string()))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::{tcp_channel_maker, Channels};
+    use crate::ctx::SystemClock;
+    use crate::network::Network;
+    use interlock_core::NodeInfo;
+    use interlock_store::{MemLogStore, NoObserver, SnapshotVault, StateMachineStore};
+    use std::collections::{BTreeMap, BTreeSet};
+    use std::time::Duration;
+
+    /// A one-node Raft in memory (it needs no network), and its state.
+    async fn single_node() -> (Raft, interlock_store::StateReader, MemLogStore) {
+        let config = openraft::Config {
+            heartbeat_interval: 50,
+            election_timeout_min: 150,
+            election_timeout_max: 300,
+            ..Default::default()
+        };
+        let state_machine = StateMachineStore::open(SnapshotVault::memory(), Arc::new(NoObserver)).expect("state");
+        let reader = state_machine.reader();
+        let network = Network { id: 1, channels: Channels::new(tcp_channel_maker()) };
+        let log = MemLogStore::new();
+        let raft = Raft::new(1, Arc::new(config.validate().expect("config")), network, log.clone(), state_machine)
+            .await
+            .expect("raft");
+        let node = NodeInfo { grpc_addr: "127.0.0.1:1".into(), region: "r".into() };
+        raft.initialize(BTreeMap::from([(1, node)])).await.expect("initialize");
+        raft.wait(Some(Duration::from_secs(10))).current_leader(1, "leader").await.expect("leader");
+        (raft, reader, log)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_entries_and_each_gets_its_own_answer() {
+        let (raft, state, mut log) = single_node().await;
+        let metrics = Arc::new(Metrics::new());
+        let batcher = WriteBatcher::start(raft.clone(), Arc::new(SystemClock::new()), metrics);
+        let writes: Vec<_> = (0..300)
+            .map(|i| {
+                let batcher = batcher.clone();
+                tokio::spawn(async move {
+                    let command = Command::Put { key: format!("k{i}"), value: vec![i as u8; 100] };
+                    (i, batcher.propose(command).await)
+                })
+            })
+            .collect();
+        let mut revisions = BTreeSet::new();
+        for write in writes {
+            let (i, answer) = write.await.expect("task");
+            let Ok(Response::Applied { revision }) = answer else { panic!("write {i} was not applied") };
+            let applied = state.read();
+            let entry = &applied.state.kv[&format!("k{i}")];
+            assert_eq!((entry.value.as_slice(), entry.mod_revision), (&[i as u8; 100][..], revision), "write {i}");
+            revisions.insert(revision);
+        }
+        assert!(
+            revisions.len() < 300,
+            "300 concurrent writes took {} log entries: nothing was batched",
+            revisions.len()
+        );
+
+        // A lone write afterwards is proposed as itself, not as a batch of one.
+        let Ok(Response::Applied { revision }) = batcher.propose(Command::Delete { key: "k0".into() }).await else {
+            panic!("the delete was not applied")
+        };
+        assert!(!state.read().state.kv.contains_key("k0"));
+        use openraft::RaftLogReader;
+        let entries = log.try_get_log_entries(revision..=revision).await.expect("log");
+        let payload = entries.first().map(|e| &e.payload);
+        assert!(
+            matches!(payload, Some(openraft::EntryPayload::Normal(Request { command: Command::Delete { .. }, .. }))),
+            "{payload:?}"
+        );
+        let _ = raft.shutdown().await;
     }
 }
