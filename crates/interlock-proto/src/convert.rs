@@ -55,50 +55,46 @@ impl From<&Topology> for v1::Topology {
                 })
                 .collect(),
             failover: Some(v1::FailoverPolicy::from(&t.failover)),
-            routing: Some(v1::RoutingPolicy {
-                min_serving_regions: t.routing.min_serving_regions,
-                capacity_headroom_pct: t.routing.capacity_headroom_pct,
-                max_step_bps: t.routing.max_step_bps,
-            }),
+            routing: Some(v1::RoutingPolicy::from(&t.routing)),
         }
     }
 }
 
-impl From<&FailoverPolicy> for v1::FailoverPolicy {
-    fn from(p: &FailoverPolicy) -> Self {
-        v1::FailoverPolicy {
-            heartbeat_interval_ms: p.heartbeat_interval_ms,
-            phi_threshold: p.phi_threshold,
-            min_std_dev_ms: p.min_std_dev_ms,
-            acceptable_pause_ms: p.acceptable_pause_ms,
-            witness_quorum: p.witness_quorum,
-            max_lost_regions: p.max_lost_regions,
-            grace_ms: p.grace_ms,
-            promote_ack_timeout_ms: p.promote_ack_timeout_ms,
-            primary_lease_ttl_ms: p.primary_lease_ttl_ms,
-            region_return_ms: p.region_return_ms,
-            switchover_timeout_ms: p.switchover_timeout_ms,
+/// Both directions between a core struct and its proto message when they
+/// have the same plain (`Copy`) fields: each field is named once.
+macro_rules! same_fields {
+    ($core:ty, $proto:ty, [$($field:ident),+ $(,)?]) => {
+        impl From<&$core> for $proto {
+            fn from(x: &$core) -> Self {
+                Self { $($field: x.$field),+ }
+            }
         }
-    }
+        impl From<$proto> for $core {
+            fn from(x: $proto) -> Self {
+                Self { $($field: x.$field),+ }
+            }
+        }
+    };
 }
 
-impl From<v1::FailoverPolicy> for FailoverPolicy {
-    fn from(p: v1::FailoverPolicy) -> Self {
-        FailoverPolicy {
-            heartbeat_interval_ms: p.heartbeat_interval_ms,
-            phi_threshold: p.phi_threshold,
-            min_std_dev_ms: p.min_std_dev_ms,
-            acceptable_pause_ms: p.acceptable_pause_ms,
-            witness_quorum: p.witness_quorum,
-            max_lost_regions: p.max_lost_regions,
-            grace_ms: p.grace_ms,
-            promote_ack_timeout_ms: p.promote_ack_timeout_ms,
-            primary_lease_ttl_ms: p.primary_lease_ttl_ms,
-            region_return_ms: p.region_return_ms,
-            switchover_timeout_ms: p.switchover_timeout_ms,
-        }
-    }
-}
+same_fields!(
+    FailoverPolicy,
+    v1::FailoverPolicy,
+    [
+        heartbeat_interval_ms,
+        phi_threshold,
+        min_std_dev_ms,
+        acceptable_pause_ms,
+        witness_quorum,
+        max_lost_regions,
+        grace_ms,
+        promote_ack_timeout_ms,
+        primary_lease_ttl_ms,
+        region_return_ms,
+        switchover_timeout_ms,
+    ]
+);
+same_fields!(RoutingPolicy, v1::RoutingPolicy, [min_serving_regions, capacity_headroom_pct, max_step_bps]);
 
 impl From<v1::Topology> for Topology {
     fn from(t: v1::Topology) -> Self {
@@ -126,14 +122,7 @@ impl From<v1::Topology> for Topology {
                 })
                 .collect(),
             failover: t.failover.map(FailoverPolicy::from).unwrap_or_default(),
-            routing: t
-                .routing
-                .map(|r| RoutingPolicy {
-                    min_serving_regions: r.min_serving_regions,
-                    capacity_headroom_pct: r.capacity_headroom_pct,
-                    max_step_bps: r.max_step_bps,
-                })
-                .unwrap_or_default(),
+            routing: t.routing.map(RoutingPolicy::from).unwrap_or_default(),
         }
     }
 }
@@ -227,4 +216,30 @@ pub fn parse_role(name: &str) -> Option<ReplicaRole> {
     [ReplicaRole::Primary, ReplicaRole::Replica, ReplicaRole::Fenced, ReplicaRole::Recovering]
         .into_iter()
         .find(|r| role_name(*r) == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_survive_the_round_trip_through_proto() {
+        let mut topology = Topology::default();
+        // Every field moved off its default, each to a different value.
+        topology.failover = FailoverPolicy {
+            heartbeat_interval_ms: 1,
+            phi_threshold: 2,
+            min_std_dev_ms: 3,
+            acceptable_pause_ms: 4,
+            witness_quorum: 5,
+            max_lost_regions: 6,
+            grace_ms: 7,
+            promote_ack_timeout_ms: 8,
+            primary_lease_ttl_ms: 9,
+            region_return_ms: 10,
+            switchover_timeout_ms: 11,
+        };
+        topology.routing = RoutingPolicy { min_serving_regions: 12, capacity_headroom_pct: 13, max_step_bps: 14 };
+        assert_eq!(Topology::from(v1::Topology::from(&topology)), topology);
+    }
 }
