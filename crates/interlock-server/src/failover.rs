@@ -16,6 +16,11 @@ use std::time::Duration;
 /// How often the leader re-plans.
 pub const FAILOVER_TICK: Duration = Duration::from_millis(100);
 
+/// How long a drain step that a rule refused waits before it is proposed
+/// again (each refusal is a log entry; re-trying every tick would write ten
+/// a second for as long as the drain stays blocked).
+pub const BLOCKED_DRAIN_RETRY: Duration = Duration::from_secs(5);
+
 /// What the leader knows of one controller.
 #[derive(Debug, Clone)]
 struct ControllerRecord {
@@ -96,6 +101,33 @@ impl Liveness {
     }
 }
 
+/// Drains whose next step a rule refused: the refusal (noted once in the
+/// event log) and when the step may be proposed again.
+#[derive(Default)]
+struct BlockedDrains(BTreeMap<String, (String, u64)>);
+
+impl BlockedDrains {
+    /// Whether the next step of `region`'s drain may be proposed at `now_ms`.
+    fn due(&self, region: &str, now_ms: u64) -> bool {
+        self.0.get(region).is_none_or(|(_, retry_at_ms)| now_ms >= *retry_at_ms)
+    }
+
+    /// Whether `reason` differs from the refusal last noted for `region`.
+    fn is_news(&self, region: &str, reason: &str) -> bool {
+        self.0.get(region).is_none_or(|(noted, _)| noted != reason)
+    }
+
+    /// `region`'s step was refused (and noted) at `now_ms`.
+    fn refused(&mut self, region: String, reason: String, now_ms: u64) {
+        self.0.insert(region, (reason, now_ms + BLOCKED_DRAIN_RETRY.as_millis() as u64));
+    }
+
+    /// `region`'s step went through: the drain is no longer blocked.
+    fn stepped(&mut self, region: &str) {
+        self.0.remove(region);
+    }
+}
+
 /// Runs on every node; acts only while this node leads.
 pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
     let mut tick = tokio::time::interval(FAILOVER_TICK);
@@ -104,8 +136,7 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
     let mut leader_since_ms = 0;
     // Regions already noted as "not declared", with the note, this term.
     let mut noted: BTreeMap<String, String> = BTreeMap::new();
-    // Drains whose next step a rule refuses, with the refusal (noted once).
-    let mut blocked: BTreeMap<String, String> = BTreeMap::new();
+    let mut blocked = BlockedDrains::default();
     loop {
         tick.tick().await;
         let now_ms = ctx.clock.monotonic_ms();
@@ -155,20 +186,26 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
         }
         for command in commands {
             if let Command::DrainStep { region, .. } = &command {
-                // A step a rule refuses pauses the drain: say so once.
+                // A step a rule refuses pauses the drain: say so once, and
+                // try again only every BLOCKED_DRAIN_RETRY.
                 let region = region.clone();
-                if let Err(reason) = propose_step(&ctx, command).await {
-                    if blocked.get(&region) != Some(&reason) {
-                        let message = format!("drain paused: {reason}");
-                        tracing::warn!(region, "{message}");
-                        let note =
-                            Command::Note { kind: "region.drain_blocked".into(), subject: region.clone(), message };
-                        if propose(&ctx, note).await {
-                            blocked.insert(region, reason);
+                if !blocked.due(&region, now_ms) {
+                    continue;
+                }
+                match propose_step(&ctx, command).await {
+                    Err(reason) => {
+                        if blocked.is_news(&region, &reason) {
+                            let message = format!("drain paused: {reason}");
+                            tracing::warn!(region, "{message}");
+                            let note =
+                                Command::Note { kind: "region.drain_blocked".into(), subject: region.clone(), message };
+                            if !propose(&ctx, note).await {
+                                continue; // noted on the next tick
+                            }
                         }
+                        blocked.refused(region, reason, now_ms);
                     }
-                } else {
-                    blocked.remove(&region);
+                    Ok(()) => blocked.stepped(&region),
                 }
                 continue;
             }
@@ -226,5 +263,26 @@ async fn propose(ctx: &NodeCtx, command: Command) -> bool {
             false
         }
         Err(ProposeError::NotLeader(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_drain_step_is_noted_once_and_retried_every_few_seconds() {
+        let retry = BLOCKED_DRAIN_RETRY.as_millis() as u64;
+        let mut blocked = BlockedDrains::default();
+        assert!(blocked.due("ap", 0) && blocked.is_news("ap", "min-serving-regions"));
+        blocked.refused("ap".into(), "min-serving-regions".into(), 1_000);
+        assert!(!blocked.due("ap", 1_100), "not re-proposed on the next tick");
+        assert!(!blocked.due("ap", 1_000 + retry - 1));
+        assert!(blocked.due("ap", 1_000 + retry));
+        assert!(blocked.due("eu", 1_100), "other regions' drains are not held up");
+        assert!(!blocked.is_news("ap", "min-serving-regions"), "the same refusal is noted once");
+        assert!(blocked.is_news("ap", "capacity-ceiling"), "a different one is news");
+        blocked.stepped("ap");
+        assert!(blocked.due("ap", 1_100) && blocked.is_news("ap", "min-serving-regions"));
     }
 }
