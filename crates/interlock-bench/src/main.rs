@@ -61,10 +61,13 @@ enum Workload {
     /// and an `etcd` binary (scripts/bench-setup.sh).
     #[cfg(feature = "etcd")]
     Compare {
+        /// Concurrent writing clients, comma separated; each level runs on both systems.
         #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
         clients: Vec<usize>,
+        /// How long each write level and the keepalive phase run (after 1 s of warm-up).
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Leader kills per system (each followed by a restart of the killed node).
         #[arg(long, default_value_t = 5)]
         failovers: usize,
         /// Leases granted and kept alive (over 64 streams) on each system.
