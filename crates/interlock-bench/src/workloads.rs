@@ -274,9 +274,14 @@ pub async fn routing(cluster: &TestCluster, controllers: usize, changes: usize) 
 pub async fn leader_kill_to_write(cluster: &mut TestCluster) -> anyhow::Result<Duration> {
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let survivors: Vec<String> = cluster.nodes.iter().filter(|n| n.id != leader).map(|n| n.grpc.clone()).collect();
+    // Retry every 20 ms, like the etcd side's tight loop (etcd holds a write
+    // until it has a leader): the SDK's default doubling backoff would add up
+    // to its last gap (200-400 ms) to what is measured here.
     let options = interlock_client::ClientOptions {
         request_timeout: Duration::from_millis(500),
         retry_budget: Duration::from_millis(500),
+        backoff_initial: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(20),
         ..Default::default()
     };
     let client = Client::with_options(survivors, options)?;
