@@ -207,6 +207,28 @@ where
     Row::from_latencies(name, clients, all, duration.as_secs_f64(), errors)
 }
 
+/// Receives from `rx` until `expected` watchers reported `key` (or 10 s
+/// passed): the latencies from `sent` in µs, and how many never reported.
+/// Both systems' watch workloads time their notifications with it.
+pub async fn await_notifications<K: PartialEq>(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(K, Instant)>,
+    key: &K,
+    sent: Instant,
+    expected: usize,
+) -> (Vec<u64>, u64) {
+    let mut latencies = Vec::with_capacity(expected);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while latencies.len() < expected {
+        match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
+            Ok(Some((k, at))) if k == *key => latencies.push(at.duration_since(sent).as_micros() as u64),
+            Ok(Some(_)) => {}
+            _ => break,
+        }
+    }
+    let missing = (expected - latencies.len()) as u64;
+    (latencies, missing)
+}
+
 /// Committed writes (KV puts of 100 bytes) from `clients` closed loops.
 async fn writes(cluster: &TestCluster, clients: usize, duration: Duration) -> Row {
     closed_loop("writes", clients, duration, |c| {

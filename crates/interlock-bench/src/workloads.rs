@@ -157,19 +157,9 @@ pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> an
         let key = format!("bench/watch/{c}");
         let sent = Instant::now();
         writer.lease_grant(&key, "bench", 60_000).await?;
-        let mut received = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while received < watchers {
-            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-                Ok(Some((subject, at))) if subject == key => {
-                    latencies.push(at.duration_since(sent).as_micros() as u64);
-                    received += 1;
-                }
-                Ok(Some(_)) => {}
-                _ => break,
-            }
-        }
-        missing += (watchers - received) as u64;
+        let (l, m) = crate::await_notifications(&mut rx, &key, sent, watchers).await;
+        latencies.extend(l);
+        missing += m;
     }
     Ok(Row::from_latencies("watch-notify", watchers, latencies, started.elapsed().as_secs_f64(), missing))
 }
