@@ -73,7 +73,7 @@ impl LeaseTable {
         mutations: LeaseMutations,
     ) -> bool {
         let mut inner = self.lock();
-        sync_table(ctx, &mut inner, ctx.clock.monotonic_ms(), mutations, Some(key));
+        sync_table(ctx, &mut inner, ctx.clock.monotonic_ms(), mutations, Some(&[key]));
         inner.term.is_some() && inner.deadlines.refresh(key, token, received_ms).is_some()
     }
 
@@ -85,9 +85,10 @@ impl LeaseTable {
 }
 
 /// Brings `table` in line with leadership and the replicated leases at
-/// `now_ms`: all of them, or only `key`'s while the term is unchanged (a
-/// grant must not cost a pass over every lease).
-fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: LeaseMutations, key: Option<&str>) {
+/// `now_ms`: all of them, or only those of `keys` while the term is
+/// unchanged (a grant or a keepalive batch must not cost a pass over every
+/// lease; the expiry tick does that).
+fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: LeaseMutations, keys: Option<&[&str]>) {
     let leader_term = ctx.leader_term();
     let new_term = leader_term != table.term;
     if new_term {
@@ -96,8 +97,12 @@ fn sync_table(ctx: &NodeCtx, table: &mut TableInner, now_ms: u64, mutations: Lea
     }
     if table.term.is_some() {
         let applied = ctx.state.read();
-        match key {
-            Some(key) if !new_term => table.deadlines.sync_key(key, applied.state.leases.get(key), now_ms),
+        match keys {
+            Some(keys) if !new_term => {
+                for key in keys {
+                    table.deadlines.sync_key(key, applied.state.leases.get(*key), now_ms);
+                }
+            }
             _ => table.deadlines.sync(applied.state.leases.values(), now_ms),
         }
         if new_term && mutations.no_reset_on_new_term {
@@ -200,7 +205,8 @@ async fn run_batches(
         }
         let now = ctx.clock.monotonic_ms();
         let mut inner = table.lock();
-        sync_table(&ctx, &mut inner, now, mutations, None);
+        let keys: Vec<&str> = batch.iter().map(|item| item.key.as_str()).collect();
+        sync_table(&ctx, &mut inner, now, mutations, Some(&keys));
         let applied = ctx.state.read();
         for item in batch {
             // The confirmation waited for this node to apply everything
