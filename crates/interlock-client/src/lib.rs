@@ -50,7 +50,7 @@ use tonic::{Code, Status};
 pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
     AcknowledgeRequest, ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo,
-    Member, MembershipResponse, NodeStatus, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus,
+    Member, MembershipResponse, NodeStatusResponse, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus,
     RoutingAck, RoutingStatus, RoutingTable, Shard, WatchResponse,
 };
 
@@ -304,7 +304,7 @@ impl Client {
     }
 
     /// What the node at endpoint `index` says about itself (no retries, no failover).
-    pub async fn node_status(&self, index: usize) -> Result<NodeStatus, ClientError> {
+    pub async fn node_status(&self, index: usize) -> Result<NodeStatusResponse, ClientError> {
         let channel = self
             .channels
             .get(index)

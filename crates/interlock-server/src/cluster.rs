@@ -8,7 +8,7 @@ use interlock_core::{InvalidArgument, NodeId, NodeInfo};
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::cluster_server::{Cluster, ClusterServer};
 use interlock_proto::v1::{
-    AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatus, NodeStatusRequest, ReadIndexRequest,
+    AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatusResponse, NodeStatusRequest, ReadIndexRequest,
     ReadIndexResponse, RemoveMemberRequest, StatusRequest,
 };
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
@@ -33,7 +33,7 @@ impl ClusterService {
         ClusterServer::new(self)
     }
 
-    fn local_status(&self) -> NodeStatus {
+    fn local_status(&self) -> NodeStatusResponse {
         let m = self.ctx.raft.metrics().borrow().clone();
         let state = match m.state {
             ServerState::Leader => "leader",
@@ -42,7 +42,7 @@ impl ClusterService {
             ServerState::Candidate => "candidate",
             ServerState::Shutdown => "shutdown",
         };
-        NodeStatus {
+        NodeStatusResponse {
             id: self.ctx.id,
             term: m.current_term,
             leader: m.current_leader.unwrap_or(0),
@@ -153,7 +153,7 @@ impl Cluster for ClusterService {
         }))
     }
 
-    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatus>, Status> {
+    async fn node_status(&self, _: Request<NodeStatusRequest>) -> Result<Response<NodeStatusResponse>, Status> {
         Ok(Response::new(self.local_status()))
     }
 

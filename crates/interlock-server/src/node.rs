@@ -251,10 +251,16 @@ impl Node {
     pub fn grpc_router(&self) -> Result<tonic::transport::server::Router, StartError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(report_health(self.raft.clone(), health_reporter, self.ctx.leader_wait));
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| StartError::Raft(format!("reflection: {e}")))?;
+        // Reflection in both versions: grpcurl speaks v1, while grpcio-reflection
+        // and many other tools still speak only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 =
+            reflection().build_v1().map_err(|e| StartError::Raft(format!("reflection v1: {e}")))?;
+        let reflection_v1alpha =
+            reflection().build_v1alpha().map_err(|e| StartError::Raft(format!("reflection v1alpha: {e}")))?;
         let ctx = &self.ctx;
         let controller = ControllerService {
             routing_acks: self.routing_acks.clone(),
@@ -278,7 +284,8 @@ impl Node {
             .add_service(controller.into_service())
             .add_service(admin.into_service())
             .add_service(health_service)
-            .add_service(reflection))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha))
     }
 }
 
