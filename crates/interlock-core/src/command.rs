@@ -5,20 +5,16 @@
 //! a command is proposed ([`Command::validate`]); `apply` re-checks nothing
 //! that validation guarantees but never panics on any input either.
 
-use crate::lease::RevokeReason;
-use crate::routing::Rule;
-use crate::state::{PromotionMode, RegionState, ReplicaRole};
-use crate::topology::{validate_id, Topology};
+use crate::kv::{validate_key, VALUE_MAX_BYTES};
+use crate::lease::{validate_grant, validate_lease_key};
+use crate::model::Topology;
+use crate::vocab::{
+    validate_id, validate_shard_key, validate_text, InvalidArgument, PromotionMode, RegionState, ReplicaRole,
+    RevokeReason, Rule, TOTAL_BPS,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-
-/// Longest key accepted in the key-value space, in bytes.
-pub const KEY_MAX_BYTES: usize = 1024;
-/// Largest value accepted in the key-value space, in bytes. Small on purpose:
-/// a Raft append carries up to 300 entries and must stay well under the
-/// transport's message limit.
-pub const VALUE_MAX_BYTES: usize = 64 * 1024;
 
 /// Most commands in one [`Command::Batch`].
 pub const BATCH_MAX_COMMANDS: usize = 1024;
@@ -111,85 +107,6 @@ impl Command {
     }
 }
 
-/// The answer of the state machine to one applied command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Response {
-    /// The command was applied; `revision` is the log index it was applied at.
-    Applied { revision: u64 },
-    /// A lease is held: by this grant (token = its index) or, for a repeated
-    /// grant by the same holder, by the earlier one.
-    Lease { token: u64, ttl_ms: u64 },
-    /// The command was refused by the state machine, and changed nothing.
-    Refused { code: Refusal, reason: String },
-    /// The answers to a [`Command::Batch`], one per command, in order.
-    Batch { responses: Vec<Response> },
-}
-
-/// The class of a refusal, which the gRPC edge maps to a status code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Refusal {
-    InvalidArgument,
-    FailedPrecondition,
-    NotFound,
-    PermissionDenied,
-}
-
-impl Response {
-    pub fn refused(code: Refusal, reason: impl Into<String>) -> Response {
-        Response::Refused { code, reason: reason.into() }
-    }
-}
-
-/// A request field that is not acceptable, and why.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {field}: {reason}")]
-pub struct InvalidArgument {
-    /// The name of the offending field, as the caller spelled it.
-    pub field: String,
-    /// Why the value was refused.
-    pub reason: String,
-}
-
-impl InvalidArgument {
-    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
-        InvalidArgument { field: field.into(), reason: reason.into() }
-    }
-}
-
-/// Checks a key of the key-value space.
-pub fn validate_key(key: &str) -> Result<(), InvalidArgument> {
-    if key.is_empty() {
-        return Err(InvalidArgument::new("key", "must not be empty"));
-    }
-    if key.len() > KEY_MAX_BYTES {
-        return Err(InvalidArgument::new("key", format!("is {} bytes, the limit is {KEY_MAX_BYTES}", key.len())));
-    }
-    if key.chars().any(char::is_control) {
-        return Err(InvalidArgument::new("key", "must not contain control characters"));
-    }
-    Ok(())
-}
-
-/// Longest free-text field (reasons, event messages), in bytes.
-pub const TEXT_MAX_BYTES: usize = 4096;
-
-fn validate_text(text: &str, field: &str) -> Result<(), InvalidArgument> {
-    if text.len() > TEXT_MAX_BYTES {
-        return Err(InvalidArgument::new(field, format!("is {} bytes, the limit is {TEXT_MAX_BYTES}", text.len())));
-    }
-    Ok(())
-}
-
-/// Checks a `service/shard` key.
-pub fn validate_shard_key(key: &str) -> Result<(), InvalidArgument> {
-    match key.split_once('/') {
-        Some((service, shard)) => validate_id(service, "shard")
-            .and_then(|_| validate_id(shard, "shard"))
-            .map_err(|_| InvalidArgument::new("shard", format!("{key:?} must be SERVICE/SHARD, each an identifier"))),
-        None => Err(InvalidArgument::new("shard", format!("{key:?} must be SERVICE/SHARD"))),
-    }
-}
-
 impl Command {
     /// Checks every field; an invalid command must never be proposed.
     pub fn validate(&self) -> Result<(), InvalidArgument> {
@@ -205,16 +122,16 @@ impl Command {
                 Ok(())
             }
             Command::Delete { key } => validate_key(key),
-            Command::ApplyTopology { topology } => match topology.validate().into_iter().next() {
+            Command::ApplyTopology { topology } => match crate::topology::validate(topology).into_iter().next() {
                 Some(first) => Err(first),
                 None => Ok(()),
             },
             Command::RegisterController { id, region, .. } => {
-                crate::topology::validate_id(id, "controller_id")?;
-                crate::topology::validate_id(region, "region")
+                validate_id(id, "controller_id")?;
+                validate_id(region, "region")
             }
-            Command::LeaseGrant { key, holder, ttl_ms } => crate::lease::validate_grant(key, holder, *ttl_ms),
-            Command::LeaseRevoke { key, .. } => crate::lease::validate_lease_key(key),
+            Command::LeaseGrant { key, holder, ttl_ms } => validate_grant(key, holder, *ttl_ms),
+            Command::LeaseRevoke { key, .. } => validate_lease_key(key),
             Command::DeclareRegionLost { region, reason } | Command::SetRegionState { region, reason, .. } => {
                 validate_id(region, "region")?;
                 validate_text(reason, "reason")
@@ -254,7 +171,7 @@ impl Command {
             }
             Command::Drain { region, step_bps, interval_ms, reason, .. } => {
                 validate_id(region, "region")?;
-                if *step_bps == 0 || *step_bps > crate::routing::TOTAL_BPS {
+                if *step_bps == 0 || *step_bps > TOTAL_BPS {
                     return Err(InvalidArgument::new("step", format!("{step_bps} bps is out of range 1..=10000")));
                 }
                 if *interval_ms < 100 || *interval_ms > 86_400_000 {
@@ -332,6 +249,7 @@ impl fmt::Display for Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::KEY_MAX_BYTES;
 
     #[test]
     fn validation_names_the_field_and_the_reason() {

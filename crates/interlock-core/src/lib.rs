@@ -1,41 +1,51 @@
-//! Interlock's core: the domain types and the deterministic state machine.
+//! Interlock's core: the data model, the deterministic state machine and
+//! every decision the coordinator makes, as pure code.
 //!
-//! Map of the crate:
-//! - [`command`]: what can be proposed to the Raft log ([`Request`], [`Command`])
-//!   and what applying it answers ([`Response`]), with input validation.
-//! - [`state`]: [`State`], the replicated state, and its pure `apply`.
-//! - [`codec`]: the versioned binary encoding used for everything persisted.
+//! Map of the crate, in layers (a module uses only modules above it):
+//! - [`vocab`]: identifiers and their checks, errors ([`InvalidArgument`],
+//!   [`Refusal`]), the state machine's [`Response`], plain enums. Imports
+//!   nothing from the crate.
+//! - [`codec`]: the versioned binary encoding of everything persisted.
 //! - [`node`]: the node descriptor stored in the Raft membership.
-//! - [`topology`]: the declared topology and its validation.
-//! - [`lease`]: leases, the leader's deadline table, the holder's deadline.
-//! - [`failover`]: region loss, promotion, switchover, fencing (state transitions).
-//! - [`detector`]: the phi-accrual failure detector for controllers.
-//! - [`routing`]: routing weights, their shaping by region state, the safety rules.
-//! - [`planner`]: what the leader's failover loop should propose next, as a
-//!   pure function of the state and its observations.
+//! - [`model`]: the records of SPEC §2 and the declared topology (data only).
+//! - [`state`]: [`State`], every record in one value, with its invariants.
+//! - capabilities, each with its rules and its transitions on the state:
+//!   - [`kv`]: the key-value space;
+//!   - [`topology`]: validation, diff and apply of the declared topology,
+//!     controller registration;
+//!   - [`lease`]: grants, revokes, the primary-lease rules, the leader's
+//!     deadline table and the holder's deadline;
+//!   - [`routing`]: routing arithmetic, the named safety rules, drains;
+//!   - [`failover`]: the failure detector, the planner of the leader's
+//!     failover loop, the operator policies (lag, RPO, candidate ranking,
+//!     switchover preconditions) and the promotion transitions;
+//!   - backups, runbooks and the audit trail will be capabilities of their own.
+//! - [`command`]: what can be proposed to the Raft log ([`Request`],
+//!   [`Command`]), with input validation.
+//! - `apply`: [`State::apply`], the thin dispatcher from command to capability.
 //!
 //! Architecture invariant: nothing in this crate performs IO, reads a clock,
 //! spawns a task or draws a random number. Time reaches the state machine as
 //! the proposing leader's wall clock inside each [`Request`]. `clippy.toml`
-//! forbids `Instant::now`/`SystemTime::now` here.
+//! forbids `Instant::now`/`SystemTime::now` here. `tests/layers.rs` checks
+//! that the modules import each other without a cycle.
 
+mod apply;
 pub mod codec;
 pub mod command;
-pub mod detector;
 pub mod failover;
+pub mod kv;
 pub mod lease;
+pub mod model;
 pub mod node;
-pub mod planner;
 pub mod routing;
-mod routing_state;
 pub mod state;
 pub mod topology;
+pub mod vocab;
 
-pub use command::{Command, InvalidArgument, Refusal, Request, Response};
-pub use lease::{Lease, LeaseDeadlines, RevokeReason};
+pub use command::{Command, Request};
+pub use lease::LeaseDeadlines;
+pub use model::{Lease, Topology};
 pub use node::NodeInfo;
 pub use state::State;
-pub use topology::Topology;
-
-/// Identifier of a coordinator node (a Raft member). Never reused.
-pub type NodeId = u64;
+pub use vocab::{InvalidArgument, NodeId, Refusal, Response, RevokeReason};

@@ -22,7 +22,7 @@ pub struct DetectorParams {
 }
 
 impl DetectorParams {
-    pub fn from_policy(policy: &crate::topology::FailoverPolicy) -> Self {
+    pub fn from_policy(policy: &crate::model::FailoverPolicy) -> Self {
         DetectorParams {
             expected_interval_ms: policy.heartbeat_interval_ms,
             min_std_dev_ms: policy.min_std_dev_ms,

@@ -11,85 +11,11 @@
 //! - [`check_rules`] is the one function every change passes; each rule has
 //!   a name an operator can override (with a reason and an expiry).
 
-use crate::command::InvalidArgument;
-use crate::state::{Region, RegionState};
-use serde::{Deserialize, Serialize};
+use crate::model::{Region, RoutingPolicy};
+use crate::state::State;
+use crate::vocab::{RegionState, Rule, TOTAL_BPS};
 use std::collections::BTreeMap;
 use std::fmt;
-
-/// The total of a routing table's weights.
-pub const TOTAL_BPS: u32 = 10_000;
-
-/// The routing policy (in the topology file, `routing:`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RoutingPolicy {
-    /// At least this many regions must keep a weight above 0 (bounded by the
-    /// number of regions that can serve).
-    pub min_serving_regions: u32,
-    /// No region may carry more than this percentage of its capacity share
-    /// (its capacity over the sum of all declared regions' capacities).
-    pub capacity_headroom_pct: u32,
-    /// A planned change moves no region's weight by more than this per step.
-    pub max_step_bps: u32,
-}
-
-impl Default for RoutingPolicy {
-    fn default() -> Self {
-        RoutingPolicy { min_serving_regions: 2, capacity_headroom_pct: 200, max_step_bps: 2_500 }
-    }
-}
-
-impl RoutingPolicy {
-    pub fn validate(&self) -> Vec<InvalidArgument> {
-        let mut errors = Vec::new();
-        if self.capacity_headroom_pct < 100 || self.capacity_headroom_pct > 10_000 {
-            errors.push(InvalidArgument::new(
-                "routing.capacity_headroom_pct",
-                format!("{} is out of range 100..=10000", self.capacity_headroom_pct),
-            ));
-        }
-        if self.max_step_bps == 0 || self.max_step_bps > TOTAL_BPS {
-            errors.push(InvalidArgument::new(
-                "routing.max_step_bps",
-                format!("{} is out of range 1..={TOTAL_BPS}", self.max_step_bps),
-            ));
-        }
-        errors
-    }
-}
-
-/// A safety rule, by the name operators use to override it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Rule {
-    MinServingRegions,
-    CapacityCeiling,
-    NeverAllZero,
-    MaxStep,
-}
-
-impl Rule {
-    pub const ALL: [Rule; 4] = [Rule::MinServingRegions, Rule::CapacityCeiling, Rule::NeverAllZero, Rule::MaxStep];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Rule::MinServingRegions => "min-serving-regions",
-            Rule::CapacityCeiling => "capacity-ceiling",
-            Rule::NeverAllZero => "never-all-zero",
-            Rule::MaxStep => "max-step",
-        }
-    }
-
-    pub fn parse(name: &str) -> Option<Rule> {
-        Rule::ALL.into_iter().find(|r| r.name() == name)
-    }
-}
-
-impl fmt::Display for Rule {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
 
 /// A change refused by a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,18 +173,21 @@ pub fn check_rules(
 pub fn validate_weights(
     weights: &BTreeMap<String, u32>,
     regions: &BTreeMap<String, Region>,
-) -> Result<(), InvalidArgument> {
+) -> Result<(), crate::vocab::InvalidArgument> {
     for (id, w) in weights {
         if !regions.contains_key(id) {
-            return Err(InvalidArgument::new("weights", format!("unknown region {id:?}")));
+            return Err(crate::vocab::InvalidArgument::new("weights", format!("unknown region {id:?}")));
         }
         if *w > TOTAL_BPS {
-            return Err(InvalidArgument::new("weights", format!("{id}={w} is above {TOTAL_BPS} bps")));
+            return Err(crate::vocab::InvalidArgument::new("weights", format!("{id}={w} is above {TOTAL_BPS} bps")));
         }
     }
     let sum: u32 = weights.values().sum();
     if sum != TOTAL_BPS {
-        return Err(InvalidArgument::new("weights", format!("sum to {sum} bps; they must sum to {TOTAL_BPS}")));
+        return Err(crate::vocab::InvalidArgument::new(
+            "weights",
+            format!("sum to {sum} bps; they must sum to {TOTAL_BPS}"),
+        ));
     }
     Ok(())
 }
@@ -273,7 +202,7 @@ pub type Tables = BTreeMap<String, (Weights, Weights)>;
 /// `kind`. A planned change is refused by the first violation; an emergency
 /// one returns its violations for the event log.
 pub fn reroute(
-    state: &crate::state::State,
+    state: &State,
     regions: &BTreeMap<String, Region>,
     new_base: Option<(&str, &BTreeMap<String, u32>)>,
     kind: ChangeKind,
@@ -316,7 +245,7 @@ mod tests {
     use super::*;
 
     fn region(id: &str, capacity: u32, state: RegionState, fraction: Option<u32>) -> (String, Region) {
-        let drain = fraction.map(|f| crate::state::Drain {
+        let drain = fraction.map(|f| crate::model::Drain {
             fraction_bps: f,
             step_bps: 1000,
             interval_ms: 1000,

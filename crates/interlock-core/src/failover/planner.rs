@@ -1,73 +1,23 @@
 //! What the leader's failover loop proposes next: a pure function of the
-//! replicated [`State`] and the leader's soft observations (heartbeats,
+//! replicated [`State`] and the leader's soft [`Observations`] (heartbeats,
 //! witness reports, replica positions), with time as an input.
 //!
 //! The loop calls [`plan`] every tick and proposes what it returns. Every
 //! command re-checks its own preconditions when applied, so a stale plan
 //! (leadership moved, the state changed) is refused, never applied wrongly.
+//! Which replica to promote is [`super::policy::choose_candidate`].
 
+use super::observations::Observations;
+use super::policy::choose_candidate;
 use crate::command::Command;
-use crate::state::{PromotionMode, RegionState, ReplicaRole, Shard, State};
-use crate::topology::{primary_lease_key, shard_key};
+use crate::model::Shard;
+use crate::state::State;
+use crate::vocab::{primary_lease_key, PromotionMode, RegionState};
 use std::collections::BTreeMap;
 
 /// A witness counts only after this many heartbeat intervals heard without
 /// suspicion (its own reachability view has had time to settle).
 pub const WITNESS_STEADY_HEARTBEATS: u64 = 3;
-
-/// What a controller last said about one replica.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ReplicaReport {
-    pub position: u64,
-    pub lag: u64,
-    pub healthy: bool,
-}
-
-/// What the leader knows about one controller (soft state, this term only).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ControllerView {
-    /// The detector's verdict now.
-    pub suspected: bool,
-    /// Since when (monotonic ms) it has been heard without being suspected.
-    pub alive_since_ms: Option<u64>,
-    /// Its last witness report: the other regions it can reach.
-    pub reachable_regions: Vec<String>,
-    /// Its last report per replica (kept while it is suspected).
-    pub replicas: BTreeMap<String, ReplicaReport>,
-}
-
-/// The leader's observations at one instant.
-#[derive(Debug, Clone, Default)]
-pub struct Observations {
-    /// Monotonic clock of the leader.
-    pub now_ms: u64,
-    /// Wall clock of the leader (compared with times recorded in the state).
-    pub now_unix_ms: u64,
-    /// When this node became leader (monotonic).
-    pub leader_since_ms: u64,
-    /// By controller id; a controller not heard this term is absent.
-    pub controllers: BTreeMap<String, ControllerView>,
-}
-
-impl Observations {
-    fn in_grace(&self, state: &State) -> bool {
-        self.now_ms.saturating_sub(self.leader_since_ms) < state.topology.failover.grace_ms
-    }
-
-    /// Whether `controller` is suspected; one never heard this term is, once
-    /// the grace period is over.
-    fn suspected(&self, state: &State, controller: &str) -> bool {
-        match self.controllers.get(controller) {
-            Some(view) => view.suspected,
-            None => !self.in_grace(state),
-        }
-    }
-
-    fn report(&self, state: &State, replica: &str) -> Option<ReplicaReport> {
-        let controller = state.replicas.get(replica)?.controller.as_deref()?;
-        self.controllers.get(controller)?.replicas.get(replica).copied()
-    }
-}
 
 /// The loop's next steps.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -80,16 +30,11 @@ pub struct Plan {
     pub not_declared: BTreeMap<String, String>,
 }
 
-/// Decides the next steps of region-loss handling and promotion.
+/// Decides the next steps of region-loss handling and promotion (drains
+/// advance separately: [`crate::routing::due_drain_steps`]).
 pub fn plan(state: &State, obs: &Observations) -> Plan {
     let mut out = Plan::default();
     plan_regions(state, obs, &mut out);
-    // Drains advance on the leader's clock, from state any leader can resume.
-    for region in state.regions.values() {
-        if let Some(d) = region.drain.as_ref().filter(|d| obs.now_unix_ms >= d.next_step_at_unix_ms) {
-            out.commands.push(Command::DrainStep { region: region.id.clone(), expected_fraction_bps: d.fraction_bps });
-        }
-    }
     if !state.paused {
         for (key, shard) in &state.shards {
             if let Some(command) = plan_shard(state, obs, key, shard) {
@@ -281,230 +226,45 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
     }
     if let Some(last) = shard.last_auto_failover_unix_ms.filter(|_| failed_primary.is_some()) {
         if elapsed(last) < shard.cooldown_seconds.saturating_mul(1000) {
-            return Some(Command::AwaitOperator {
-                shard: key.to_string(),
-                reason: format!(
-                    "in its cooldown of {} s after an automatic failover; `interlockctl failover` decides",
-                    shard.cooldown_seconds
-                ),
-            });
+            let reason = format!(
+                "in its cooldown of {} s after an automatic failover; `interlockctl failover` decides",
+                shard.cooldown_seconds
+            );
+            return await_operator(key, shard, reason);
         }
     }
     let why = match failed_primary {
         Some(p) => format!("primary {p} is in a lost region"),
         None => "the shard has no primary".to_string(),
     };
-    Some(match choose_candidate(state, obs, shard, failed_primary) {
-        Ok(candidate) => Command::Promote {
+    match choose_candidate(state, obs, shard, failed_primary) {
+        Ok(candidate) => Some(Command::Promote {
             shard: key.to_string(),
             replica: candidate.replica,
             expected_epoch: shard.epoch,
             mode: PromotionMode::Automatic,
             reason: format!("{why}; best candidate at position {}", candidate.position),
-        },
+        }),
         // A shard that never had a primary waits for its controllers quietly.
-        Err(_) if shard.epoch == 0 => return None,
-        Err(reasons) => Command::AwaitOperator {
-            shard: key.to_string(),
-            reason: format!("{why}; no candidate within the rules: {reasons}"),
-        },
-    })
-}
-
-/// The replica chosen for promotion.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    pub replica: String,
-    pub position: u64,
-}
-
-/// Chooses the replica to promote (SPEC §4): healthy, in an ACTIVE region
-/// without maintenance, priority > 0, not fenced, its controller not
-/// suspected, and within `max_lag_on_failover` of the best known position
-/// (including the failed primary's last report); then the best position,
-/// the highest priority, and the replica id as a stable tiebreak. On failure,
-/// says why each replica was passed over (stable text: no numbers that move).
-pub fn choose_candidate(
-    state: &State,
-    obs: &Observations,
-    shard: &Shard,
-    failed_primary: Option<&str>,
-) -> Result<Candidate, String> {
-    let mut passed = Vec::new();
-    let mut eligible = Vec::new();
-    for id in &shard.replicas {
-        let Some(replica) = state.replicas.get(id) else { continue };
-        let region = state.regions.get(&replica.region);
-        let report = obs.report(state, id);
-        let why = if Some(id.as_str()) == failed_primary {
-            Some("the failed primary")
-        } else if replica.role == ReplicaRole::Fenced {
-            Some("fenced")
-        } else if region.is_none_or(|r| r.state != RegionState::Active) {
-            Some("its region is not ACTIVE")
-        } else if !state.automation_allowed(&replica.region) {
-            Some("its region is in maintenance")
-        } else if replica.priority == 0 {
-            Some("priority 0")
-        } else if replica.controller.as_deref().is_none_or(|c| obs.suspected(state, c)) {
-            Some("its controller is not heard")
-        } else if !report.is_some_and(|r| r.healthy) {
-            Some("not reported healthy")
-        } else {
-            None
-        };
-        match (why, report) {
-            (None, Some(report)) => eligible.push((id.as_str(), replica.priority, report)),
-            (Some(why), _) => passed.push(format!("{id}: {why}")),
-            (None, None) => passed.push(format!("{id}: not reported healthy")),
-        }
-    }
-    let best_known = eligible
-        .iter()
-        .map(|(_, _, r)| r.position)
-        .chain(failed_primary.and_then(|p| obs.report(state, p)).map(|r| r.position))
-        .max()
-        .unwrap_or(0);
-    eligible.retain(|(id, _, r)| {
-        let lag = r.lag.max(best_known.saturating_sub(r.position));
-        let within = lag <= shard.max_lag_on_failover;
-        if !within {
-            passed.push(format!("{id}: lag beyond max_lag_on_failover"));
-        }
-        within
-    });
-    eligible.sort_by(|a, b| b.2.position.cmp(&a.2.position).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0)));
-    match eligible.first() {
-        Some((id, _, report)) => Ok(Candidate { replica: id.to_string(), position: report.position }),
-        None => Err(if passed.is_empty() { "no replicas".to_string() } else { passed.join("; ") }),
+        Err(_) if shard.epoch == 0 => None,
+        Err(reasons) => await_operator(key, shard, format!("{why}; no candidate within the rules: {reasons}")),
     }
 }
 
-/// The shard key of every shard whose primary is in `region`.
-pub fn shards_with_primary_in<'a>(state: &'a State, region: &'a str) -> impl Iterator<Item = String> + 'a {
-    state.shards.values().filter_map(move |s| {
-        let p = s.primary.as_deref()?;
-        (state.replicas.get(p)?.region == region).then(|| shard_key(&s.service, &s.id))
-    })
+/// Asks for an operator decision, unless the shard already waits for one for
+/// this very reason: a waiting cluster writes nothing. (The reasons are
+/// stable text, without numbers that move, for this.)
+fn await_operator(key: &str, shard: &Shard, reason: String) -> Option<Command> {
+    (shard.awaiting_operator.as_deref() != Some(reason.as_str()))
+        .then(|| Command::AwaitOperator { shard: key.to_string(), reason })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{Request, Response};
-    use crate::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
-
-    const REGIONS: [&str; 3] = ["eu", "us", "ap"];
-
-    struct World {
-        state: State,
-        index: u64,
-        now_unix_ms: u64,
-    }
-
-    impl World {
-        /// Three regions, one controller each, shard orders/0 with a replica
-        /// per region (priorities 100/50/10), primary orders-0-eu acknowledged.
-        fn new() -> World {
-            let topology = Topology {
-                regions: REGIONS.iter().map(|r| RegionSpec { id: r.to_string(), capacity: 100 }).collect(),
-                services: vec![ServiceSpec {
-                    name: "orders".into(),
-                    shards: vec![ShardSpec {
-                        id: "0".into(),
-                        max_lag_on_failover: 100,
-                        cooldown_seconds: 60,
-                        replicas: REGIONS
-                            .iter()
-                            .zip([100, 50, 10])
-                            .map(|(r, p)| ReplicaSpec {
-                                id: format!("orders-0-{r}"),
-                                region: r.to_string(),
-                                priority: p,
-                            })
-                            .collect(),
-                    }],
-                }],
-                failover: FailoverPolicy::default(),
-                routing: Default::default(),
-            };
-            let mut w = World { state: State::default(), index: 0, now_unix_ms: 1_000_000 };
-            w.apply(Command::ApplyTopology { topology });
-            for r in REGIONS {
-                w.apply(Command::RegisterController {
-                    id: format!("c-{r}"),
-                    region: r.into(),
-                    identity: String::new(),
-                    replicas: vec![format!("orders-0-{r}")],
-                });
-            }
-            w.apply(promote("orders-0-eu", 0, PromotionMode::Operator));
-            w.apply(ack("orders-0-eu", 1, ReplicaRole::Primary));
-            w
-        }
-
-        fn apply(&mut self, command: Command) -> Response {
-            self.index += 1;
-            let response = self.state.apply(self.index, &Request { at_unix_ms: self.now_unix_ms, command });
-            assert_eq!(self.state.validate(), Ok(()));
-            response
-        }
-
-        fn expire_primary_lease(&mut self) {
-            let key = primary_lease_key("orders/0");
-            let token = self.state.leases[&key].token;
-            let response = self.apply(Command::LeaseRevoke {
-                key,
-                token: Some(token),
-                reason: crate::lease::RevokeReason::Expired,
-            });
-            assert!(matches!(response, Response::Applied { .. }), "{response:?}");
-        }
-    }
-
-    fn promote(replica: &str, epoch: u64, mode: PromotionMode) -> Command {
-        Command::Promote {
-            shard: "orders/0".into(),
-            replica: replica.into(),
-            expected_epoch: epoch,
-            mode,
-            reason: "test".into(),
-        }
-    }
-
-    fn ack(replica: &str, epoch: u64, role: ReplicaRole) -> Command {
-        Command::Acknowledge { replica: replica.into(), epoch, role, position: 0 }
-    }
-
-    /// Observations: every controller heard and healthy at `positions`,
-    /// except those in `silent` (suspected); `unreachable` lists
-    /// (controller, region) witness reports of regions it cannot reach.
-    fn observe(positions: [u64; 3], silent: &[&str], unreachable: &[(&str, &str)]) -> Observations {
-        let mut controllers = BTreeMap::new();
-        for (i, r) in REGIONS.iter().enumerate() {
-            let id = format!("c-{r}");
-            let reachable = REGIONS
-                .iter()
-                .filter(|o| *o != r && !unreachable.contains(&(id.as_str(), **o)))
-                .map(|o| o.to_string())
-                .collect();
-            let report = ReplicaReport { position: positions[i], lag: 0, healthy: true };
-            controllers.insert(
-                id.clone(),
-                ControllerView {
-                    suspected: silent.contains(&id.as_str()),
-                    alive_since_ms: Some(0),
-                    reachable_regions: reachable,
-                    replicas: [(format!("orders-0-{r}"), report)].into(),
-                },
-            );
-        }
-        Observations { now_ms: 100_000, now_unix_ms: 1_000_000, leader_since_ms: 0, controllers }
-    }
-
-    fn kinds(plan: &Plan) -> Vec<String> {
-        plan.commands.iter().map(|c| c.to_string()).collect()
-    }
+    use crate::command::Command;
+    use crate::failover::testkit::*;
+    use crate::vocab::{primary_lease_key, PromotionMode, RegionState, ReplicaRole, Response};
 
     #[test]
     fn a_region_is_declared_lost_only_when_suspected_and_corroborated() {
@@ -597,55 +357,6 @@ mod tests {
     }
 
     #[test]
-    fn candidate_choice_table() {
-        // (name, positions eu/us/ap, silent controllers, mutate, expected)
-        type Mutate = fn(&mut State);
-        type Case<'a> = (&'a str, [u64; 3], &'a [&'a str], Mutate, Result<&'a str, &'a str>);
-        let cases: &[Case<'_>] = &[
-            ("best position wins", [100, 90, 95], &[], |_| {}, Ok("orders-0-ap")),
-            ("equal positions: higher priority", [100, 95, 95], &[], |_| {}, Ok("orders-0-us")),
-            ("lag beyond the RPO bound", [1000, 10, 20], &[], |_| {}, Err("lag beyond max_lag_on_failover")),
-            ("suspected controller", [100, 100, 90], &["c-us"], |_| {}, Ok("orders-0-ap")),
-            (
-                "priority 0 never",
-                [100, 100, 90],
-                &[],
-                |s| s.replicas.get_mut("orders-0-us").iter_mut().for_each(|r| r.priority = 0),
-                Ok("orders-0-ap"),
-            ),
-            (
-                "fenced is out",
-                [100, 100, 90],
-                &[],
-                |s| s.replicas.get_mut("orders-0-us").iter_mut().for_each(|r| r.role = ReplicaRole::Fenced),
-                Ok("orders-0-ap"),
-            ),
-            (
-                "region not active",
-                [100, 100, 100],
-                &[],
-                |s| {
-                    s.regions.get_mut("us").iter_mut().for_each(|r| r.state = RegionState::Draining);
-                    s.regions.get_mut("ap").iter_mut().for_each(|r| r.state = RegionState::Recovering);
-                },
-                Err("its region is not ACTIVE"),
-            ),
-        ];
-        for (name, positions, silent, mutate, want) in cases {
-            let mut w = World::new();
-            mutate(&mut w.state);
-            let obs = observe(*positions, silent, &[]);
-            let shard = &w.state.shards["orders/0"];
-            let got = choose_candidate(&w.state, &obs, shard, Some("orders-0-eu"));
-            match (got, want) {
-                (Ok(c), Ok(id)) => assert_eq!(c.replica, *id, "{name}"),
-                (Err(why), Err(part)) => assert!(why.contains(part), "{name}: {why}"),
-                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
-            }
-        }
-    }
-
-    #[test]
     fn an_unacknowledged_promotion_is_fenced_and_the_next_candidate_tried() {
         let mut w = World::new();
         w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
@@ -664,13 +375,31 @@ mod tests {
         }
         // Its lease must run out (it is no longer renewable) before anyone else.
         let key = primary_lease_key("orders/0");
-        assert!(!w.state.lease_renewable(&key, w.state.leases[&key].token));
+        assert!(!crate::lease::renewable(&w.state, &key, w.state.leases[&key].token));
         assert!(plan(&w.state, &later).commands.is_empty(), "waits for the fenced candidate's lease");
         w.expire_primary_lease();
         // The next candidate is tried at once: the cooldown spaces out
         // failovers, not the attempts within one.
         let next = kinds(&plan(&w.state, &later));
         assert_eq!(next, vec!["promote orders-0-us in orders/0 after epoch 2 (Automatic)"]);
+    }
+
+    #[test]
+    fn a_shard_that_awaits_an_operator_is_not_asked_about_again() {
+        let mut w = World::new();
+        w.apply(Command::DeclareRegionLost { region: "eu".into(), reason: "test".into() });
+        w.expire_primary_lease();
+        // Every other replica is too far behind the failed primary.
+        let obs = observe([1_000, 10, 20], &["c-eu"], &[]);
+        let first = plan(&w.state, &obs).commands;
+        assert!(matches!(&first[..], [Command::AwaitOperator { .. }]), "{first:?}");
+        for c in first {
+            w.apply(c);
+        }
+        assert!(plan(&w.state, &obs).commands.is_empty(), "the same wait is not proposed again");
+        // A different reason is news.
+        let closer = observe([1_000, 10, 980], &["c-eu", "c-ap"], &[]);
+        assert!(matches!(&plan(&w.state, &closer).commands[..], [Command::AwaitOperator { .. }]));
     }
 
     #[test]
@@ -710,7 +439,10 @@ mod tests {
         };
         assert!(matches!(w.apply(demote), Response::Applied { .. }));
         let key = primary_lease_key("orders/0");
-        assert!(!w.state.lease_renewable(&key, w.state.leases[&key].token), "the demoted primary's lease runs out");
+        assert!(
+            !crate::lease::renewable(&w.state, &key, w.state.leases[&key].token),
+            "the demoted primary's lease runs out"
+        );
         let obs = observe([500, 480, 400], &[], &[]);
         assert!(plan(&w.state, &obs).commands.is_empty(), "the old primary still holds its lease");
         // The old primary stops at 500 and gives its lease back.
