@@ -7,9 +7,9 @@
 use crate::clock::true_ms;
 use crate::history::{Acting, Shared};
 use crate::world::REGIONS;
-use interlock_client::demo::{ActingChange, DemoDatabase};
+use interlock_agent::drivers::demo::{ActingChange, DemoDatabase};
 use interlock_client::{Client, ControllerConfig, LeaseOptions, RegionController};
-use interlock_core::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+use interlock_core::model::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;

@@ -2,7 +2,7 @@
 //! server side and a channel maker for the client side. Production code
 //! never sees turmoil; it receives these through `Assembly` and `Client`.
 
-use interlock_server::channels::ChannelMaker;
+use interlock_server::raft::channels::ChannelMaker;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

@@ -8,15 +8,15 @@ use crate::controllers;
 use crate::faults::{plan, Fault, Scheduled};
 use crate::history::{Belief, Shared};
 use crate::net::{self, GRPC_PORT};
-use interlock_client::demo::DemoDatabase;
+use interlock_agent::drivers::demo::DemoDatabase;
 use interlock_client::{Client, ClientOptions, LeaseKeeper, LeaseOptions, LeaseState};
 use interlock_core::lease::DEFAULT_DRIFT;
 use interlock_core::NodeInfo;
-use interlock_server::channels::Channels;
-use interlock_server::config::TimingPreset;
-use interlock_server::leases::LeaseMutations;
-use interlock_server::metrics::Metrics;
+use interlock_server::control::leases::LeaseMutations;
+use interlock_server::http::metrics::Metrics;
+use interlock_server::node::config::TimingPreset;
 use interlock_server::node::{Assembly, Node};
+use interlock_server::raft::channels::Channels;
 use interlock_store::{MemLogStore, NoObserver, SnapshotVault, StateMachineStore};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -427,7 +427,9 @@ async fn coordinator(
     Ok(())
 }
 
-fn openraft_config(timing: &interlock_server::config::Timing) -> Result<openraft::Config, Box<dyn std::error::Error>> {
+fn openraft_config(
+    timing: &interlock_server::node::config::Timing,
+) -> Result<openraft::Config, Box<dyn std::error::Error>> {
     let config = openraft::Config {
         cluster_name: "interlock-sim".to_string(),
         heartbeat_interval: timing.heartbeat.as_millis() as u64,

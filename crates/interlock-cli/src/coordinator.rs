@@ -88,7 +88,7 @@ fn read_topology(path: &PathBuf) -> Result<Topology, Failure> {
 
 pub async fn apply(client: &Client, out: &Printer, args: &ApplyArgs) -> Result<(), Failure> {
     let topology = read_topology(&args.file)?;
-    let problems = topology.validate();
+    let problems = interlock_core::topology::validate(&topology);
     if !problems.is_empty() {
         let listed: Vec<String> = problems.iter().map(|p| format!("  {}: {}", p.field, p.reason)).collect();
         return Err(Failure {
@@ -136,20 +136,14 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
                 "service": s.service, "id": s.id, "epoch": s.epoch, "primary": s.primary,
                 "max_lag_on_failover": s.max_lag_on_failover, "replicas": s.replicas,
                 "pending": s.pending, "switchover_to": s.switchover_to, "awaiting_operator": s.awaiting_operator,
+                "status": s.status,
             })).collect::<Vec<_>>()});
             out.record(&value, || {
                 let mut t = table(&["SERVICE", "SHARD", "EPOCH", "PRIMARY", "STATUS", "REPLICAS"]);
                 let dash = |v: &str| if v.is_empty() { "-".to_string() } else { v.to_string() };
                 for s in &shards {
-                    let status = if !s.pending.is_empty() {
-                        format!("promoting {} (awaiting acknowledgement)", s.pending)
-                    } else if !s.switchover_to.is_empty() {
-                        format!("switching over to {}", s.switchover_to)
-                    } else if !s.awaiting_operator.is_empty() {
-                        format!("awaiting operator: {}", s.awaiting_operator)
-                    } else {
-                        "ok".to_string()
-                    };
+                    // The leader's verdict (interlock_core::failover::policy::shard_status).
+                    let status = s.status.clone();
                     t.add_row(vec![
                         s.service.clone(),
                         s.id.clone(),

@@ -4,7 +4,7 @@
 use crate::output::Printer;
 use crate::Failure;
 use clap::{Args, Subcommand};
-use interlock_client::{Client, ClientError, OperationResponse, Replica};
+use interlock_client::{Client, ClientError, OperationResponse};
 use serde_json::json;
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ pub struct SwitchoverArgs {
     /// The replica to promote.
     #[arg(long, required_unless_present = "region")]
     pub to: Option<String>,
-    /// Move every primary out of REGION (each to its best replica elsewhere).
+    /// Move every primary out of REGION, each to the replica elsewhere that
+    /// the coordinator ranks best (best position, then priority) and that
+    /// passes the switchover preconditions.
     #[arg(long)]
     pub region: Option<String>,
     /// How long to wait for each switchover (default: the policy's
@@ -79,16 +81,6 @@ fn report(out: &Printer, r: &OperationResponse) -> Result<(), Failure> {
     out.record(&json!({"message": r.message, "revision": r.revision, "epoch": r.epoch}), || r.message.clone())
 }
 
-/// The replica a bulk switchover moves `shard`'s primary to: outside
-/// `region`, ACTIVE region, priority > 0, healthy; best position, then priority.
-fn bulk_target<'a>(replicas: &'a [Replica], service: &str, shard: &str, region: &str) -> Option<&'a Replica> {
-    replicas
-        .iter()
-        .filter(|r| r.service == service && r.shard == shard && r.region != region && r.priority > 0)
-        .filter(|r| r.role == "REPLICA" && r.healthy == Some(true))
-        .max_by(|a, b| a.position.cmp(&b.position).then(a.priority.cmp(&b.priority)).then(b.id.cmp(&a.id)))
-}
-
 pub async fn switchover(client: &Client, out: &Printer, args: &SwitchoverArgs) -> Result<(), Failure> {
     let wait = args.wait.unwrap_or(Duration::ZERO);
     if let (Some(shard), Some(to)) = (&args.shard, &args.to) {
@@ -97,23 +89,20 @@ pub async fn switchover(client: &Client, out: &Printer, args: &SwitchoverArgs) -
     let Some(region) = &args.region else {
         return Err(ClientError::InvalidArgument("shard: give SERVICE/SHARD --to REPLICA, or --region".into()).into());
     };
+    // Which shards have their primary in the region; the coordinator picks
+    // each one's target (best position, then priority) and checks it.
     let replicas = client.replicas().await?;
-    let moves: Vec<(String, Option<String>)> = client
+    let shards: Vec<String> = client
         .shards()
         .await?
         .iter()
         .filter(|s| replicas.iter().any(|r| r.id == s.primary && r.region == *region))
-        .map(|s| {
-            (format!("{}/{}", s.service, s.id), bulk_target(&replicas, &s.service, &s.id, region).map(|r| r.id.clone()))
-        })
+        .map(|s| format!("{}/{}", s.service, s.id))
         .collect();
     let mut failed = 0;
     let mut results = Vec::new();
-    for (shard, target) in moves {
-        let outcome = match target {
-            None => Err(ClientError::Refused(format!("{shard}: no healthy replica outside {region} to move to"))),
-            Some(to) => client.switchover(&shard, &to, wait).await.map(|r| r.message),
-        };
+    for shard in shards {
+        let outcome = client.switchover_away_from(&shard, region, wait).await.map(|r| r.message);
         match outcome {
             Ok(message) => {
                 eprintln!("{message}");

@@ -150,7 +150,33 @@ impl Client {
     /// Planned switchover of `shard` (SERVICE/SHARD) to replica `to`; waits
     /// up to `timeout` (zero: the policy's) for it to complete.
     pub async fn switchover(&self, shard: &str, to: &str, timeout: Duration) -> Result<OperationResponse, ClientError> {
-        let request = SwitchoverRequest { shard: shard.into(), to: to.into(), timeout_ms: timeout.as_millis() as u64 };
+        let request = SwitchoverRequest {
+            shard: shard.into(),
+            to: to.into(),
+            timeout_ms: timeout.as_millis() as u64,
+            away_from_region: String::new(),
+        };
+        self.switchover_request(request).await
+    }
+
+    /// Planned switchover of `shard`'s primary out of `region`, to the replica
+    /// the coordinator ranks best elsewhere; waits as [`Client::switchover`].
+    pub async fn switchover_away_from(
+        &self,
+        shard: &str,
+        region: &str,
+        timeout: Duration,
+    ) -> Result<OperationResponse, ClientError> {
+        let request = SwitchoverRequest {
+            shard: shard.into(),
+            to: String::new(),
+            timeout_ms: timeout.as_millis() as u64,
+            away_from_region: region.into(),
+        };
+        self.switchover_request(request).await
+    }
+
+    async fn switchover_request(&self, request: SwitchoverRequest) -> Result<OperationResponse, ClientError> {
         self.call(Idempotence::NotIdempotent, |ch| {
             let request = request.clone();
             async move { AdminClient::new(ch).switchover(request).await }

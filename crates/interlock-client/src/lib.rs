@@ -23,7 +23,6 @@
 
 mod api;
 mod controller;
-pub mod demo;
 mod error;
 mod lease_keeper;
 mod watch;
@@ -50,8 +49,8 @@ use tonic::{Code, Status};
 pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
     AcknowledgeRequest, ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo,
-    Member, MembershipResponse, NodeStatusResponse, OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus,
-    RoutingAck, RoutingStatus, RoutingTable, Shard, WatchResponse,
+    Member, MembershipResponse, NodeStatusResponse, OperationResponse, Region, Replica, ReplicaAssignment,
+    ReplicaStatus, RoutingAck, RoutingStatus, RoutingTable, Shard, WatchResponse,
 };
 
 /// Tunables of a [`Client`].

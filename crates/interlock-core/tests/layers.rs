@@ -53,8 +53,7 @@ fn graph() -> BTreeMap<String, BTreeSet<String>> {
         let text = std::fs::read_to_string(&file).expect("read");
         let code = text.split("#[cfg(test)]").next().unwrap_or("");
         // Comments (doc links included) are not dependencies.
-        let code: String =
-            code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
+        let code: String = code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
         let edges = graph.entry(module.clone()).or_default();
         edges.extend(imported(&code).into_iter().filter(|m| *m != module));
     }

@@ -1,10 +1,11 @@
 //! Conversions between core types and wire types: the one place that knows both.
 
 use crate::v1;
-use interlock_core::lease::Lease;
-use interlock_core::routing::RoutingPolicy;
-use interlock_core::state::{Controller, Event, Region, RegionState, Replica, ReplicaRole, Shard};
-use interlock_core::topology::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+use interlock_core::model::{
+    Controller, Event, FailoverPolicy, Lease, Region, RegionSpec, Replica, ReplicaSpec, RoutingPolicy, ServiceSpec,
+    Shard, ShardSpec, Topology,
+};
+use interlock_core::vocab::{RegionState, ReplicaRole};
 
 pub fn region_state_name(state: RegionState) -> &'static str {
     match state {
@@ -150,6 +151,8 @@ impl From<&Shard> for v1::Shard {
             pending: s.pending.as_ref().map(|p| p.replica.clone()).unwrap_or_default(),
             switchover_to: s.switchover.as_ref().map(|sw| sw.to.clone()).unwrap_or_default(),
             awaiting_operator: s.awaiting_operator.clone().unwrap_or_default(),
+            // The leader's verdict needs its observations: the service fills it in.
+            status: String::new(),
         }
     }
 }

@@ -2,9 +2,9 @@
 //! state, channels to peers, metrics and the clock; plus the two operations
 //! all writers need — propose a command, and find the leader to forward to.
 
-use crate::channels::Channels;
-use crate::metrics::Metrics;
-use interlock_core::{Command, NodeId, NodeInfo, Refusal, Request, Response};
+use crate::http::metrics::Metrics;
+use crate::raft::channels::Channels;
+use interlock_core::{Command, NodeId, NodeInfo, Request, Response};
 use interlock_proto::{FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA, NOT_PROPOSED_METADATA};
 use interlock_store::{Raft, StateReader};
 use openraft::error::{ForwardToLeader, RaftError};
@@ -64,7 +64,7 @@ pub struct NodeCtx {
     /// How long a request that needs a leader waits for an election to end.
     pub leader_wait: Duration,
     /// Where key-value writes queue up to be proposed together.
-    pub write_batcher: crate::proposer::WriteBatcher,
+    pub write_batcher: crate::raft::proposer::WriteBatcher,
 }
 
 /// Why a proposal did not produce a result.
@@ -85,7 +85,7 @@ impl NodeCtx {
             if command.is_batchable() && self.is_leader() {
                 self.write_batcher.propose(command).await
             } else {
-                crate::proposer::write(&self.raft, Request { at_unix_ms: self.clock.unix_ms(), command }).await
+                crate::raft::proposer::write(&self.raft, Request { at_unix_ms: self.clock.unix_ms(), command }).await
             }
         };
         match tokio::time::timeout(self.write_timeout, proposed).await {
@@ -93,7 +93,9 @@ impl NodeCtx {
                 "the write was not committed within {:?}; its outcome is unknown",
                 self.write_timeout
             )))),
-            Ok(Ok(Response::Refused { code, reason })) => Err(ProposeError::Status(refusal_status(code, reason))),
+            Ok(Ok(Response::Refused { code, reason })) => {
+                Err(ProposeError::Status(crate::api::refusal_status(code, reason)))
+            }
             Ok(outcome) => outcome,
         }
     }
@@ -135,36 +137,15 @@ impl NodeCtx {
     }
 }
 
-/// The gRPC status for a state-machine refusal.
-pub fn refusal_status(code: Refusal, reason: String) -> Status {
-    match code {
-        Refusal::InvalidArgument => Status::invalid_argument(reason),
-        Refusal::FailedPrecondition => Status::failed_precondition(reason),
-        Refusal::NotFound => Status::not_found(reason),
-        Refusal::PermissionDenied => Status::permission_denied(reason),
-    }
-}
-
-/// The revision of an applied command.
-pub fn revision_of(response: &Response) -> u64 {
-    match response {
-        Response::Applied { revision } => *revision,
-        Response::Lease { token, .. } => *token,
-        Response::Refused { .. } | Response::Batch { .. } => 0,
-    }
-}
-
 impl NodeCtx {
     /// Makes this node fit to serve a linearizable read: `Ok(None)` if it is
     /// the leader and has confirmed it with a quorum (and applied up to the
-    /// read index); `Ok(Some(channel))` to forward the read to the leader.
-    pub async fn read_barrier(&self, metadata: &tonic::metadata::MetadataMap) -> Result<Option<Channel>, Status> {
+    /// read index); `Ok(Some(hint))` names the leader to ask instead.
+    pub async fn read_barrier(&self) -> Result<Option<ForwardToLeader<NodeId, NodeInfo>>, Status> {
         use openraft::error::CheckIsLeaderError;
         match self.raft.ensure_linearizable().await {
             Ok(_) => Ok(None),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                Ok(Some(self.forward_target(metadata, &f)?))
-            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(hint))) => Ok(Some(hint)),
             Err(e) => Err(Status::unavailable(format!("cannot confirm leadership: {e}"))),
         }
     }
@@ -189,11 +170,4 @@ impl NodeCtx {
         let node = m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned());
         ForwardToLeader { leader_id: m.current_leader, leader_node: node }
     }
-}
-
-/// Builds the request a node sends to the leader on a client's behalf.
-pub fn forwarded<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(FORWARDED_METADATA, MetadataValue::from_static("1"));
-    request
 }

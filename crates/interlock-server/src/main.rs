@@ -1,8 +1,8 @@
 //! `interlockd`: the Interlock coordinator node.
 
 use clap::{Parser, Subcommand};
-use interlock_server::config::RunArgs;
-use interlock_server::dev::{DevArgs, DEV_PARENT_ENV};
+use interlock_server::node::config::RunArgs;
+use interlock_server::node::dev::{DevArgs, DEV_PARENT_ENV};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -48,7 +48,7 @@ enum Cmd {
     /// positions and witness reports, promotes and demotes them as the
     /// coordinator assigns (holding the shard's primary lease while it acts),
     /// and acknowledges. See docs/operations.md.
-    Agent(interlock_server::agent::AgentArgs),
+    Agent(interlock_agent::AgentArgs),
 }
 
 fn init_logging(filter: &str) {
@@ -117,7 +117,7 @@ fn main() -> ExitCode {
             }
         }
         Cmd::Agent(args) => {
-            let config = match interlock_server::agent::AgentConfig::load(&args.config) {
+            let config = match interlock_agent::AgentConfig::load(&args.config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("interlockd agent: {e:#}");
@@ -127,7 +127,7 @@ fn main() -> ExitCode {
             init_logging(&std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_string()));
             let run = async {
                 tokio::select! {
-                    r = interlock_server::agent::run(config) => r,
+                    r = interlock_agent::run(config) => r,
                     _ = shutdown_signal() => Ok(()),
                 }
             };
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Dev(args) => match runtime.block_on(interlock_server::dev::run(args)) {
+        Cmd::Dev(args) => match runtime.block_on(interlock_server::node::dev::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("interlockd dev: {e:#}");

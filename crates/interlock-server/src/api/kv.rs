@@ -1,7 +1,8 @@
 //! The `interlock.v1.Kv` service: a linearizable key-value space.
 
-use crate::ctx::{forwarded, revision_of, NodeCtx, ProposeError};
-use interlock_core::command::validate_key;
+use super::{invalid, linearizable, propose, revision_of, to_leader, Proposed};
+use crate::ctx::NodeCtx;
+use interlock_core::kv::validate_key;
 use interlock_core::{Command, InvalidArgument};
 use interlock_proto::v1::kv_client::KvClient;
 use interlock_proto::v1::kv_server::{Kv, KvServer};
@@ -28,37 +29,15 @@ impl KvService {
     }
 }
 
-/// Marks a forwarded answer with the leader's address, so that the client
-/// sends its next writes there directly instead of paying the extra hop.
-pub fn with_leader_hint<T>(
-    mut reply: Response<T>,
-    hint: &openraft::error::ForwardToLeader<interlock_core::NodeId, interlock_core::NodeInfo>,
-) -> Response<T> {
-    if let Some(node) = &hint.leader_node {
-        if let Ok(value) = tonic::metadata::MetadataValue::try_from(node.grpc_addr.as_str()) {
-            reply.metadata_mut().insert(interlock_proto::LEADER_ADDR_METADATA, value);
-        }
-    }
-    reply
-}
-
-pub fn invalid(e: InvalidArgument) -> Status {
-    Status::invalid_argument(e.to_string())
-}
-
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         let command = Command::Put { key: message.key.clone(), value: message.value.clone() };
         command.validate().map_err(invalid)?;
-        match self.ctx.propose(command).await {
-            Ok(r) => Ok(Response::new(PutResponse { revision: revision_of(&r) })),
-            Err(ProposeError::NotLeader(f)) => {
-                let reply = KvClient::new(self.ctx.forward_target(&metadata, &f)?).put(forwarded(message)).await;
-                Ok(with_leader_hint(reply?, &f))
-            }
-            Err(ProposeError::Status(s)) => Err(s),
+        match propose(&self.ctx, &metadata, command, to_leader!(KvClient, put, message)).await? {
+            Proposed::Here(r) => Ok(Response::new(PutResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
@@ -66,13 +45,9 @@ impl Kv for KvService {
         let (metadata, _, message) = request.into_parts();
         let command = Command::Delete { key: message.key.clone() };
         command.validate().map_err(invalid)?;
-        match self.ctx.propose(command).await {
-            Ok(r) => Ok(Response::new(DeleteResponse { revision: revision_of(&r) })),
-            Err(ProposeError::NotLeader(f)) => {
-                let reply = KvClient::new(self.ctx.forward_target(&metadata, &f)?).delete(forwarded(message)).await;
-                Ok(with_leader_hint(reply?, &f))
-            }
-            Err(ProposeError::Status(s)) => Err(s),
+        match propose(&self.ctx, &metadata, command, to_leader!(KvClient, delete, message)).await? {
+            Proposed::Here(r) => Ok(Response::new(DeleteResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
@@ -80,8 +55,8 @@ impl Kv for KvService {
         let (metadata, _, message) = request.into_parts();
         validate_key(&message.key).map_err(invalid)?;
         if message.linearizable {
-            if let Some(leader) = self.ctx.read_barrier(&metadata).await? {
-                return KvClient::new(leader).get(forwarded(message)).await;
+            if let Some(reply) = linearizable(&self.ctx, &metadata, to_leader!(KvClient, get, message.clone())).await? {
+                return Ok(reply);
             }
         }
         let applied = self.ctx.state.read();
@@ -103,8 +78,9 @@ impl Kv for KvService {
             return Err(invalid(InvalidArgument::new("limit", format!("must be at most {RANGE_LIMIT_MAX}"))));
         }
         if message.linearizable {
-            if let Some(leader) = self.ctx.read_barrier(&metadata).await? {
-                return KvClient::new(leader).range(forwarded(message)).await;
+            let send = to_leader!(KvClient, range, message.clone());
+            if let Some(reply) = linearizable(&self.ctx, &metadata, send).await? {
+                return Ok(reply);
             }
         }
         let limit = if message.limit == 0 { RANGE_LIMIT_MAX } else { message.limit } as usize;

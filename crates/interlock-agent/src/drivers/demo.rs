@@ -1,4 +1,4 @@
-//! [`DemoDatabase`]: a stand-in database behind a [`crate::ReplicaDriver`],
+//! [`DemoDatabase`]: a stand-in database behind a [`ReplicaDriver`],
 //! for `interlockd dev`, the reference agent, the simulation and the tests.
 //!
 //! Its model of replication is deliberately small but honest about timing:
@@ -13,7 +13,7 @@
 //! a higher position if its region returns.
 //! Transport (real TCP or simulated) is the caller's.
 
-use crate::{ReplicaDriver, ReplicaStatus};
+use interlock_client::{ReplicaDriver, ReplicaStatus, RoutingTable};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
@@ -203,7 +203,7 @@ impl ReplicaDriver for DemoDatabase {
         std::future::ready(change.map(|_| ()))
     }
 
-    fn apply_routing(&self, table: &crate::RoutingTable) -> Result<(), String> {
+    fn apply_routing(&self, table: &RoutingTable) -> Result<(), String> {
         let weights = table.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
         self.lock().routing.insert(table.service.clone(), (table.version, weights));
         Ok(())

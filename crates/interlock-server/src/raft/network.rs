@@ -5,7 +5,7 @@
 //! a deadline (openraft's `hard_ttl`): a peer that does not answer becomes a
 //! timeout, never a hung replication stream.
 
-use crate::channels::{Channels, PEER_MESSAGE_MAX_BYTES};
+use super::channels::{Channels, PEER_MESSAGE_MAX_BYTES};
 use interlock_core::{codec, NodeId, NodeInfo};
 use interlock_proto::raft::raft_client::RaftClient;
 use interlock_proto::raft::raft_server::{Raft as RaftService, RaftServer};

@@ -212,7 +212,7 @@ async fn run_batches(
             // The confirmation waited for this node to apply everything
             // committed, so the replicated state says whether the lease exists.
             // (A shard's primary lease is renewable only while its holder is still the primary.)
-            let held = applied.state.lease_renewable(&item.key, item.token);
+            let held = interlock_core::lease::renewable(&applied.state, &item.key, item.token);
             let renewed = match (held, inner.term) {
                 (true, None) => {
                     // Leadership confirmed, but this node's view of it has not

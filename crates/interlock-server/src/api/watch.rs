@@ -8,10 +8,9 @@
 //! message with `resync` set (it missed events) and continues from the oldest
 //! kept.
 
-use interlock_core::state::ReplicaRole;
 use interlock_core::state::State;
-use interlock_core::topology::validate_id;
-use interlock_core::topology::{primary_lease_key, shard_key};
+use interlock_core::vocab::ReplicaRole;
+use interlock_core::vocab::{primary_lease_key, shard_key, validate_id};
 use interlock_core::InvalidArgument;
 use interlock_proto::convert::{lease_info, role_name};
 use interlock_proto::v1::{Assignment, Event, LeaseInfo, ReplicaAssignment, RoutingTable, WatchResponse};
@@ -151,7 +150,7 @@ fn next_message(
 }
 
 /// A routing table on the wire.
-pub fn routing_table(r: &interlock_core::state::Routing) -> RoutingTable {
+pub fn routing_table(r: &interlock_core::model::Routing) -> RoutingTable {
     RoutingTable {
         service: r.service.clone(),
         version: r.version,

@@ -6,28 +6,37 @@
 //! refused (config, ports, data directory, identity) is checked before the
 //! first byte is written.
 
-use crate::admin;
-use crate::admin_api::AdminService;
-use crate::channels::{tcp_channel_maker, Channels};
-use crate::cluster::ClusterService;
-use crate::config::{format_peers, NodeConfig, Timing};
-use crate::controller::ControllerService;
+pub mod config;
+pub mod dev;
+mod health;
+mod identity;
+
+pub use identity::{StoredIdentity, IDENTITY_FILE};
+
+use crate::api::admin::AdminService;
+use crate::api::cluster::ClusterService;
+use crate::api::controller::ControllerService;
+use crate::api::kv::KvService;
+use crate::control::drains::run_drain_loop;
+use crate::control::failover::run_failover_loop;
+use crate::control::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
+use crate::control::liveness::Liveness;
+use crate::control::routing_acks::RoutingAcks;
 use crate::ctx::{Clock, NodeCtx, SystemClock};
-use crate::failover::{run_failover_loop, Liveness};
-use crate::kv::KvService;
-use crate::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
-use crate::metrics::Metrics;
-use crate::network::{Network, RaftRpcServer};
-use crate::proposer::WriteBatcher;
-use interlock_core::{codec, NodeId, NodeInfo};
+use crate::http;
+use crate::http::metrics::Metrics;
+use crate::raft::channels::{tcp_channel_maker, Channels};
+use crate::raft::network::{Network, RaftRpcServer};
+use crate::raft::proposer::WriteBatcher;
+use config::{format_peers, NodeConfig, Timing};
+use identity::{check_identity, check_stored_address, prepare_data_dir, write_identity};
+use interlock_core::{NodeId, NodeInfo};
 use interlock_store::{Raft, SledLogStore, SnapshotVault, StateMachineStore, TypeConfig};
 use openraft::storage::RaftLogStorage;
 use openraft::SnapshotPolicy;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -45,18 +54,6 @@ pub enum StartError {
     #[error("raft: {0}")]
     Raft(String),
 }
-
-/// Who this data directory belongs to, written once on the first start.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredIdentity {
-    pub node_id: NodeId,
-    /// The initial peer list this node was first started with (empty for a
-    /// node that joined an existing cluster).
-    pub initial_peers: BTreeMap<NodeId, NodeInfo>,
-}
-
-/// How often gRPC health is re-evaluated.
-pub const HEALTH_TICK: Duration = Duration::from_millis(250);
 
 /// Concurrent gRPC streams one client connection may open (keepalive and
 /// watch streams are long-lived; hyper's default of 200 is too few).
@@ -89,92 +86,6 @@ async fn bind(field: &'static str, addr: SocketAddr) -> Result<TcpListener, Star
     TcpListener::bind(addr).await.map_err(|e| StartError::Listen { field, addr, reason: e.to_string() })
 }
 
-/// Creates the data directory if needed and proves it is writable.
-fn prepare_data_dir(dir: &Path) -> Result<(), StartError> {
-    let err = |reason: String| StartError::DataDir { path: dir.display().to_string(), reason };
-    if dir.exists() && !dir.is_dir() {
-        return Err(err("exists and is not a directory".to_string()));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| err(format!("cannot create: {e}")))?;
-    let probe = dir.join(".write-probe");
-    std::fs::write(&probe, b"").map_err(|e| err(format!("not writable: {e}")))?;
-    std::fs::remove_file(&probe).map_err(|e| err(format!("not writable: {e}")))?;
-    Ok(())
-}
-
-/// File in the data directory that records whose it is.
-pub const IDENTITY_FILE: &str = "identity";
-
-fn read_identity(config: &NodeConfig) -> Result<Option<StoredIdentity>, StartError> {
-    let path = config.data_dir.join(IDENTITY_FILE);
-    let err = |reason: String| StartError::DataDir { path: path.display().to_string(), reason };
-    match std::fs::read(&path) {
-        Ok(bytes) => codec::decode(&bytes).map(Some).map_err(|e| err(format!("unreadable identity record: {e}"))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(err(e.to_string())),
-    }
-}
-
-fn write_identity(config: &NodeConfig, identity: &StoredIdentity) -> Result<(), StartError> {
-    let err = |reason: String| StartError::DataDir { path: config.data_dir.display().to_string(), reason };
-    let bytes = codec::encode(identity).map_err(err)?;
-    let tmp = config.data_dir.join(format!("{IDENTITY_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut file, &bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, config.data_dir.join(IDENTITY_FILE))?;
-        std::fs::File::open(&config.data_dir)?.sync_all()
-    };
-    write().map_err(|e| err(format!("writing the identity record: {e}")))
-}
-
-/// Checks the data directory's identity record against the config, before
-/// anything in the directory is opened for writing. `Ok(true)` on first start.
-fn check_identity(config: &NodeConfig) -> Result<bool, StartError> {
-    let Some(stored) = read_identity(config)? else { return Ok(true) };
-    if stored.node_id != config.id {
-        return Err(StartError::Identity {
-            field: "id",
-            reason: format!(
-                "is {}, but data_dir {} belongs to node {}",
-                config.id,
-                config.data_dir.display(),
-                stored.node_id
-            ),
-        });
-    }
-    if !config.initial_peers.is_empty() && config.initial_peers != stored.initial_peers {
-        return Err(StartError::Identity {
-            field: "initial_peers",
-            reason: format!(
-                "[{}] disagrees with the membership this data directory was bootstrapped with: [{}]. \
-                 initial_peers is only read on the first start; restore the original list, leave it empty, \
-                 or change membership with `interlockctl cluster add/remove`",
-                format_peers(&config.initial_peers).join(","),
-                format_peers(&stored.initial_peers).join(",")
-            ),
-        });
-    }
-    Ok(false)
-}
-
-/// Checks that the membership on disk lists this node where the config says it is.
-fn check_stored_address(raft: &Raft, config: &NodeConfig) -> Result<(), StartError> {
-    let metrics = raft.metrics().borrow().clone();
-    match metrics.membership_config.membership().get_node(&config.id) {
-        Some(stored) if stored.grpc_addr != config.grpc_advertise => Err(StartError::Identity {
-            field: "grpc_advertise",
-            reason: format!(
-                "is {}, but the stored membership lists node {} at {}; other members would not find it. \
-                 Use the old address, or remove and re-add the node",
-                config.grpc_advertise, config.id, stored.grpc_addr
-            ),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// The parts of a node that differ between production (sled, TCP, the OS
 /// clock) and the simulation (memory, turmoil, skewed clocks).
 pub struct Assembly<LS> {
@@ -197,7 +108,7 @@ pub struct Node {
     lease_table: Arc<LeaseTable>,
     batcher: KeepaliveBatcher,
     liveness: Arc<Liveness>,
-    routing_acks: Arc<crate::routing::RoutingAcks>,
+    routing_acks: Arc<RoutingAcks>,
     mutations: LeaseMutations,
 }
 
@@ -226,6 +137,7 @@ impl Node {
         let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);
         let liveness = Arc::new(Liveness::default());
         tokio::spawn(run_failover_loop(ctx.clone(), liveness.clone()));
+        tokio::spawn(run_drain_loop(ctx.clone()));
         Ok(Node { raft, ctx, lease_table, batcher, liveness, routing_acks: Arc::default(), mutations: parts.mutations })
     }
 
@@ -250,15 +162,14 @@ impl Node {
     /// Every gRPC service of the node: Raft, the public API, health, reflection.
     pub fn grpc_router(&self) -> Result<tonic::transport::server::Router, StartError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        tokio::spawn(report_health(self.raft.clone(), health_reporter, self.ctx.leader_wait));
+        tokio::spawn(health::report_health(self.raft.clone(), health_reporter, self.ctx.leader_wait));
         // Reflection in both versions: grpcurl speaks v1, while grpcio-reflection
         // and many other tools still speak only v1alpha.
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .register_encoded_file_descriptor_set(interlock_proto::FILE_DESCRIPTOR_SET)
         };
-        let reflection_v1 =
-            reflection().build_v1().map_err(|e| StartError::Raft(format!("reflection v1: {e}")))?;
+        let reflection_v1 = reflection().build_v1().map_err(|e| StartError::Raft(format!("reflection v1: {e}")))?;
         let reflection_v1alpha =
             reflection().build_v1alpha().map_err(|e| StartError::Raft(format!("reflection v1alpha: {e}")))?;
         let ctx = &self.ctx;
@@ -334,7 +245,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     // Nagle's algorithm would hold small Raft replies back for tens of ms.
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let grpc = node.grpc_router()?.serve_with_incoming_shutdown(incoming, stopped());
-    let admin = axum::serve(admin_listener, admin::router(node.ctx.clone())).with_graceful_shutdown(stopped());
+    let admin = axum::serve(admin_listener, http::router(node.ctx.clone())).with_graceful_shutdown(stopped());
     let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     tracing::info!("{config}: serving");
@@ -350,31 +261,6 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
     drop(log_store);
     tracing::info!("stopped");
     Ok(())
-}
-
-/// gRPC health: SERVING while this node knows a working leader — a leader
-/// that is itself, it must have heard from a quorum within `quorum_window`
-/// (openraft 0.9 keeps an isolated leader in office, so "leader known" alone
-/// would keep a cut-off leader SERVING). NOT_SERVING otherwise.
-async fn report_health(raft: Raft, reporter: tonic_health::server::HealthReporter, quorum_window: Duration) {
-    let mut serving = None;
-    let mut tick = tokio::time::interval(HEALTH_TICK);
-    loop {
-        tick.tick().await;
-        let m = raft.metrics().borrow().clone();
-        let leading = m.state == openraft::ServerState::Leader;
-        let quorum_fresh = m.millis_since_quorum_ack.is_some_and(|ms| ms <= quorum_window.as_millis() as u64);
-        let healthy = m.current_leader.is_some() && (!leading || quorum_fresh);
-        if serving != Some(healthy) {
-            let status =
-                if healthy { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
-            reporter.set_service_status("", status).await;
-            serving = Some(healthy);
-        }
-        if matches!(m.state, openraft::ServerState::Shutdown) {
-            return;
-        }
-    }
 }
 
 async fn mirror_raft_metrics(raft: Raft, metrics: Arc<Metrics>) {

@@ -1,13 +1,19 @@
-//! The `interlock.v1.Admin` service: apply the declared topology, and
-//! linearizable views of the state for operators.
+//! The `interlock.v1.Admin` service: apply the declared topology, operator
+//! actions (routing, drains, switchover, failover, maintenance), and
+//! linearizable views of the state for operators. The rules an operator
+//! action must meet are `interlock_core::failover::policy`'s; this module
+//! gathers the leader's observations and maps the answers to statuses.
 
-use crate::ctx::{forwarded, refusal_status, revision_of, NodeCtx, ProposeError};
-use crate::failover::Liveness;
-use crate::leases::LeaseTable;
-use interlock_core::command::validate_shard_key;
-use interlock_core::state::{PromotionMode, RegionState, State};
-use interlock_core::topology::validate_id;
-use interlock_core::{Command, Topology};
+use super::{invalid, linearizable, on_leader, refusal_status, revision_of, to_leader};
+use crate::control::leases::LeaseTable;
+use crate::control::liveness::Liveness;
+use crate::control::routing_acks::RoutingAcks;
+use crate::ctx::{NodeCtx, ProposeError};
+use interlock_core::failover::detector::DetectorParams;
+use interlock_core::failover::policy::{self, Refused};
+use interlock_core::failover::Observations;
+use interlock_core::vocab::{validate_id, validate_shard_key, PromotionMode, RegionState, Rule};
+use interlock_core::{topology, Command, State, Topology};
 use interlock_proto::convert::lease_info;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::admin_server::{Admin, AdminServer};
@@ -28,7 +34,7 @@ pub struct AdminService {
     pub ctx: Arc<NodeCtx>,
     pub leases: Arc<LeaseTable>,
     pub liveness: Arc<Liveness>,
-    pub routing_acks: Arc<crate::routing::RoutingAcks>,
+    pub routing_acks: Arc<RoutingAcks>,
 }
 
 impl AdminService {
@@ -37,12 +43,14 @@ impl AdminService {
     }
 }
 
-/// Forwards a read to the leader, or falls through to serve it here once this
-/// node has confirmed its leadership.
+/// Serves a linearizable read: from the leader if this node is not it, or
+/// falls through to serve it here once this node has confirmed leadership.
 macro_rules! leader_read {
     ($self:ident, $metadata:expr, $message:expr, $method:ident) => {
-        if let Some(leader) = $self.ctx.read_barrier(&$metadata).await? {
-            return AdminClient::new(leader).$method(forwarded($message)).await;
+        if let Some(reply) =
+            linearizable(&$self.ctx, &$metadata, to_leader!(AdminClient, $method, $message.clone())).await?
+        {
+            return Ok(reply);
         }
     };
 }
@@ -51,21 +59,24 @@ macro_rules! leader_read {
 /// positions) run on the leader: other nodes forward the whole request.
 macro_rules! on_leader {
     ($self:ident, $metadata:expr, $message:expr, $method:ident) => {
-        if !$self.ctx.is_leader() {
-            let target = $self.ctx.forward_target(&$metadata, &$self.ctx.leader_hint())?;
-            return AdminClient::new(target).$method(forwarded($message)).await;
+        if let Some(reply) =
+            on_leader(&$self.ctx, &$metadata, to_leader!(AdminClient, $method, $message.clone())).await?
+        {
+            return Ok(reply);
         }
     };
 }
 
-fn invalid(e: interlock_core::InvalidArgument) -> Status {
-    Status::invalid_argument(e.to_string())
+fn refused((code, reason): Refused) -> Status {
+    refusal_status(code, reason)
 }
 
 /// Checks the fields every switchover and failover request has.
 fn validate_operation(shard: &str, to: &str, (wait_field, wait_ms): (&str, u64)) -> Result<(), Status> {
     validate_shard_key(shard).map_err(invalid)?;
-    validate_id(to, "to").map_err(invalid)?;
+    if !to.is_empty() {
+        validate_id(to, "to").map_err(invalid)?;
+    }
     if Duration::from_millis(wait_ms) > OPERATION_WAIT_MAX {
         return Err(Status::invalid_argument(format!("{wait_field}: at most {}", OPERATION_WAIT_MAX.as_millis())));
     }
@@ -85,52 +96,10 @@ impl AdminService {
         }
     }
 
-    /// The checks a switchover target must pass before anything changes.
-    fn switchover_refusal(&self, state: &State, shard_key: &str, to: &str) -> Result<(String, u64), Status> {
-        let refuse = |why: String| Err(Status::failed_precondition(format!("switchover {shard_key} to {to}: {why}")));
-        let Some(shard) = state.shards.get(shard_key) else {
-            return Err(Status::not_found(format!("shard: unknown shard {shard_key}")));
-        };
-        let Some(replica) = state.replicas.get(to).filter(|r| shard.replicas.contains(&r.id)) else {
-            return Err(Status::not_found(format!("to: {to} is not a replica of {shard_key}")));
-        };
-        let Some(primary) = shard.primary.clone() else {
-            return refuse("the shard has no primary; use `interlockctl failover`".to_string());
-        };
-        if primary == to {
-            return refuse("it is already the primary".to_string());
-        }
-        if shard.pending.is_some() || shard.switchover.is_some() {
-            return refuse("a promotion or switchover is already in progress".to_string());
-        }
-        if state.regions.get(&replica.region).is_none_or(|r| r.state != RegionState::Active) {
-            return refuse(format!("its region {} is not ACTIVE", replica.region));
-        }
-        let Some(controller) = replica.controller.as_deref() else {
-            return refuse("no controller runs it".to_string());
-        };
-        let now = self.ctx.clock.monotonic_ms();
-        let fresh = 3 * state.topology.failover.heartbeat_interval_ms;
-        if self.liveness.last_seen_ms(controller).is_none_or(|seen| now.saturating_sub(seen) > fresh) {
-            return refuse(format!("its controller {controller} has not heartbeated within {fresh} ms"));
-        }
-        let Some(report) = self.liveness.report(controller, to).filter(|r| r.healthy) else {
-            return refuse("its controller does not report it healthy".to_string());
-        };
-        let primary_position = state
-            .replicas
-            .get(&primary)
-            .and_then(|p| p.controller.as_deref())
-            .and_then(|c| self.liveness.report(c, &primary))
-            .map_or(report.position, |r| r.position);
-        let lag = report.lag.max(primary_position.saturating_sub(report.position));
-        if lag > shard.max_lag_on_failover {
-            return refuse(format!(
-                "it is {lag} behind the primary (max_lag_on_failover {}); it could not catch up in time",
-                shard.max_lag_on_failover
-            ));
-        }
-        Ok((primary, shard.epoch))
+    /// The leader's observations now, as the planner sees them.
+    fn observations(&self, state: &State) -> Observations {
+        let params = DetectorParams::from_policy(&state.topology.failover);
+        self.liveness.observations(self.ctx.clock.monotonic_ms(), self.ctx.clock.unix_ms(), &params)
     }
 
     /// Waits until `shard_key` has `to` as its acknowledged primary, or the
@@ -199,7 +168,7 @@ impl Admin for AdminService {
                 let converged =
                     s.controllers.keys().all(|c| acks.iter().any(|a| a.controller_id == *c && a.version >= r.version));
                 RoutingStatus {
-                    table: Some(crate::watch::routing_table(r)),
+                    table: Some(super::watch::routing_table(r)),
                     acks,
                     converged,
                     region_states: region_states.clone(),
@@ -213,8 +182,8 @@ impl Admin for AdminService {
         let (metadata, _, message) = request.into_parts();
         let mut overrides = Vec::new();
         for name in &message.override_rules {
-            let rule = interlock_core::routing::Rule::parse(name).ok_or_else(|| {
-                let known: Vec<&str> = interlock_core::routing::Rule::ALL.iter().map(|r| r.name()).collect();
+            let rule = Rule::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
                 Status::invalid_argument(format!("override_rules: unknown rule {name:?} (known: {})", known.join(", ")))
             })?;
             overrides.push(rule);
@@ -260,65 +229,51 @@ impl Admin for AdminService {
     async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<OperationResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         validate_operation(&message.shard, &message.to, ("timeout_ms", message.timeout_ms))?;
+        match (message.to.is_empty(), message.away_from_region.is_empty()) {
+            (true, true) => {
+                return Err(Status::invalid_argument("to: name the replica to promote, or away_from_region"))
+            }
+            (false, false) => {
+                return Err(Status::invalid_argument("away_from_region: give either it or `to`, not both"))
+            }
+            (true, false) => validate_id(&message.away_from_region, "away_from_region").map_err(invalid)?,
+            (false, true) => {}
+        }
         on_leader!(self, metadata, message, switchover);
-        let (from, epoch, policy) = {
+        let (from, to, epoch, policy) = {
             let applied = self.ctx.state.read();
             let s = &applied.state;
-            let (from, epoch) = self.switchover_refusal(s, &message.shard, &message.to)?;
-            (from, epoch, s.topology.failover.clone())
+            let obs = self.observations(s);
+            let to = match message.to.as_str() {
+                "" => policy::switchover_target(s, &obs, &message.shard, &message.away_from_region).map_err(refused)?,
+                to => to.to_string(),
+            };
+            let (from, epoch) = policy::switchover_check(s, &obs, &message.shard, &to).map_err(refused)?;
+            (from, to, epoch, s.topology.failover.clone())
         };
         let reason = format!("operator switchover from {from}");
-        let demote =
-            Command::Demote { shard: message.shard.clone(), expected_epoch: epoch, to: message.to.clone(), reason };
+        let demote = Command::Demote { shard: message.shard.clone(), expected_epoch: epoch, to: to.clone(), reason };
         self.propose_here(demote).await?;
         let wait = match message.timeout_ms {
             0 => Duration::from_millis(policy.switchover_timeout_ms + policy.promote_ack_timeout_ms),
             ms => Duration::from_millis(ms),
         };
-        Ok(Response::new(self.wait_for_primary(&message.shard, &message.to, wait).await?))
+        Ok(Response::new(self.wait_for_primary(&message.shard, &to, wait).await?))
     }
 
     async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<OperationResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         validate_operation(&message.shard, &message.to, ("wait_ms", message.wait_ms))?;
+        if message.to.is_empty() {
+            return Err(Status::invalid_argument("to: name the replica to promote"));
+        }
         on_leader!(self, metadata, message, failover);
         let epoch = {
             let applied = self.ctx.state.read();
             let s = &applied.state;
-            let Some(shard) = s.shards.get(&message.shard) else {
-                return Err(Status::not_found(format!("shard: unknown shard {}", message.shard)));
-            };
-            let Some(replica) = s.replicas.get(&message.to).filter(|r| shard.replicas.contains(&r.id)) else {
-                return Err(Status::not_found(format!("to: {} is not a replica of {}", message.to, message.shard)));
-            };
-            if !message.accept_data_loss {
-                let report = replica.controller.as_deref().and_then(|c| self.liveness.report(c, &replica.id));
-                let best = shard
-                    .replicas
-                    .iter()
-                    .filter_map(|id| s.replicas.get(id))
-                    .filter_map(|r| r.controller.as_deref().and_then(|c| self.liveness.report(c, &r.id)))
-                    .map(|r| r.position)
-                    .max()
-                    .unwrap_or(0);
-                let lag = report.map(|r| r.lag.max(best.saturating_sub(r.position)));
-                match lag {
-                    Some(lag) if lag <= shard.max_lag_on_failover => {}
-                    Some(lag) => {
-                        return Err(Status::failed_precondition(format!(
-                            "to: {} is {lag} behind the best known position (max_lag_on_failover {});                              promoting it loses data — pass --accept-data-loss to do it anyway",
-                            message.to, shard.max_lag_on_failover
-                        )))
-                    }
-                    None => {
-                        return Err(Status::failed_precondition(format!(
-                            "to: no position reported for {}; its data cannot be checked — pass --accept-data-loss                              to promote it anyway",
-                            message.to
-                        )))
-                    }
-                }
-            }
-            shard.epoch
+            let obs = self.observations(s);
+            policy::operator_failover_check(s, &obs, &message.shard, &message.to, message.accept_data_loss)
+                .map_err(refused)?
         };
         let reason = if message.accept_data_loss {
             "operator failover, data loss accepted".to_string()
@@ -388,7 +343,7 @@ impl Admin for AdminService {
     ) -> Result<Response<ApplyTopologyResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         let topology: Topology = message.topology.clone().unwrap_or_default().into();
-        let problems = topology.validate();
+        let problems = topology::validate(&topology);
         if !problems.is_empty() {
             let listed: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.field, p.reason)).collect();
             return Err(Status::invalid_argument(format!(
@@ -397,7 +352,7 @@ impl Admin for AdminService {
             )));
         }
         leader_read!(self, metadata, message, apply_topology);
-        let (changes, refusal) = self.ctx.state.read().state.topology_diff(&topology);
+        let (changes, refusal) = topology::diff(&self.ctx.state.read().state, &topology);
         if let Some((code, reason)) = refusal {
             return Err(refusal_status(code, reason));
         }
@@ -405,13 +360,8 @@ impl Admin for AdminService {
             // Nothing to change: an unchanged topology is not written again.
             return Ok(Response::new(ApplyTopologyResponse { changes, revision: 0 }));
         }
-        match self.ctx.propose(Command::ApplyTopology { topology }).await {
-            Ok(r) => Ok(Response::new(ApplyTopologyResponse { changes, revision: revision_of(&r) })),
-            Err(ProposeError::NotLeader(f)) => {
-                AdminClient::new(self.ctx.forward_target(&metadata, &f)?).apply_topology(forwarded(message)).await
-            }
-            Err(ProposeError::Status(s)) => Err(s),
-        }
+        let revision = self.propose_here(Command::ApplyTopology { topology }).await?;
+        Ok(Response::new(ApplyTopologyResponse { changes, revision }))
     }
 
     async fn get_regions(&self, request: Request<ListRequest>) -> Result<Response<RegionList>, Status> {
@@ -427,7 +377,16 @@ impl Admin for AdminService {
         leader_read!(self, metadata, message, get_shards);
         let applied = self.ctx.state.read();
         let s = &applied.state;
-        Ok(Response::new(ShardList { shards: s.shards.values().map(Into::into).collect(), revision: s.revision }))
+        let obs = self.observations(s);
+        let shards = s
+            .shards
+            .iter()
+            .map(|(key, shard)| interlock_proto::v1::Shard {
+                status: policy::shard_status(s, &obs, key, shard),
+                ..shard.into()
+            })
+            .collect();
+        Ok(Response::new(ShardList { shards, revision: s.revision }))
     }
 
     async fn get_replicas(&self, request: Request<ListRequest>) -> Result<Response<ReplicaList>, Status> {

@@ -1,14 +1,15 @@
 //! The `interlock.v1.Controller` service: registration, heartbeats, leases
 //! and watches — the contract region controllers live by.
 
-use crate::ctx::{forwarded, NodeCtx, ProposeError};
-use crate::failover::Liveness;
-use crate::kv::invalid;
-use crate::leases::{KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
-use crate::watch::{parse_topic, run_watch, WATCH_BUFFER};
-use interlock_core::detector::DetectorParams;
+use super::watch::{parse_topic, run_watch, WATCH_BUFFER};
+use super::{invalid, linearizable, on_leader, propose, revision_of, to_leader, BoxStream, Proposed};
+use crate::control::leases::{KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
+use crate::control::liveness::Liveness;
+use crate::control::routing_acks::RoutingAcks;
+use crate::ctx::NodeCtx;
+use interlock_core::failover::detector::DetectorParams;
 use interlock_core::lease::{validate_grant, validate_lease_key};
-use interlock_core::topology::validate_id;
+use interlock_core::vocab::{shard_key, validate_id, ReplicaRole};
 use interlock_core::{Command, Response as CoreResponse, RevokeReason};
 use interlock_proto::convert::lease_info;
 use interlock_proto::convert::parse_role;
@@ -21,12 +22,10 @@ use interlock_proto::v1::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, ReadIndexRequest,
     RegisterRequest, RegisterResponse, WatchRequest, WatchResponse,
 };
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 /// How long an acknowledgement waits for the leader to apply its version.
@@ -37,7 +36,7 @@ pub const KEEPALIVE_STREAM_BUFFER: usize = 1024;
 pub const WATCH_CATCH_UP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct ControllerService {
-    pub routing_acks: Arc<crate::routing::RoutingAcks>,
+    pub routing_acks: Arc<RoutingAcks>,
     pub ctx: Arc<NodeCtx>,
     pub leases: Arc<LeaseTable>,
     pub mutations: LeaseMutations,
@@ -60,16 +59,13 @@ impl ControllerService {
 
     /// An index that this node must apply before serving a linearizable view.
     async fn read_index(&self, metadata: &tonic::metadata::MetadataMap) -> Result<u64, Status> {
-        match self.ctx.read_barrier(metadata).await? {
+        let send = to_leader!(ClusterClient, read_index, ReadIndexRequest {});
+        match linearizable(&self.ctx, metadata, send).await? {
             None => Ok(self.ctx.state.read().state.revision),
-            Some(leader) => {
-                Ok(ClusterClient::new(leader).read_index(forwarded(ReadIndexRequest {})).await?.into_inner().index)
-            }
+            Some(reply) => Ok(reply.into_inner().index),
         }
     }
 }
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl Controller for ControllerService {
@@ -83,12 +79,9 @@ impl Controller for ControllerService {
             identity: message.identity.clone(),
             replicas: message.replicas.clone(),
         };
-        match self.ctx.propose(command).await {
-            Ok(r) => Ok(Response::new(RegisterResponse { revision: crate::ctx::revision_of(&r) })),
-            Err(ProposeError::NotLeader(f)) => {
-                ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).register(forwarded(message)).await
-            }
-            Err(ProposeError::Status(s)) => Err(s),
+        match propose(&self.ctx, &metadata, command, to_leader!(ControllerClient, register, message)).await? {
+            Proposed::Here(r) => Ok(Response::new(RegisterResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
@@ -133,8 +126,9 @@ impl Controller for ControllerService {
         validate_grant(&message.key, &message.holder, message.ttl_ms).map_err(invalid)?;
         let command =
             Command::LeaseGrant { key: message.key.clone(), holder: message.holder.clone(), ttl_ms: message.ttl_ms };
-        match self.ctx.propose(command).await {
-            Ok(CoreResponse::Lease { token, ttl_ms }) => {
+        let send = to_leader!(ControllerClient, lease_grant, message.clone());
+        match propose(&self.ctx, &metadata, command, send).await? {
+            Proposed::Here(CoreResponse::Lease { token, ttl_ms }) => {
                 if !self.leases.note_grant(&self.ctx, &message.key, token, received_ms, self.mutations) {
                     // The holder asked again for a lease it held, just as the
                     // leader expired it (found by the simulation, seed 278).
@@ -145,11 +139,8 @@ impl Controller for ControllerService {
                 }
                 Ok(Response::new(LeaseGrantResponse { token, ttl_ms }))
             }
-            Ok(other) => Err(Status::internal(format!("unexpected answer to a grant: {other:?}"))),
-            Err(ProposeError::NotLeader(f)) => {
-                ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).lease_grant(forwarded(message)).await
-            }
-            Err(ProposeError::Status(s)) => Err(s),
+            Proposed::Here(other) => Err(Status::internal(format!("unexpected answer to a grant: {other:?}"))),
+            Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
@@ -193,12 +184,9 @@ impl Controller for ControllerService {
         validate_lease_key(&message.key).map_err(invalid)?;
         let token = (message.token != 0).then_some(message.token);
         let command = Command::LeaseRevoke { key: message.key.clone(), token, reason: RevokeReason::Requested };
-        match self.ctx.propose(command).await {
-            Ok(r) => Ok(Response::new(LeaseRevokeResponse { revision: crate::ctx::revision_of(&r) })),
-            Err(ProposeError::NotLeader(f)) => {
-                ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).lease_revoke(forwarded(message)).await
-            }
-            Err(ProposeError::Status(s)) => Err(s),
+        match propose(&self.ctx, &metadata, command, to_leader!(ControllerClient, lease_revoke, message)).await? {
+            Proposed::Here(r) => Ok(Response::new(LeaseRevokeResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
@@ -226,7 +214,7 @@ impl Controller for ControllerService {
                     message.controller_id
                 )));
             }
-            let shard = s.shards.get(&interlock_core::topology::shard_key(&replica.service, &replica.shard));
+            let shard = s.shards.get(&shard_key(&replica.service, &replica.shard));
             shard
                 .and_then(|sh| sh.pending.as_ref())
                 .filter(|p| p.replica == message.replica_id)
@@ -238,18 +226,15 @@ impl Controller for ControllerService {
             role,
             position: message.position,
         };
-        match self.ctx.propose(command).await {
-            Ok(r) => {
-                if let Some(since) = pending_since.filter(|_| role == interlock_core::state::ReplicaRole::Primary) {
+        match propose(&self.ctx, &metadata, command, to_leader!(ControllerClient, acknowledge, message)).await? {
+            Proposed::Here(r) => {
+                if let Some(since) = pending_since.filter(|_| role == ReplicaRole::Primary) {
                     let waited = self.ctx.clock.unix_ms().saturating_sub(since);
                     self.ctx.metrics.promotion_seconds.observe(waited as f64 / 1000.0);
                 }
-                Ok(Response::new(AcknowledgeResponse { revision: crate::ctx::revision_of(&r) }))
+                Ok(Response::new(AcknowledgeResponse { revision: revision_of(&r) }))
             }
-            Err(ProposeError::NotLeader(f)) => {
-                ControllerClient::new(self.ctx.forward_target(&metadata, &f)?).acknowledge(forwarded(message)).await
-            }
-            Err(ProposeError::Status(s)) => Err(s),
+            Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
@@ -257,9 +242,9 @@ impl Controller for ControllerService {
         let (metadata, _, message) = request.into_parts();
         validate_id(&message.controller_id, "controller_id").map_err(invalid)?;
         validate_id(&message.service, "service").map_err(invalid)?;
-        if !self.ctx.is_leader() {
-            let target = self.ctx.forward_target(&metadata, &self.ctx.leader_hint())?;
-            return ControllerClient::new(target).ack_routing(forwarded(message)).await;
+        let send = to_leader!(ControllerClient, ack_routing, message.clone());
+        if let Some(reply) = on_leader(&self.ctx, &metadata, send).await? {
+            return Ok(reply);
         }
         // The version is a log index; a follower may have applied it before
         // this leader did (openraft applies asynchronously): wait for it.
@@ -295,8 +280,9 @@ impl Controller for ControllerService {
     async fn lease_get(&self, request: Request<LeaseGetRequest>) -> Result<Response<LeaseInfo>, Status> {
         let (metadata, _, message) = request.into_parts();
         validate_lease_key(&message.key).map_err(invalid)?;
-        if let Some(leader) = self.ctx.read_barrier(&metadata).await? {
-            return ControllerClient::new(leader).lease_get(forwarded(message)).await;
+        let send = to_leader!(ControllerClient, lease_get, message.clone());
+        if let Some(reply) = linearizable(&self.ctx, &metadata, send).await? {
+            return Ok(reply);
         }
         let now = self.ctx.clock.monotonic_ms();
         let applied = self.ctx.state.read();

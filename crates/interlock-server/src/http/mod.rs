@@ -1,4 +1,7 @@
-//! The admin HTTP server: `/livez`, `/readyz`, `/metrics`.
+//! The admin HTTP port: `/livez`, `/readyz`, `/metrics` (the dashboard will
+//! be served here too).
+
+pub mod metrics;
 
 use crate::ctx::NodeCtx;
 use axum::extract::State;

@@ -1,15 +1,15 @@
 //! The `interlock.v1.Cluster` service: status and membership changes.
 
-use crate::config::{validate_dial_addr, validate_region};
-use crate::ctx::{forwarded, NodeCtx};
-use crate::kv::invalid;
+use super::{forward, invalid, linearizable, to_leader};
+use crate::ctx::NodeCtx;
+use crate::node::config::{validate_dial_addr, validate_region};
 use futures::future::join_all;
 use interlock_core::{InvalidArgument, NodeId, NodeInfo};
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::cluster_server::{Cluster, ClusterServer};
 use interlock_proto::v1::{
-    AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatusResponse, NodeStatusRequest, ReadIndexRequest,
-    ReadIndexResponse, RemoveMemberRequest, StatusRequest,
+    AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatusRequest, NodeStatusResponse,
+    ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, StatusRequest,
 };
 use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState};
@@ -136,12 +136,9 @@ impl Cluster for ClusterService {
         let local = self.local_status();
         if local.state != "leader" {
             let hint = self.ctx.leader_hint();
-            if let Ok(channel) = self.ctx.forward_target(&metadata, &hint) {
-                let mut client = ClusterClient::new(channel);
-                let call = client.status(forwarded(message));
-                if let Ok(Ok(reply)) = tokio::time::timeout(STATUS_PROBE_TIMEOUT * 2, call).await {
-                    return Ok(reply);
-                }
+            let call = forward(&self.ctx, &metadata, &hint, to_leader!(ClusterClient, status, message));
+            if let Ok(Ok(reply)) = tokio::time::timeout(STATUS_PROBE_TIMEOUT * 2, call).await {
+                return Ok(reply);
             }
         }
         // The leader, or a node that cannot reach one: answer from here.
@@ -159,8 +156,8 @@ impl Cluster for ClusterService {
 
     async fn read_index(&self, request: Request<ReadIndexRequest>) -> Result<Response<ReadIndexResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        match self.ctx.read_barrier(&metadata).await? {
-            Some(leader) => ClusterClient::new(leader).read_index(forwarded(message)).await,
+        match linearizable(&self.ctx, &metadata, to_leader!(ClusterClient, read_index, message)).await? {
+            Some(reply) => Ok(reply),
             None => Ok(Response::new(ReadIndexResponse { index: self.ctx.state.read().state.revision })),
         }
     }
@@ -200,7 +197,7 @@ impl Cluster for ClusterService {
             ))),
             Ok(Ok(revision)) => Ok(Response::new(self.membership_response(revision).await)),
             Ok(Err(Ok(hint))) => {
-                ClusterClient::new(self.ctx.forward_target(&metadata, &hint)?).add_member(forwarded(message)).await
+                forward(&self.ctx, &metadata, &hint, to_leader!(ClusterClient, add_member, message)).await
             }
             Ok(Err(Err(status))) => Err(status),
         }
@@ -228,7 +225,7 @@ impl Cluster for ClusterService {
         match self.ctx.raft.change_membership(change, false).await.map_err(membership_error) {
             Ok(reply) => Ok(Response::new(self.membership_response(reply.log_id.index).await)),
             Err(Ok(hint)) => {
-                ClusterClient::new(self.ctx.forward_target(&metadata, &hint)?).remove_member(forwarded(message)).await
+                forward(&self.ctx, &metadata, &hint, to_leader!(ClusterClient, remove_member, message)).await
             }
             Err(Err(status)) => Err(status),
         }

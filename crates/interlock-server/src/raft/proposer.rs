@@ -14,7 +14,7 @@
 //! index of a lease grant) must not.
 
 use crate::ctx::ProposeError;
-use crate::metrics::Metrics;
+use crate::http::metrics::Metrics;
 use interlock_core::command::{BATCH_MAX_BYTES, BATCH_MAX_COMMANDS};
 use interlock_core::{Command, Request, Response};
 use interlock_store::Raft;
@@ -142,9 +142,9 @@ pub async fn write(raft: &Raft, request: Request) -> Result<Response, ProposeErr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::{tcp_channel_maker, Channels};
     use crate::ctx::SystemClock;
-    use crate::network::Network;
+    use crate::raft::channels::{tcp_channel_maker, Channels};
+    use crate::raft::network::Network;
     use interlock_core::NodeInfo;
     use interlock_store::{MemLogStore, NoObserver, SnapshotVault, StateMachineStore};
     use std::collections::{BTreeMap, BTreeSet};

@@ -5,7 +5,7 @@
 //! runs on the same directory reuse them (the ports are in the stored
 //! membership, so they must not change).
 
-use crate::config::{format_peers, ConfigKeys, TimingPreset};
+use super::config::{format_peers, ConfigKeys, TimingPreset};
 use anyhow::Context;
 use clap::Args;
 use interlock_core::NodeInfo;
@@ -174,7 +174,7 @@ fn spawn(dir: &Path, name: &str, subcommand: &'static str, config: &Path) -> any
 }
 
 /// The demo topology, shipped with the binary.
-const DEMO_TOPOLOGY: &str = include_str!("../../../deploy/examples/topology.yaml");
+const DEMO_TOPOLOGY: &str = include_str!("../../../../deploy/examples/topology.yaml");
 
 /// Applies the demo topology unless one is applied already.
 async fn apply_demo_topology(endpoints: &[String]) -> anyhow::Result<bool> {
@@ -255,8 +255,8 @@ mod tests {
     #[test]
     fn the_demo_topology_is_valid() {
         let topology: interlock_core::Topology = serde_saphyr::from_str(super::DEMO_TOPOLOGY).expect("parses");
-        assert_eq!(topology.validate(), vec![]);
-        assert_eq!(topology.failover, interlock_core::topology::FailoverPolicy::default(), "documents the defaults");
-        assert_eq!(topology.routing, interlock_core::routing::RoutingPolicy::default(), "documents the defaults");
+        assert_eq!(interlock_core::topology::validate(&topology), vec![]);
+        assert_eq!(topology.failover, interlock_core::model::FailoverPolicy::default(), "documents the defaults");
+        assert_eq!(topology.routing, interlock_core::model::RoutingPolicy::default(), "documents the defaults");
     }
 }

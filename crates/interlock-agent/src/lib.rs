@@ -1,5 +1,12 @@
-//! `interlockd agent`: the reference region controller, built on the SDK's
-//! [`RegionController`] with the [`DemoDatabase`] behind it.
+//! The reference region controller, run as `interlockd agent`: the SDK's
+//! [`RegionController`] with a database driver behind it (today the
+//! [`DemoDatabase`]; see [`drivers`]).
+//!
+//! Map of the crate:
+//! - this file: the agent's config and [`run`];
+//! - [`drivers`]: the databases it can drive ([`drivers::demo`]);
+//! - [`probes`]: agents probing each other across regions, for witness
+//!   reports (and, for the demo database, replication).
 //!
 //! It shows the whole controller contract with real processes: it registers
 //! its region's replicas, heartbeats with positions and witness reports,
@@ -12,24 +19,21 @@
 
 use anyhow::Context;
 use clap::Args;
-use interlock_client::demo::{ActingChange, DemoDatabase};
+pub mod drivers;
+pub mod probes;
+
+use drivers::demo::{ActingChange, DemoDatabase};
 use interlock_client::{Client, ControllerConfig, LeaseOptions, RegionController};
+use probes::{probe_peers, serve_probes};
 use serde::Deserialize;
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-/// How often peers are probed.
-pub const PROBE_EVERY: Duration = Duration::from_millis(200);
-/// A region not answered within this is reported unreachable.
-pub const REACHABLE_WINDOW: Duration = Duration::from_millis(1000);
-/// Key prefix under which agents announce their probe addresses.
-pub const AGENTS_PREFIX: &str = "agents/";
+use probes::{AGENTS_PREFIX, REACHABLE_WINDOW};
 
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -76,8 +80,8 @@ impl AgentConfig {
     pub fn load(path: &PathBuf) -> anyhow::Result<AgentConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let config: AgentConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        interlock_core::topology::validate_id(&config.id, "id")?;
-        interlock_core::topology::validate_id(&config.region, "region")?;
+        interlock_core::vocab::validate_id(&config.id, "id")?;
+        interlock_core::vocab::validate_id(&config.region, "region")?;
         if config.endpoints.is_empty() {
             anyhow::bail!("endpoints: at least one coordinator endpoint is needed");
         }
@@ -188,50 +192,6 @@ async fn announce(client: &Client, config: &AgentConfig, advertise: &str) {
     while let Err(e) = client.put(&key, advertise.as_bytes().to_vec()).await {
         tracing::info!("announcing the probe address: {e}; retrying");
         tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn serve_probes(listener: TcpListener, db: Arc<DemoDatabase>) {
-    loop {
-        let Ok((mut stream, _)) = listener.accept().await else { continue };
-        let reply = db.probe_reply();
-        tokio::spawn(async move {
-            let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply.as_bytes())).await;
-        });
-    }
-}
-
-async fn probe_once(addr: &str) -> Option<String> {
-    let read = async {
-        let stream = TcpStream::connect(addr).await.ok()?;
-        let mut text = String::new();
-        stream.take(64 * 1024).read_to_string(&mut text).await.ok()?;
-        Some(text)
-    };
-    tokio::time::timeout(PROBE_EVERY * 2, read).await.ok().flatten()
-}
-
-/// Probes every other region's agents (found in the key-value space).
-async fn probe_peers(client: Client, region: String, db: Arc<DemoDatabase>) {
-    let mut peers: BTreeMap<String, String> = BTreeMap::new();
-    let mut tick = tokio::time::interval(PROBE_EVERY);
-    let mut refreshed = 0u32;
-    loop {
-        tick.tick().await;
-        if refreshed.is_multiple_of(10) {
-            if let Ok(kvs) = client.range(AGENTS_PREFIX, false, 1000).await {
-                peers = kvs
-                    .into_iter()
-                    .filter(|kv| !kv.key.starts_with(&format!("{AGENTS_PREFIX}{region}/")))
-                    .map(|kv| (kv.key, String::from_utf8_lossy(&kv.value).to_string()))
-                    .collect();
-            }
-        }
-        refreshed = refreshed.wrapping_add(1);
-        let probes = peers.values().map(|addr| probe_once(addr));
-        for reply in futures::future::join_all(probes).await.into_iter().flatten() {
-            db.apply_probe(&reply);
-        }
     }
 }
 
