@@ -2,6 +2,11 @@
 //!
 //! Exit codes (SPEC §8): 0 ok, 1 failed, 2 usage or invalid argument,
 //! 3 unreachable or no leader, 4 refused by a safety rule or precondition.
+//!
+//! Map: this file (the command tree, global flags, exit codes);
+//! `coordinator` (apply, get, leases, events); `failover` (switchover,
+//! failover, maintenance, regions); `routing` (weights, drains); `output`
+//! (tables, JSON, YAML).
 
 mod coordinator;
 mod failover;

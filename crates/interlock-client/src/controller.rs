@@ -70,6 +70,7 @@ impl RegionController {
         config: ControllerConfig,
         driver: Arc<D>,
     ) -> Result<(), ClientError> {
+        config.lease.validate()?;
         register(&client, &config).await?;
         tokio::spawn(heartbeats(client.clone(), config.id.clone(), driver.clone()));
         tokio::spawn(follow_routing(client.clone(), config.id.clone(), driver.clone()));

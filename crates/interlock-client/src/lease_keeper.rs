@@ -43,6 +43,42 @@ impl Default for LeaseOptions {
     }
 }
 
+/// Shortest keepalive period a [`LeaseOptions`] may ask for.
+pub const KEEPALIVE_EVERY_MIN: Duration = Duration::from_millis(10);
+/// Largest drift term accepted (beyond it the holder's deadline is mostly drift).
+pub const DRIFT_MAX: f64 = 0.5;
+
+impl LeaseOptions {
+    /// Checks the options on their own: each problem names its field.
+    pub fn validate(&self) -> Result<(), ClientError> {
+        let invalid = |field: &str, reason: String| Err(ClientError::InvalidArgument(format!("{field}: {reason}")));
+        if let Some(every) = self.keepalive_every.filter(|every| *every < KEEPALIVE_EVERY_MIN) {
+            return invalid("keepalive_every", format!("{every:?} is shorter than {KEEPALIVE_EVERY_MIN:?}"));
+        }
+        if !(0.0..DRIFT_MAX).contains(&self.drift) {
+            return invalid("drift", format!("{} is out of range 0 up to {DRIFT_MAX}", self.drift));
+        }
+        if !(self.clock_rate.is_finite() && self.clock_rate > 0.0) {
+            return invalid("clock_rate", format!("{} must be a positive number", self.clock_rate));
+        }
+        Ok(())
+    }
+
+    /// Checks the options for a lease of `ttl`: also that a keepalive comes
+    /// before the lease would run out, and that the margin leaves time to act.
+    pub fn validate_for(&self, ttl: Duration) -> Result<(), ClientError> {
+        self.validate()?;
+        let invalid = |field: &str, reason: String| Err(ClientError::InvalidArgument(format!("{field}: {reason}")));
+        if let Some(every) = self.keepalive_every.filter(|every| *every >= ttl) {
+            return invalid("keepalive_every", format!("{every:?} is not shorter than the TTL {ttl:?}"));
+        }
+        if self.margin >= ttl {
+            return invalid("margin", format!("{:?} leaves nothing of the TTL {ttl:?}", self.margin));
+        }
+        Ok(())
+    }
+}
+
 /// What the owner may do right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
@@ -79,6 +115,7 @@ impl LeaseKeeper {
         ttl: Duration,
         options: LeaseOptions,
     ) -> Result<LeaseKeeper, ClientError> {
+        options.validate_for(ttl)?;
         let sent = Instant::now();
         let (token, ttl_ms) = client.lease_grant(key, holder, ttl.as_millis() as u64).await?;
         let deadline = deadline_from(sent, ttl_ms, &options);
@@ -94,6 +131,7 @@ impl LeaseKeeper {
         token: u64,
         options: LeaseOptions,
     ) -> Result<LeaseKeeper, ClientError> {
+        options.validate()?;
         let sent = Instant::now();
         let request = LeaseKeepAliveRequest { key: key.to_string(), token, seq: 0 };
         let answer = client
@@ -112,6 +150,7 @@ impl LeaseKeeper {
         if !answer.ok {
             return Err(ClientError::Refused(answer.error));
         }
+        options.validate_for(Duration::from_millis(answer.ttl_ms))?;
         let deadline = deadline_from(sent, answer.ttl_ms, &options);
         Ok(Self::start(client, key, token, answer.ttl_ms, options, deadline))
     }
@@ -269,5 +308,42 @@ async fn keep(
         };
         tracing::debug!(key, "keepalive stream broke ({broken}); reconnecting");
         tokio::time::sleep(every.min(Duration::from_millis(100))).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_that_would_break_the_keeper_are_refused_by_name() {
+        let ttl = Duration::from_secs(2);
+        let with = |f: fn(&mut LeaseOptions)| {
+            let mut options = LeaseOptions::default();
+            f(&mut options);
+            options.validate_for(ttl).map_err(|e| e.to_string())
+        };
+        assert_eq!(with(|_| {}), Ok(()));
+        type Case = (fn(&mut LeaseOptions), &'static str);
+        let cases: [Case; 6] = [
+            (|o| o.keepalive_every = Some(Duration::ZERO), "keepalive_every: 0ns is shorter than 10ms"),
+            (|o| o.keepalive_every = Some(Duration::from_secs(2)), "keepalive_every: 2s is not shorter than the TTL"),
+            (|o| o.drift = -0.1, "drift: -0.1 is out of range"),
+            (|o| o.drift = f64::NAN, "drift: NaN is out of range"),
+            (|o| o.clock_rate = 0.0, "clock_rate: 0 must be a positive number"),
+            (|o| o.margin = Duration::from_secs(3), "margin: 3s leaves nothing of the TTL"),
+        ];
+        for (mutate, want) in cases {
+            let got = with(mutate).expect_err(want);
+            assert!(got.contains(want), "{got} does not say {want}");
+        }
+    }
+
+    #[tokio::test]
+    async fn acquiring_with_a_zero_keepalive_period_is_an_error_not_a_panic() {
+        let client = Client::new(["127.0.0.1:1"]).expect("client");
+        let options = LeaseOptions { keepalive_every: Some(Duration::ZERO), ..LeaseOptions::default() };
+        let result = LeaseKeeper::acquire(&client, "k", "h", Duration::from_secs(2), options).await;
+        assert!(matches!(result, Err(ClientError::InvalidArgument(ref e)) if e.contains("keepalive_every")));
     }
 }

@@ -1,5 +1,17 @@
 //! The Interlock client SDK.
 //!
+//! Map of the crate:
+//! - this file: [`Client`], the endpoint list, leader following and retries;
+//!   `api`: the coordinator calls on it (topology, leases, operator actions);
+//! - `lease_keeper`: [`LeaseKeeper`], holding a lease and knowing the instant
+//!   to stop acting;
+//! - `watch`: [`Watcher`], a watch that resumes after the last version it
+//!   delivered;
+//! - `controller`: [`RegionController`], the controller side of failover,
+//!   over a [`ReplicaDriver`] you write for your database (the reference
+//!   agent's drivers are in `interlock-agent`);
+//! - `error`: [`ClientError`], one variant per class of gRPC status.
+//!
 //! A [`Client`] holds an endpoint list and follows the leader: any node
 //! accepts any call (followers forward writes to the leader), and the client
 //! moves on to the next endpoint when one cannot be reached.

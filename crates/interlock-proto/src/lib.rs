@@ -1,8 +1,13 @@
 //! The gRPC contract of Interlock.
 //!
-//! API boundary: this crate and the gRPC edges (`interlock-server::grpc`,
-//! `interlock-client`) are the only code that sees prost/tonic types; the
-//! generated code lives in the modules below, one per proto package.
+//! Map of the crate: [`v1`] (the public API) and [`raft`] (node to node), the
+//! code generated from `proto/`, one module per package; [`convert`], the
+//! conversions between core and wire types; the metadata keys of leader
+//! hints and forwarding; the descriptor set served by gRPC reflection.
+//!
+//! API boundary: this crate and the gRPC edges (`interlock-server`'s `api/`
+//! and `raft/`, `interlock-client`) are the only code that sees prost/tonic
+//! types.
 
 #![allow(clippy::all, unused_qualifications, missing_docs)]
 
