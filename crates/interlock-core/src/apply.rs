@@ -1,11 +1,13 @@
 //! [`State::apply`]: the whole state machine, as a thin dispatcher. Each
-//! command is validated, handed to the capability that owns it, and its
-//! events are recorded; region changes then reroute every service.
+//! command is validated, handed to the capability that owns it (an approved
+//! one on its requester's behalf), recorded in the audit trail when it is an
+//! administrative action, and its events are kept; region changes then
+//! reroute every service.
 
-use crate::command::{Command, Request};
+use crate::command::{Action, Command, Request};
 use crate::state::{Effects, State};
 use crate::vocab::{Refusal, Response};
-use crate::{failover, kv, lease, routing, topology};
+use crate::{approval, audit, failover, kv, lease, routing, topology};
 
 impl State {
     /// Applies `request`, which was committed at log `index`.
@@ -21,67 +23,103 @@ impl State {
             return Response::refused(Refusal::InvalidArgument, e.to_string());
         }
         let mut fx = Effects::new(index, request.at_unix_ms);
-        let fx = &mut fx;
-        let response = match &request.command {
-            Command::Put { .. } | Command::Delete { .. } => apply_kv(self, index, &request.command),
-            Command::Batch { commands } => {
-                Response::Batch { responses: commands.iter().map(|c| apply_kv(self, index, c)).collect() }
-            }
-            Command::ApplyTopology { topology } => topology::apply(self, topology, fx),
-            Command::RegisterController { id, region, identity, replicas } => {
-                topology::register_controller(self, id, region, identity, replicas, fx)
-            }
-            Command::LeaseGrant { key, holder, ttl_ms } => lease::grant(self, key, holder, *ttl_ms, fx),
-            Command::LeaseRevoke { key, token, reason } => lease::revoke(self, key, *token, *reason, fx),
-            Command::DeclareRegionLost { region, reason } => failover::declare_region_lost(self, region, reason, fx),
-            Command::SetRegionState { region, state, reason } => {
-                failover::change_region_state(self, region, *state, reason, fx)
-            }
-            Command::SetMaintenance { region, on, reason } => {
-                failover::set_maintenance(self, region.as_deref(), *on, reason, fx)
-            }
-            Command::Promote { shard, replica, expected_epoch, mode, reason } => {
-                failover::promote(self, shard, replica, *expected_epoch, *mode, reason, fx)
-            }
-            Command::Demote { shard, expected_epoch, to, reason } => {
-                failover::demote(self, shard, *expected_epoch, to, reason, fx)
-            }
-            Command::Acknowledge { replica, epoch, role, position } => {
-                failover::acknowledge(self, replica, *epoch, *role, *position, fx)
-            }
-            Command::Fence { shard, replica, expected_epoch, reason } => {
-                failover::fence(self, shard, replica, *expected_epoch, reason, fx)
-            }
-            Command::AwaitOperator { shard, reason } => failover::await_operator(self, shard, reason, fx),
-            Command::Note { kind, subject, message } => {
-                fx.event(kind, subject, message.clone());
-                Response::Applied { revision: index }
-            }
-            Command::SetRouting { service, weights, overrides, reason } => {
-                routing::set_routing(self, service, weights, overrides, reason, fx)
-            }
-            Command::Drain { region, undrain, step_bps, interval_ms, reason } => {
-                routing::drain(self, region, *undrain, *step_bps, *interval_ms, reason, fx)
-            }
-            Command::DrainStep { region, expected_fraction_bps } => {
-                routing::drain_step(self, region, *expected_fraction_bps, fx)
-            }
-        };
-        // Region states shape routing: a lost, recovering or re-declared
-        // region reroutes every service (never refused; see routing/apply.rs).
-        if matches!(response, Response::Applied { .. })
-            && matches!(
-                request.command,
-                Command::ApplyTopology { .. } | Command::DeclareRegionLost { .. } | Command::SetRegionState { .. }
-            )
-        {
-            routing::reroute_forced(self, fx);
+        let by = request.by.as_str();
+        let response = dispatch(self, by, &request.command, &mut fx);
+        if audit::is_audited(by, &request.command) {
+            let action = match &request.command {
+                Command::Approve { id } => match self.approvals.get(id) {
+                    Some(a) => format!("Approve {{ id: {id} }} of {} asked for by {}", a.action, a.requested_by),
+                    None => audit::describe(&request.command),
+                },
+                other => audit::describe(other),
+            };
+            audit::record(self, request.at_unix_ms, by, action, audit::outcome(&response));
         }
         let events = std::mem::take(&mut fx.events);
         self.record(events);
         debug_assert_eq!(self.validate(), Ok(()));
         response
     }
+}
+
+/// Hands `command`, proposed by `by`, to the capability that owns it.
+fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) -> Response {
+    let index = fx.index;
+    let response = match command {
+        Command::Put { .. } | Command::Delete { .. } => apply_kv(state, index, command),
+        Command::Batch { commands } => {
+            Response::Batch { responses: commands.iter().map(|c| apply_kv(state, index, c)).collect() }
+        }
+        Command::ApplyTopology { topology } => topology::apply(state, topology, fx),
+        Command::RegisterController { id, region, replicas } => {
+            topology::register_controller(state, id, region, by, replicas, fx)
+        }
+        Command::LeaseGrant { key, holder, ttl_ms } => lease::grant(state, key, holder, *ttl_ms, by, fx),
+        Command::LeaseRevoke { key, token, reason } => lease::revoke(state, key, *token, *reason, by, fx),
+        Command::DeclareRegionLost { region, reason } => failover::declare_region_lost(state, region, reason, fx),
+        Command::SetRegionState { region, state: to, reason } => {
+            failover::change_region_state(state, region, *to, reason, fx)
+        }
+        Command::SetMaintenance { region, on, reason } => {
+            failover::set_maintenance(state, region.as_deref(), *on, reason, fx)
+        }
+        Command::Promote { shard, replica, expected_epoch, mode, reason } => {
+            failover::promote(state, shard, replica, *expected_epoch, *mode, reason, fx)
+        }
+        Command::Demote { shard, expected_epoch, to, reason } => {
+            failover::demote(state, shard, *expected_epoch, to, reason, fx)
+        }
+        Command::Acknowledge { replica, epoch, role, position } => {
+            failover::acknowledge(state, replica, *epoch, *role, *position, by, fx)
+        }
+        Command::Fence { shard, replica, expected_epoch, reason } => {
+            failover::fence(state, shard, replica, *expected_epoch, reason, fx)
+        }
+        Command::AwaitOperator { shard, reason } => failover::await_operator(state, shard, reason, fx),
+        Command::Note { kind, subject, message } => {
+            fx.event(kind, subject, message.clone());
+            Response::Applied { revision: index }
+        }
+        Command::SetRouting { service, weights, overrides, reason } => {
+            routing::set_routing(state, service, weights, overrides, reason, fx)
+        }
+        Command::Drain { region, undrain, step_bps, interval_ms, reason } => {
+            routing::drain(state, region, *undrain, *step_bps, *interval_ms, reason, fx)
+        }
+        Command::DrainStep { region, expected_fraction_bps } => {
+            routing::drain_step(state, region, *expected_fraction_bps, fx)
+        }
+        Command::RequestApproval { action, reason, ttl_ms } => {
+            approval::request(state, action, reason, *ttl_ms, by, fx)
+        }
+        Command::Approve { id } => match approval::approve(state, *id, by, fx) {
+            Err(refused) => refused,
+            Ok((Action::Command(approved), requester)) => {
+                // The approved command runs now, on its requester's behalf,
+                // meeting every precondition it would have met then.
+                let response = dispatch(state, &requester, &approved, fx);
+                approval::decided(state, *id, audit::outcome(&response), fx);
+                response
+            }
+            Ok(_) => {
+                approval::decided(state, *id, "approved; the leader carries it out".to_string(), fx);
+                Response::Applied { revision: index }
+            }
+        },
+        // Recorded in the trail by `apply`; nothing else changes.
+        Command::Audit { .. } => Response::Applied { revision: index },
+    };
+    // Region states shape routing: a lost, recovering or re-declared
+    // region reroutes every service (never refused; see routing/apply.rs).
+    if matches!(response, Response::Applied { .. })
+        && matches!(
+            command,
+            Command::ApplyTopology { .. } | Command::DeclareRegionLost { .. } | Command::SetRegionState { .. }
+        )
+    {
+        routing::reroute_forced(state, fx);
+    }
+    response
 }
 
 /// A key-value write at `index`, on its own or as part of a batch.
@@ -100,7 +138,7 @@ mod tests {
     use crate::model::KvEntry;
 
     fn put(key: &str, value: &[u8]) -> Request {
-        Request { at_unix_ms: 5, command: Command::Put { key: key.into(), value: value.to_vec() } }
+        Request::system(5, Command::Put { key: key.into(), value: value.to_vec() })
     }
 
     #[test]
@@ -109,7 +147,7 @@ mod tests {
         assert_eq!(state.apply(3, &put("a", b"1")), Response::Applied { revision: 3 });
         assert_eq!(state.apply(4, &put("a", b"2")), Response::Applied { revision: 4 });
         assert_eq!(state.kv["a"], KvEntry { value: b"2".to_vec(), mod_revision: 4 });
-        state.apply(5, &Request { at_unix_ms: 6, command: Command::Delete { key: "a".into() } });
+        state.apply(5, &Request::system(6, Command::Delete { key: "a".into() }));
         assert!(state.kv.is_empty());
         assert_eq!((state.revision, state.last_at_unix_ms), (5, 6));
     }
@@ -123,7 +161,7 @@ mod tests {
             Command::Delete { key: "a".into() },
             Command::Put { key: "b".into(), value: b"3".to_vec() },
         ];
-        let response = state.apply(7, &Request { at_unix_ms: 9, command: Command::Batch { commands } });
+        let response = state.apply(7, &Request::system(9, Command::Batch { commands }));
         assert_eq!(response, Response::Batch { responses: vec![Response::Applied { revision: 7 }; 4] });
         assert_eq!(state.kv.keys().collect::<Vec<_>>(), ["b"]);
         assert_eq!(state.kv["b"], KvEntry { value: b"3".to_vec(), mod_revision: 7 });
@@ -131,7 +169,7 @@ mod tests {
 
         // A batch that validation refuses changes nothing but the revision.
         let grant = Command::LeaseGrant { key: "l".into(), holder: "h".into(), ttl_ms: 1000 };
-        let refused = state.apply(8, &Request { at_unix_ms: 10, command: Command::Batch { commands: vec![grant] } });
+        let refused = state.apply(8, &Request::system(10, Command::Batch { commands: vec![grant] }));
         assert!(matches!(refused, Response::Refused { code: Refusal::InvalidArgument, .. }), "{refused:?}");
         assert!(state.leases.is_empty());
     }
@@ -157,5 +195,142 @@ mod tests {
             crate::codec::encode(&s).expect("encode")
         };
         assert_eq!(run(), run());
+    }
+
+    use crate::model::{Action, Topology};
+    use crate::vocab::{primary_lease_key, PromotionMode, RevokeReason, Rule};
+
+    /// The sample topology with orders-0-eu primary under ctl-eu (identity
+    /// "ctl-eu"), at revision 3.
+    fn fleet() -> State {
+        let mut state = State::default();
+        let topology: Topology = crate::topology::tests::sample();
+        state.apply(1, &Request::by(1, "alice", Command::ApplyTopology { topology }));
+        let register = Command::RegisterController {
+            id: "ctl-eu".into(),
+            region: "eu-west".into(),
+            replicas: vec!["orders-0-eu".into()],
+        };
+        state.apply(2, &Request::by(2, "ctl-eu", register));
+        let promote = Command::Promote {
+            shard: "orders/0".into(),
+            replica: "orders-0-eu".into(),
+            expected_epoch: 0,
+            mode: PromotionMode::Operator,
+            reason: "test".into(),
+        };
+        state.apply(3, &Request::by(3, "alice", promote));
+        state
+    }
+
+    #[test]
+    fn a_primary_lease_belongs_to_the_controller_identity_and_cannot_be_re_registered_away() {
+        let mut state = fleet();
+        let key = primary_lease_key("orders/0");
+        assert_eq!(state.leases[&key].owner, "ctl-eu");
+        assert!(lease::renewable(&state, &key, 3, "ctl-eu"));
+        assert!(!lease::renewable(&state, &key, 3, "ctl-eu-2"));
+        // Another identity registering the primary replica is refused while the lease is held.
+        let steal = Command::RegisterController {
+            id: "ctl-eu-2".into(),
+            region: "eu-west".into(),
+            replicas: vec!["orders-0-eu".into()],
+        };
+        let refused = state.apply(4, &Request::by(4, "ctl-eu-2", steal.clone()));
+        assert!(
+            matches!(&refused, Response::Refused { reason, .. } if reason.contains("primary under ctl-eu")),
+            "{refused:?}"
+        );
+        assert_eq!(state.replicas["orders-0-eu"].controller.as_deref(), Some("ctl-eu"));
+        // Nor may it acknowledge for the replica.
+        let ack = Command::Acknowledge {
+            replica: "orders-0-eu".into(),
+            epoch: 1,
+            role: crate::vocab::ReplicaRole::Primary,
+            position: 0,
+        };
+        let refused = state.apply(5, &Request::by(5, "ctl-eu-2", ack.clone()));
+        assert!(matches!(refused, Response::Refused { code: Refusal::PermissionDenied, .. }), "{refused:?}");
+        assert!(state.shards["orders/0"].pending.is_some());
+        assert_eq!(state.apply(6, &Request::by(6, "ctl-eu", ack)), Response::Applied { revision: 6 });
+        // Once the lease expired, the replica may move.
+        let expire = Command::LeaseRevoke { key: key.clone(), token: Some(3), reason: RevokeReason::Expired };
+        state.apply(7, &Request::system(7, expire));
+        assert_eq!(state.apply(8, &Request::by(8, "ctl-eu-2", steal)), Response::Applied { revision: 8 });
+    }
+
+    fn ask(state: &mut State, index: u64, by: &str, action: Action) -> Response {
+        let request = Command::RequestApproval { action, reason: "test".into(), ttl_ms: 60_000 };
+        state.apply(index, &Request::by(1_000 * index, by, request))
+    }
+
+    #[test]
+    fn a_dangerous_action_runs_only_once_a_second_operator_approves_it_in_time() {
+        let mut state = fleet();
+        let key = primary_lease_key("orders/0");
+        let revoke = Action::Command(Box::new(Command::LeaseRevoke {
+            key: key.clone(),
+            token: None,
+            reason: RevokeReason::Revoked,
+        }));
+        assert_eq!(ask(&mut state, 10, "alice", revoke), Response::Applied { revision: 10 });
+        assert!(!state.leases[&key].revoked, "asking changes nothing");
+        let own = state.apply(11, &Request::by(11_000, "alice", Command::Approve { id: 10 }));
+        assert!(matches!(own, Response::Refused { code: Refusal::PermissionDenied, .. }), "{own:?}");
+        assert_eq!(
+            state.apply(12, &Request::by(12_000, "bob", Command::Approve { id: 10 })),
+            Response::Applied { revision: 12 }
+        );
+        assert!(state.leases[&key].revoked, "approved: applied on alice's behalf");
+        let decision = state.approvals[&10].decision.clone().expect("decided");
+        assert_eq!((decision.by.as_str(), decision.outcome.as_str()), ("bob", "applied at revision 12"));
+        let again = state.apply(13, &Request::by(13_000, "carol", Command::Approve { id: 10 }));
+        assert!(matches!(again, Response::Refused { code: Refusal::FailedPrecondition, .. }), "{again:?}");
+        // An expired request does nothing.
+        let set = Command::SetRouting {
+            service: "orders".into(),
+            weights: [("eu-west".to_string(), 10_000), ("us-east".to_string(), 0)].into(),
+            overrides: vec![Rule::MaxStep, Rule::MinServingRegions],
+            reason: "test".into(),
+        };
+        let before = state.routing.clone();
+        ask(&mut state, 14, "alice", Action::Command(Box::new(set)));
+        let late = state.apply(15, &Request::by(14_000 + 60_001, "bob", Command::Approve { id: 14 }));
+        assert!(matches!(&late, Response::Refused { reason, .. } if reason.contains("expired")), "{late:?}");
+        assert_eq!(state.routing, before);
+        // A membership change is approved here and carried out by the leader.
+        ask(&mut state, 16, "alice", Action::RemoveMember { id: 3 });
+        assert_eq!(
+            state.apply(17, &Request::by(17_000, "bob", Command::Approve { id: 16 })),
+            Response::Applied { revision: 17 }
+        );
+        assert!(state.approvals[&16].decision.as_ref().is_some_and(|d| d.outcome.contains("leader carries it out")));
+        // Approvals cannot nest.
+        let nested = ask(&mut state, 18, "alice", Action::Command(Box::new(Command::Approve { id: 16 })));
+        assert!(matches!(nested, Response::Refused { code: Refusal::InvalidArgument, .. }), "{nested:?}");
+    }
+
+    #[test]
+    fn every_admin_action_and_refusal_lands_in_a_verifiable_chain() {
+        let mut state = fleet();
+        ask(&mut state, 10, "alice", Action::RemoveMember { id: 3 });
+        state.apply(11, &Request::by(11_000, "alice", Command::Approve { id: 10 }));
+        let denied =
+            Command::Audit { action: "Kv.Put greeting".into(), outcome: "refused (PermissionDenied): viewer".into() };
+        state.apply(12, &Request::by(12_000, "victor", denied));
+        // Data-plane writes and the coordinator's own commands are not audited.
+        state.apply(13, &Request::by(13_000, "alice", Command::Put { key: "k".into(), value: vec![] }));
+        state.apply(
+            14,
+            &Request::system(14_000, Command::Note { kind: "k".into(), subject: "s".into(), message: "m".into() }),
+        );
+        let trail: Vec<(&str, &str)> = state.audit.iter().map(|e| (e.by.as_str(), e.outcome.as_str())).collect();
+        assert_eq!(trail.len(), 6, "{trail:#?}");
+        assert_eq!(trail[1], ("ctl-eu", "applied at revision 2"));
+        assert!(trail[4].0 == "alice" && trail[4].1.contains("PermissionDenied"), "{trail:#?}");
+        assert!(state.audit[4].action.contains("Approve { id: 10 } of remove node 3 asked for by alice"));
+        assert_eq!(trail[5].0, "victor");
+        assert!(state.audit[0].action.contains("sha256"), "a topology is recorded by its digest");
+        assert_eq!(audit::verify(state.audit_checkpoint, &state.audit), Ok(6));
     }
 }

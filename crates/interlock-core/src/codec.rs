@@ -3,14 +3,16 @@
 //!
 //! Every blob starts with one format byte, then bincode 2 (standard config) of
 //! the value. Decoding never panics: a short, corrupt or future-versioned blob
-//! is a [`DecodeError`]. Bump [`FORMAT_V1`] (and keep a decoder for the old
-//! value) whenever a persisted type changes shape.
+//! is a [`DecodeError`]. Bump [`FORMAT`] whenever a persisted type changes
+//! shape (and, once Interlock has a release, keep a decoder for the old one).
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// The only format written today.
-pub const FORMAT_V1: u8 = 1;
+/// The only format written and read today. 2: leases bound to their owner,
+/// approvals and the audit trail. Version 1 is not migrated (no release had
+/// it); a node given version-1 data refuses it, naming both versions.
+pub const FORMAT: u8 = 2;
 
 /// Upper bound on a decoded blob, so a corrupt length prefix cannot make the
 /// decoder allocate without limit.
@@ -21,7 +23,7 @@ pub const DECODE_LIMIT_BYTES: usize = 1 << 30;
 pub enum DecodeError {
     #[error("empty blob: no format byte")]
     Empty,
-    #[error("unknown format version {0} (this build reads version {FORMAT_V1})")]
+    #[error("unknown format version {0} (this build reads version {FORMAT})")]
     UnknownVersion(u8),
     #[error("corrupt blob: {0}")]
     Corrupt(String),
@@ -37,7 +39,7 @@ fn config() -> impl bincode::config::Config {
 /// rejected by bincode); a failure is reported as an error string anyway so
 /// callers never panic.
 pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
-    let mut out = vec![FORMAT_V1];
+    let mut out = vec![FORMAT];
     bincode::serde::encode_into_std_write(value, &mut out, config()).map_err(|e| e.to_string())?;
     Ok(out)
 }
@@ -45,7 +47,7 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, String> {
 /// Decodes a blob written by [`encode`]; trailing bytes are corruption.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
-    if version != FORMAT_V1 {
+    if version != FORMAT {
         return Err(DecodeError::UnknownVersion(version));
     }
     let (value, used) =
@@ -66,7 +68,7 @@ mod tests {
         assert_eq!(decode::<(String, u64)>(&blob), Ok(("key".to_string(), 7)));
         assert_eq!(decode::<u64>(&[]), Err(DecodeError::Empty));
         assert_eq!(decode::<u64>(&[9, 1]), Err(DecodeError::UnknownVersion(9)));
-        assert!(matches!(decode::<String>(&[FORMAT_V1, 200]), Err(DecodeError::Corrupt(_))));
+        assert!(matches!(decode::<String>(&[FORMAT, 200]), Err(DecodeError::Corrupt(_))));
         let mut long = blob.clone();
         long.push(0);
         assert!(matches!(decode::<(String, u64)>(&long), Err(DecodeError::Corrupt(_))));
@@ -86,7 +88,7 @@ mod tests {
                     (x & 0xff) as u8
                 })
                 .collect();
-            let mut with_version = vec![FORMAT_V1];
+            let mut with_version = vec![FORMAT];
             with_version.extend_from_slice(&bytes);
             let _ = decode::<crate::State>(&with_version);
             let _ = decode::<crate::Request>(&with_version);

@@ -19,7 +19,9 @@
 //!   - [`failover`]: the failure detector, the planner of the leader's
 //!     failover loop, the operator policies (lag, RPO, candidate ranking,
 //!     switchover preconditions) and the promotion transitions;
-//!   - backups, runbooks and the audit trail will be capabilities of their own.
+//!   - [`approval`]: two-person approval of dangerous actions;
+//!   - [`audit`]: the hash-chained audit trail and its verification;
+//!   - backups and runbooks will be capabilities of their own.
 //! - [`command`]: what can be proposed to the Raft log ([`Request`],
 //!   [`Command`]), with input validation.
 //! - `apply`: [`State::apply`], the thin dispatcher from command to capability.
@@ -31,6 +33,8 @@
 //! that the modules import each other without a cycle.
 
 mod apply;
+pub mod approval;
+pub mod audit;
 pub mod codec;
 pub mod command;
 pub mod failover;

@@ -3,7 +3,9 @@
 //! capabilities (`kv`, `topology`, `lease`, `failover`, `routing`) and are
 //! dispatched by [`State::apply`](crate::apply).
 
-use crate::model::{Controller, Event, KvEntry, Lease, Region, Replica, Routing, Shard, Topology};
+use crate::model::{
+    Approval, AuditCheckpoint, AuditEntry, Controller, Event, KvEntry, Lease, Region, Replica, Routing, Shard, Topology,
+};
 use crate::vocab::{RegionState, ReplicaRole, TOTAL_BPS};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
@@ -39,6 +41,13 @@ pub struct State {
     pub paused: bool,
     /// By service.
     pub routing: BTreeMap<String, Routing>,
+    /// Two-person approvals by id (the log index of the request), the most
+    /// recent [`crate::approval::APPROVALS_KEPT`].
+    pub approvals: BTreeMap<u64, Approval>,
+    /// The hash-chained audit trail, oldest first, the most recent
+    /// [`crate::audit::AUDIT_KEPT`]; `audit_checkpoint` covers what was trimmed.
+    pub audit: VecDeque<AuditEntry>,
+    pub audit_checkpoint: AuditCheckpoint,
 }
 
 /// What an apply produces besides the response: events to record.
@@ -89,6 +98,12 @@ impl State {
     pub fn events_after(&self, version: u64) -> impl Iterator<Item = &Event> {
         let start = self.events.partition_point(|e| e.version <= version);
         self.events.range(start..)
+    }
+
+    /// The identity of the controller that runs `replica`, if one does.
+    pub fn controller_identity(&self, replica: &str) -> Option<&str> {
+        let controller = self.replicas.get(replica)?.controller.as_deref()?;
+        self.controllers.get(controller).map(|c| c.identity.as_str())
     }
 
     /// Regions that serve traffic and are not lost.

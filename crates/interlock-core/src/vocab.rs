@@ -85,14 +85,33 @@ pub enum PromotionMode {
     Operator,
 }
 
-/// Why a lease was revoked.
+/// Why a lease ends, which decides when its key is freed (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RevokeReason {
-    /// The holder (or an operator) asked.
-    Requested,
-    /// The leader's deadline passed without a renewal.
+    /// Its holder, authenticated as the identity that took it, says it has
+    /// stopped acting: the key is freed at once.
+    Released,
+    /// Anyone asked to end it (an operator, with approval): the lease stops
+    /// being renewable and the key is freed only when the leader's deadline
+    /// for it passes, exactly as by expiry — a holder cut off from the
+    /// coordinator may still be acting until then.
+    Revoked,
+    /// The leader's deadline passed without a renewal (proposed by the
+    /// coordinator itself only).
     Expired,
 }
+
+/// Who proposed a command (`Request::by`): the authenticated identity of the
+/// caller, `ANONYMOUS` when TLS is off, or the coordinator's own control
+/// loops ([`SYSTEM`]).
+pub type Actor = String;
+
+/// The actor of commands the coordinator proposes itself (lease expiry,
+/// the failover loop, drain steps). No caller is ever given this identity.
+pub const SYSTEM: &str = "";
+
+/// The identity of every caller when TLS is off: nothing is authenticated.
+pub const ANONYMOUS: &str = "anonymous";
 
 /// The total of a routing table's weights.
 pub const TOTAL_BPS: u32 = 10_000;

@@ -9,7 +9,7 @@
 use crate::model::{Lease, Pending, Shard, Switchover};
 use crate::routing;
 use crate::state::{Effects, State};
-use crate::vocab::{primary_lease_key, shard_key, PromotionMode, Refusal, RegionState, ReplicaRole, Response};
+use crate::vocab::{primary_lease_key, shard_key, PromotionMode, Refusal, RegionState, ReplicaRole, Response, SYSTEM};
 
 fn refuse(code: Refusal, reason: impl Into<String>) -> Response {
     Response::refused(code, reason)
@@ -187,6 +187,7 @@ pub(crate) fn promote(
         }
     }
     let previous = shard.primary.clone();
+    let owner = state.controller_identity(replica_id).map(str::to_string);
     let epoch = expected_epoch + 1;
     let ttl_ms = state.topology.failover.primary_lease_ttl_ms;
     if let Some(old) = previous.as_deref().filter(|p| *p != replica_id) {
@@ -205,6 +206,9 @@ pub(crate) fn promote(
             ttl_ms,
             token: fx.index,
             granted_at_unix_ms: fx.at_unix_ms,
+            // Bound to whoever runs the replica now: only it may renew it.
+            owner: owner.unwrap_or_default(),
+            revoked: false,
         },
     );
     if let Some(s) = state.shards.get_mut(shard_key) {
@@ -267,17 +271,32 @@ pub(crate) fn demote(
     Response::Applied { revision: fx.index }
 }
 
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn acknowledge(
     state: &mut State,
     replica_id: &str,
     epoch: u64,
     role: ReplicaRole,
     position: u64,
+    by: &str,
     fx: &mut Effects,
 ) -> Response {
     let Some(replica) = state.replicas.get(replica_id) else {
         return refuse(Refusal::NotFound, format!("replica: unknown {replica_id}"));
     };
+    // Only the controller that runs a replica speaks for it.
+    match state.controller_identity(replica_id) {
+        Some(identity) if identity == by || by == SYSTEM => {}
+        other => {
+            return refuse(
+                Refusal::PermissionDenied,
+                format!(
+                    "replica: {replica_id} is run by {}; {by} may not acknowledge for it",
+                    other.unwrap_or("nobody")
+                ),
+            )
+        }
+    }
     let shard_key = shard_key(&replica.service, &replica.shard);
     let Some(shard) = state.shards.get(&shard_key) else {
         return refuse(Refusal::NotFound, format!("shard: unknown {shard_key}"));
@@ -304,7 +323,9 @@ pub(crate) fn acknowledge(
         ReplicaRole::Fenced | ReplicaRole::Recovering => {}
     }
     let lease_key = primary_lease_key(&shard_key);
-    if release && state.leases.get(&lease_key).is_some_and(|l| l.holder == replica_id) {
+    if release
+        && state.leases.get(&lease_key).is_some_and(|l| l.holder == replica_id && (l.owner == by || by == SYSTEM))
+    {
         state.leases.remove(&lease_key);
         fx.event("lease.revoked", &lease_key, format!("released by the demoted primary {replica_id}"));
     }

@@ -375,7 +375,7 @@ mod tests {
         }
         // Its lease must run out (it is no longer renewable) before anyone else.
         let key = primary_lease_key("orders/0");
-        assert!(!crate::lease::renewable(&w.state, &key, w.state.leases[&key].token));
+        assert!(!crate::lease::renewable(&w.state, &key, w.state.leases[&key].token, ""));
         assert!(plan(&w.state, &later).commands.is_empty(), "waits for the fenced candidate's lease");
         w.expire_primary_lease();
         // The next candidate is tried at once: the cooldown spaces out
@@ -440,7 +440,7 @@ mod tests {
         assert!(matches!(w.apply(demote), Response::Applied { .. }));
         let key = primary_lease_key("orders/0");
         assert!(
-            !crate::lease::renewable(&w.state, &key, w.state.leases[&key].token),
+            !crate::lease::renewable(&w.state, &key, w.state.leases[&key].token, ""),
             "the demoted primary's lease runs out"
         );
         let obs = observe([500, 480, 400], &[], &[]);

@@ -45,7 +45,6 @@ impl World {
             w.apply(Command::RegisterController {
                 id: format!("c-{r}"),
                 region: r.into(),
-                identity: String::new(),
                 replicas: vec![format!("orders-0-{r}")],
             });
         }
@@ -56,7 +55,7 @@ impl World {
 
     pub(crate) fn apply(&mut self, command: Command) -> Response {
         self.index += 1;
-        let response = self.state.apply(self.index, &Request { at_unix_ms: self.now_unix_ms, command });
+        let response = self.state.apply(self.index, &Request::system(self.now_unix_ms, command));
         assert_eq!(self.state.validate(), Ok(()));
         response
     }

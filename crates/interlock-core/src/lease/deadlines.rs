@@ -143,7 +143,15 @@ mod tests {
     use super::*;
 
     fn lease(key: &str, token: u64, ttl_ms: u64) -> Lease {
-        Lease { key: key.into(), holder: "h".into(), ttl_ms, token, granted_at_unix_ms: 0 }
+        Lease {
+            key: key.into(),
+            holder: "h".into(),
+            ttl_ms,
+            token,
+            granted_at_unix_ms: 0,
+            owner: "h".into(),
+            revoked: false,
+        }
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! and the declared topology. Plain data: no transitions, no rules (those
 //! live in the capability modules), so every layer above may use it.
 
+mod command;
 mod fleet;
 mod records;
 mod spec;
 
+pub use command::{Action, Command, Request, BATCH_MAX_BYTES, BATCH_MAX_COMMANDS};
 pub use fleet::{Controller, Drain, Pending, Region, Replica, Shard, Switchover};
-pub use records::{Event, KvEntry, Lease, Routing};
+pub use records::{Approval, AuditCheckpoint, AuditEntry, Decision, Event, KvEntry, Lease, Routing};
 pub use spec::{
     FailoverPolicy, RegionSpec, ReplicaSpec, RoutingPolicy, ServiceSpec, ShardSpec, Topology, CAPACITY_MAX,
     PRIORITY_MAX, SHARDS_MAX,

@@ -1,6 +1,7 @@
 //! The other records of the replicated state: key-value entries, leases,
-//! routing tables and events.
+//! routing tables, events, approvals and the audit trail.
 
+use super::command::Action;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -23,6 +24,13 @@ pub struct Lease {
     pub token: u64,
     /// The proposing leader's wall clock at the grant (for display).
     pub granted_at_unix_ms: u64,
+    /// The identity the lease is bound to: the caller that took it, or for
+    /// a shard's primary lease the identity of the replica's controller.
+    /// Only it may renew or release the lease.
+    pub owner: String,
+    /// Revoked by someone other than its holder: no longer renewable, freed
+    /// when the leader's deadline for it passes.
+    pub revoked: bool,
 }
 
 /// The routing table of one service (SPEC §5).
@@ -51,4 +59,56 @@ pub struct Event {
     /// What it is about, e.g. a lease key or a region id.
     pub subject: String,
     pub message: String,
+}
+
+/// A dangerous action waiting for (or decided by) a second operator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// The log index of the request.
+    pub id: u64,
+    pub action: Action,
+    pub reason: String,
+    pub requested_by: String,
+    pub requested_at_unix_ms: u64,
+    /// After this (proposer's wall clock) an approval does nothing.
+    pub expires_at_unix_ms: u64,
+    /// Set once approved.
+    pub decision: Option<Decision>,
+}
+
+/// Who approved a request, when, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub by: String,
+    pub at_unix_ms: u64,
+    /// "applied at revision N", "refused: …", or for a membership change
+    /// "approved; the leader carries it out".
+    pub outcome: String,
+}
+
+/// One entry of the hash-chained audit trail (SPEC §9).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Consecutive from 1, never reused.
+    pub seq: u64,
+    pub at_unix_ms: u64,
+    /// The identity that asked.
+    pub by: String,
+    /// The command with its arguments.
+    pub action: String,
+    /// "applied at revision N" or "refused (class): reason".
+    pub outcome: String,
+    /// The hash of the entry before (of the checkpoint for the oldest kept).
+    pub prev_hash: [u8; 32],
+    /// SHA-256 over the canonical encoding of every field above.
+    pub hash: [u8; 32],
+}
+
+/// Where the kept trail starts: the sequence number and hash of the newest
+/// entry trimmed from it (0 and zeros: nothing trimmed yet), so the chain
+/// stays verifiable after old entries are dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditCheckpoint {
+    pub seq: u64,
+    pub hash: [u8; 32],
 }

@@ -269,7 +269,7 @@ mod tests {
 
         fn apply(&mut self, command: Command) -> Response {
             self.index += 1;
-            let r = self.state.apply(self.index, &Request { at_unix_ms: self.at, command });
+            let r = self.state.apply(self.index, &Request::system(self.at, command));
             assert_eq!(self.state.validate(), Ok(()));
             r
         }

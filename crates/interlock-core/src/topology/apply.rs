@@ -4,7 +4,7 @@
 use super::diff;
 use crate::model::{Controller, Region, Replica, Shard, Topology};
 use crate::state::{Effects, State};
-use crate::vocab::{shard_key, Refusal, RegionState, ReplicaRole, Response};
+use crate::vocab::{primary_lease_key, shard_key, Refusal, RegionState, ReplicaRole, Response};
 use std::collections::BTreeMap;
 
 pub(crate) fn apply(state: &mut State, desired: &Topology, fx: &mut Effects) -> Response {
@@ -109,6 +109,19 @@ pub(crate) fn register_controller(
                 ),
             );
         }
+        // One primary, one holder: a replica whose primary lease another
+        // identity holds moves only once that lease is released or expired.
+        let lease_key = primary_lease_key(&shard_key(&replica.service, &replica.shard));
+        if let Some(lease) = state.leases.get(&lease_key).filter(|l| l.holder == *replica_id && l.owner != identity) {
+            return Response::refused(
+                Refusal::FailedPrecondition,
+                format!(
+                    "replicas: {replica_id:?} is primary under {} (token {}); it can move to {identity} once that \
+                     lease is released or has expired",
+                    lease.owner, lease.token
+                ),
+            );
+        }
     }
     for replica_id in replicas {
         if let Some(replica) = state.replicas.get_mut(replica_id) {
@@ -140,7 +153,7 @@ mod tests {
     use crate::model::RegionSpec;
 
     fn req(command: Command) -> Request {
-        Request { at_unix_ms: 5, command }
+        Request::system(5, command)
     }
 
     fn topology() -> Topology {
@@ -190,7 +203,6 @@ mod tests {
             req(Command::RegisterController {
                 id: "ctl-eu".into(),
                 region: "eu-west".into(),
-                identity: "controller:eu-west".into(),
                 replicas: replicas.iter().map(|r| r.to_string()).collect(),
             })
         };
