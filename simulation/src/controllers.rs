@@ -238,38 +238,77 @@ async fn check_routing(client: &Client, shared: &Shared) {
     }
 }
 
-/// An operator that asks for a planned switchover now and then, to a random
-/// replica, whatever the network is doing; and sometimes drains a region and
-/// undrains it a few seconds later.
-pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, until_ms: u64) -> turmoil::Result {
+/// Two operators at work whatever the network is doing: now and then a
+/// planned switchover to a random replica; sometimes a drain of a region
+/// undrained a few seconds later; and sometimes the first revokes a shard's
+/// primary lease (the second approves it) and then asks for an operator
+/// failover to a random replica, again and again for a few seconds — which
+/// must wait until the old primary's lease has run out.
+pub async fn operator(
+    (first, second): (Client, Client),
+    shared: Shared,
+    seed: u64,
+    from_ms: u64,
+    until_ms: u64,
+) -> turmoil::Result {
     let mut rng = StdRng::seed_from_u64(seed);
+    let note = |line: String| shared.lock().note(true_ms(), line);
     tokio::time::sleep(Duration::from_millis(from_ms)).await;
     while true_ms() < until_ms {
         let shard = rng.gen_range(0..SHARDS);
         let to = replica_name(shard, rng.gen_range(0..REGIONS.len()));
-        let outcome = client.switchover(&shard_name(shard), &to, Duration::ZERO).await;
-        let line = match outcome {
-            Ok(r) => format!("operator: switchover {} to {to}: {}", shard_name(shard), r.message),
-            Err(e) => format!("operator: switchover {} to {to} refused or failed: {e}", shard_name(shard)),
-        };
-        shared.lock().note(true_ms(), line);
-        if rng.gen_bool(0.4) {
-            let region = REGIONS[rng.gen_range(0..REGIONS.len())];
-            let step = Duration::from_millis(1_000);
-            for undrain in [false, true] {
-                let outcome = client.drain(region, undrain, 2_500, step, "simulated operator").await;
-                let verb = if undrain { "undrain" } else { "drain" };
-                let line = match outcome {
-                    Ok(r) => format!("operator: {verb} {region}: {}", r.message),
-                    Err(e) => format!("operator: {verb} {region} refused or failed: {e}"),
-                };
-                shared.lock().note(true_ms(), line);
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(3_000..6_000))).await;
+        match rng.gen_range(0..3) {
+            0 => {
+                let outcome = first.switchover(&shard_name(shard), &to, Duration::ZERO).await;
+                note(match outcome {
+                    Ok(r) => format!("operator: switchover {} to {to}: {}", shard_name(shard), r.message),
+                    Err(e) => format!("operator: switchover {} to {to} refused or failed: {e}", shard_name(shard)),
+                });
+            }
+            1 => revoke_and_fail_over(&first, &second, shard, &mut rng, &note).await,
+            _ => {
+                let region = REGIONS[rng.gen_range(0..REGIONS.len())];
+                let step = Duration::from_millis(1_000);
+                for undrain in [false, true] {
+                    let outcome = first.drain(region, undrain, 2_500, step, "simulated operator").await;
+                    let verb = if undrain { "undrain" } else { "drain" };
+                    note(match outcome {
+                        Ok(r) => format!("operator: {verb} {region}: {}", r.message),
+                        Err(e) => format!("operator: {verb} {region} refused or failed: {e}"),
+                    });
+                    tokio::time::sleep(Duration::from_millis(rng.gen_range(3_000..6_000))).await;
+                }
             }
         }
-        tokio::time::sleep(Duration::from_millis(rng.gen_range(8_000..16_000))).await;
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(6_000..12_000))).await;
     }
     Ok(())
+}
+
+/// The first operator revokes `shard`'s primary lease (the second approves
+/// the revoke of another identity's lease), then asks for a failover to a
+/// random replica every half second for four seconds.
+async fn revoke_and_fail_over(first: &Client, second: &Client, shard: usize, rng: &mut StdRng, note: &impl Fn(String)) {
+    let key = format!("shard/{}/primary", shard_name(shard));
+    match first.lease_revoke(&key, 0).await {
+        Ok(r) if r.approval_id != 0 => match second.approve(r.approval_id).await {
+            Ok(a) => note(format!("operator: revoke {key} approved: {}", a.message)),
+            Err(e) => note(format!("operator: approving the revoke of {key} failed: {e}")),
+        },
+        Ok(r) => note(format!("operator: revoke {key}: {}", r.message)),
+        Err(e) => note(format!("operator: revoke {key} refused or failed: {e}")),
+    }
+    for _ in 0..8 {
+        let to = replica_name(shard, rng.gen_range(0..REGIONS.len()));
+        match first.failover(&shard_name(shard), &to, false, Duration::ZERO).await {
+            Ok(r) => {
+                note(format!("operator: failover {} to {to}: {}", shard_name(shard), r.message));
+                return;
+            }
+            Err(e) => note(format!("operator: failover {} to {to} refused or failed: {e}", shard_name(shard))),
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
 
 /// Closes the acting intervals of region `r`'s replicas at `now`: its

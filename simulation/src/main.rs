@@ -31,7 +31,8 @@ struct Cli {
     #[arg(long, default_value = "faults")]
     scenario: String,
     /// Switch on a deliberate bug: skip-keepalive-confirmation,
-    /// no-reset-on-new-term or holder-no-drift.
+    /// no-reset-on-new-term, holder-no-drift, no-witnesses or
+    /// revoke-frees-at-once.
     #[arg(long)]
     mutation: Option<String>,
     /// Seeds run in parallel (one thread each).

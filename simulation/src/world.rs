@@ -12,12 +12,15 @@ use interlock_agent::drivers::demo::DemoDatabase;
 use interlock_client::{Client, ClientOptions, LeaseKeeper, LeaseOptions, LeaseState};
 use interlock_core::lease::DEFAULT_DRIFT;
 use interlock_core::NodeInfo;
+use interlock_server::api::auth::{Auth, Roles};
 use interlock_server::control::leases::LeaseMutations;
 use interlock_server::http::metrics::Metrics;
 use interlock_server::node::config::TimingPreset;
 use interlock_server::node::{Assembly, Node};
 use interlock_server::raft::channels::Channels;
 use interlock_store::{MemLogStore, NoObserver, SnapshotVault, StateMachineStore};
+use interlock_tls::dev::Authority;
+use interlock_tls::Tls;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -57,14 +60,18 @@ pub enum Mutation {
     /// Regions are declared lost on the leader's suspicion alone
     /// (`failover.witness_quorum: 0`).
     NoWitnesses,
+    /// An operator's revoke of a primary lease frees the key at once (the
+    /// hole of Jepsen's etcd lock finding): a cut-off primary still acts.
+    RevokeFreesAtOnce,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 4] = [
+    pub const ALL: [Mutation; 5] = [
         Mutation::SkipKeepaliveConfirmation,
         Mutation::NoResetOnNewTerm,
         Mutation::HolderNoDrift,
         Mutation::NoWitnesses,
+        Mutation::RevokeFreesAtOnce,
     ];
 
     pub fn name(self) -> &'static str {
@@ -73,6 +80,7 @@ impl Mutation {
             Mutation::NoResetOnNewTerm => "no-reset-on-new-term",
             Mutation::HolderNoDrift => "holder-no-drift",
             Mutation::NoWitnesses => "no-witnesses",
+            Mutation::RevokeFreesAtOnce => "revoke-frees-at-once",
         }
     }
 
@@ -155,7 +163,9 @@ pub fn run(config: &RunConfig) -> Report {
     let mutations = LeaseMutations {
         skip_keepalive_confirmation: config.mutation == Some(Mutation::SkipKeepaliveConfirmation),
         no_reset_on_new_term: config.mutation == Some(Mutation::NoResetOnNewTerm),
+        revoke_frees_at_once: config.mutation == Some(Mutation::RevokeFreesAtOnce),
     };
+    let pki = Arc::new(Pki::new());
     let peers: BTreeMap<u64, NodeInfo> = (0..REGIONS.len())
         .map(|i| {
             let info = NodeInfo { grpc_addr: format!("{}:{GRPC_PORT}", node_name(i)), region: REGIONS[i].to_string() };
@@ -167,11 +177,11 @@ pub fn run(config: &RunConfig) -> Report {
     for i in 0..REGIONS.len() {
         let disk = Disk { log: MemLogStore::new(), vault: SnapshotVault::memory() };
         let clock = SimClock { rate: clock_rate(&mut rng), offset_ms: rng.gen_range(-5_000..=5_000) };
-        let (peers, shared) = (peers.clone(), shared.clone());
+        let (peers, shared, pki) = (peers.clone(), shared.clone(), pki.clone());
         shared.lock().note(0, format!("{} clock rate {:.4}", node_name(i), clock.rate));
         sim.host(node_name(i), move || {
-            let (disk, peers, shared) = (disk.clone(), peers.clone(), shared.clone());
-            coordinator(i as u64 + 1, disk, peers, clock, mutations, shared)
+            let (disk, peers, shared, pki) = (disk.clone(), peers.clone(), shared.clone(), pki.clone());
+            coordinator(i as u64 + 1, disk, peers, clock, mutations, shared, pki)
         });
     }
     for i in 0..REGIONS.len() {
@@ -181,31 +191,46 @@ pub fn run(config: &RunConfig) -> Report {
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
         let backoff_seed: u64 = rng.gen();
         shared.lock().note(0, format!("{} clock rate {rate:.4}", holder_name(i)));
+        let tls = pki.tls(&holder_name(i));
         sim.host(holder_name(i), move || {
-            holder(holder_name(i), endpoints.clone(), options.clone(), lease_ttl, backoff_seed, shared.clone())
+            let (endpoints, tls) = (endpoints.clone(), tls.clone());
+            let (options, shared) = (options.clone(), shared.clone());
+            async move {
+                let client = client(&endpoints, &tls)?;
+                holder(holder_name(i), client, options, lease_ttl, backoff_seed, shared).await
+            }
         });
     }
     let dbs: Vec<Arc<DemoDatabase>> = (0..REGIONS.len()).map(|r| controllers::database(r, shared.clone())).collect();
     for (r, db) in dbs.iter().enumerate() {
         let (endpoints, db) = (endpoints.clone(), db.clone());
+        let tls = pki.tls(&controllers::controller_name(r));
         sim.host(controllers::controller_name(r), move || {
-            let (endpoints, db) = (endpoints.clone(), db.clone());
-            async move { controllers::controller(r, client(&endpoints)?, db).await }
+            let (endpoints, tls, db) = (endpoints.clone(), tls.clone(), db.clone());
+            async move { controllers::controller(r, client(&endpoints, &tls)?, db).await }
         });
     }
     {
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
         let topology = controllers::topology(config.mutation == Some(Mutation::NoWitnesses));
-        sim.client("writer", async move { writer(endpoints, shared, topology).await });
+        let tls = pki.tls("writer");
+        sim.client("writer", async move { writer(client(&endpoints, &tls)?, shared, topology).await });
     }
     {
         let (endpoints, shared) = (endpoints.clone(), shared.clone());
-        sim.client("observer", async move { controllers::observe_events(client(&endpoints)?, shared, end_ms).await });
+        let tls = pki.tls("observer");
+        sim.client(
+            "observer",
+            async move { controllers::observe_events(client(&endpoints, &tls)?, shared, end_ms).await },
+        );
     }
     {
         let (endpoints, shared, seed) = (endpoints.clone(), shared.clone(), rng.gen::<u64>());
+        // Two operators: the second approves what the first asks for.
+        let tls = (pki.tls(OPERATORS[0]), pki.tls(OPERATORS[1]));
         sim.client("operator", async move {
-            controllers::operator(client(&endpoints)?, shared, seed, FAULTS_FROM_MS + 2_000, FAULTS_UNTIL_MS).await
+            let operators = (client(&endpoints, &tls.0)?, client(&endpoints, &tls.1)?);
+            controllers::operator(operators, shared, seed, FAULTS_FROM_MS + 2_000, FAULTS_UNTIL_MS).await
         });
     }
 
@@ -404,8 +429,10 @@ async fn coordinator(
     clock: SimClock,
     mutations: LeaseMutations,
     shared: Shared,
+    pki: Arc<Pki>,
 ) -> turmoil::Result {
     let timing = TimingPreset::Wan.timing();
+    let tls = pki.tls(&node_name(id as usize - 1));
     let raft_config = openraft_config(&timing)?;
     let state_machine = StateMachineStore::open(disk.vault.clone(), Arc::new(NoObserver))?;
     let node = Node::start(Assembly {
@@ -414,16 +441,17 @@ async fn coordinator(
         timing,
         log_store: disk.log.clone(),
         state_machine,
-        channels: Channels::new(net::channel_maker()),
+        channels: Channels::new(net::channel_maker(tls.clone())),
         clock: Arc::new(clock),
         metrics: Arc::new(Metrics::new()),
         mutations,
+        auth: Auth::new(Roles::parse(&pki.roles)?, true, true),
     })
     .await?;
     node.bootstrap_once(&peers).await?;
     tokio::spawn(observe_leadership(node.raft.clone(), id, shared));
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", GRPC_PORT)).await?;
-    node.grpc_router()?.serve_with_incoming(net::incoming(listener)).await?;
+    node.grpc_router()?.serve_with_incoming(net::incoming(tls, listener)).await?;
     Ok(())
 }
 
@@ -464,26 +492,62 @@ async fn observe_leadership(raft: interlock_store::Raft, id: u64, shared: Shared
     }
 }
 
-fn client(endpoints: &[String]) -> Result<Client, Box<dyn std::error::Error>> {
+fn client(endpoints: &[String], tls: &Tls) -> Result<Client, Box<dyn std::error::Error>> {
     let options = ClientOptions {
         request_timeout: Duration::from_secs(3),
         retry_budget: Duration::from_secs(4),
         ..ClientOptions::default()
     };
-    Ok(Client::with_channels(endpoints.to_vec(), net::channels(endpoints), options)?)
+    Ok(Client::with_channels(endpoints.to_vec(), net::channels(endpoints, tls), options)?)
+}
+
+/// The two operators of the simulation.
+pub const OPERATORS: [&str; 2] = ["op-1", "op-2"];
+
+/// Every identity of a simulated deployment, with its certificate (from a
+/// throwaway CA made per run) and its role, as a node's config would map it.
+pub struct Pki {
+    pub roles: Vec<String>,
+    tls: BTreeMap<String, Tls>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca = Authority::new("interlock-sim CA").expect("a throwaway CA");
+        let mut roles: Vec<(String, String)> = Vec::new();
+        for (r, region) in REGIONS.iter().enumerate() {
+            roles.push((node_name(r), "node".into()));
+            roles.push((controllers::controller_name(r), format!("controller:{region}")));
+            roles.push((holder_name(r), format!("controller:{region}")));
+        }
+        roles.push(("writer".into(), "operator".into()));
+        roles.push(("observer".into(), "viewer".into()));
+        roles.extend(OPERATORS.map(|o| (o.to_string(), "operator".to_string())));
+        let tls = roles
+            .iter()
+            .map(|(name, _)| {
+                let leaf = ca.leaf(name, &[]).expect("a throwaway certificate");
+                (name.clone(), Tls::from_pem(&ca.pem(&leaf)).expect("the throwaway certificate builds"))
+            })
+            .collect();
+        Pki { roles: roles.into_iter().map(|(name, role)| format!("{name}={role}")).collect(), tls }
+    }
+
+    fn tls(&self, identity: &str) -> Tls {
+        self.tls[identity].clone()
+    }
 }
 
 /// A lease holder: acquires the lease whenever it can, acts (writes to the
 /// fenced store) while its keeper says it holds it, and records its belief.
 async fn holder(
     name: String,
-    endpoints: Vec<String>,
+    client: Client,
     options: LeaseOptions,
     ttl: Duration,
     backoff_seed: u64,
     shared: Shared,
 ) -> turmoil::Result {
-    let client = client(&endpoints)?;
     let mut rng = StdRng::seed_from_u64(backoff_seed);
     // Maps the runtime's instants to true simulated milliseconds.
     let (origin, origin_ms) = (tokio::time::Instant::now(), true_ms());
@@ -543,8 +607,7 @@ async fn holder(
 }
 
 /// Writes unique keys all run long, then reads every acknowledged one back.
-async fn writer(endpoints: Vec<String>, shared: Shared, topology: interlock_core::Topology) -> turmoil::Result {
-    let client = client(&endpoints)?;
+async fn writer(client: Client, shared: Shared, topology: interlock_core::Topology) -> turmoil::Result {
     controllers::apply_topology(&client, &topology, &shared).await;
     let mut i = 0u64;
     let mut failing = false;

@@ -66,3 +66,8 @@ fn a_holder_deadline_without_the_drift_term_is_caught() {
 fn declaring_regions_lost_without_witnesses_is_caught() {
     caught("no-witnesses");
 }
+
+#[test]
+fn a_revoke_that_frees_a_primary_lease_at_once_is_caught() {
+    caught("revoke-frees-at-once");
+}

@@ -4,7 +4,8 @@
     python3 tests/python/client_check.py 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003
 
 Generates stubs for every proto/interlock/v1/*.proto with grpc_tools.protoc
-(into a temporary directory), then over plaintext gRPC: Kv Put and a
+(into a temporary directory), then over gRPC (mTLS with --cacert, --cert and
+--key; plaintext without): Kv Put and a
 linearizable Get of a unique key, Cluster.Status, and server reflection
 (v1alpha) listing the public services with the methods proto/ declares.
 A call that returns UNAVAILABLE (no leader yet, an election) is retried on
@@ -63,9 +64,12 @@ class Endpoints:
     """One channel per endpoint; calls move to the next one on UNAVAILABLE
     and start from the last one that answered."""
 
-    def __init__(self, addresses):
+    def __init__(self, addresses, credentials=None):
         self.addresses = addresses
-        self.channels = [grpc.insecure_channel(a) for a in addresses]
+        if credentials is None:
+            self.channels = [grpc.insecure_channel(a) for a in addresses]
+        else:
+            self.channels = [grpc.secure_channel(a, credentials) for a in addresses]
         self.current = 0
 
     def call(self, what, fn):
@@ -142,8 +146,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("endpoints", nargs="+", help="HOST:PORT of interlockd gRPC listeners")
     parser.add_argument("--members", type=int, default=3, help="expected cluster size (default 3)")
+    parser.add_argument("--cacert", help="CA certificate (PEM): mTLS when given with --cert and --key")
+    parser.add_argument("--cert", help="client certificate (PEM)")
+    parser.add_argument("--key", help="client private key (PEM)")
     args = parser.parse_args()
-    endpoints = Endpoints(args.endpoints)
+    credentials = None
+    if args.cacert or args.cert or args.key:
+        if not (args.cacert and args.cert and args.key):
+            parser.error("--cacert, --cert and --key go together")
+        read = lambda path: Path(path).read_bytes()
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=read(args.cacert), private_key=read(args.key), certificate_chain=read(args.cert))
+    endpoints = Endpoints(args.endpoints, credentials)
     try:
         with tempfile.TemporaryDirectory(prefix="interlock-pyclient-") as out_dir:
             stubs = generate_stubs(out_dir)

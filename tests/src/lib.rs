@@ -7,10 +7,12 @@
 //! The binaries must be built first (`cargo build --bins`, which the README's
 //! test command does); [`bin`] finds them next to the test executable.
 
-use interlock_client::{Client, ClientOptions, ClusterStatus, KeyValue};
+use interlock_client::{Client, ClientOptions, ClusterStatus, KeyValue, Tls, TlsFiles};
+use interlock_tls::dev::Authority;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The path of a workspace binary (`interlockd`, `interlockctl`) of the same
@@ -45,7 +47,86 @@ pub struct TestNode {
     pub extra_args: Vec<String>,
     /// Peers for the first start (`ID@REGION=ADDR`), empty for a joining node.
     pub initial_peers: Vec<String>,
+    /// What [`TestNode::client`] talks with (the first operator's, or plaintext).
+    pub client_tls: Option<Tls>,
     child: Option<Child>,
+}
+
+/// Identities of a test deployment: nodes `node-N`, operators `alice` and
+/// `bob`, a `viewer`, and a controller `ctl-<region>` per region.
+pub const OPERATOR: &str = "alice";
+pub const SECOND_OPERATOR: &str = "bob";
+pub const VIEWER: &str = "viewer";
+
+/// A throwaway CA for one test deployment and the certificates it signed,
+/// written under the cluster's directory.
+pub struct TestPki {
+    dir: PathBuf,
+    ca: Authority,
+    written: Mutex<BTreeMap<String, TlsFiles>>,
+}
+
+impl TestPki {
+    pub fn new(dir: &std::path::Path) -> TestPki {
+        TestPki {
+            dir: dir.join("tls"),
+            ca: Authority::new("interlock test CA").expect("CA"),
+            written: Mutex::default(),
+        }
+    }
+
+    /// The CA, for tests that sign certificates of their own.
+    pub fn authority(&self) -> &Authority {
+        &self.ca
+    }
+
+    /// The files of `identity`'s certificate (written on first use).
+    pub fn files(&self, identity: &str) -> TlsFiles {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        written
+            .entry(identity.to_string())
+            .or_insert_with(|| self.ca.write(&self.dir, identity, identity).expect("write a certificate"))
+            .clone()
+    }
+
+    pub fn tls(&self, identity: &str) -> Tls {
+        Tls::from_files(&self.files(identity)).expect("tls")
+    }
+
+    /// The nodes' `--roles`.
+    pub fn roles() -> String {
+        let mut roles =
+            vec!["node-*=node".to_string(), format!("{OPERATOR}=operator"), format!("{SECOND_OPERATOR}=operator")];
+        roles.push(format!("{VIEWER}=viewer"));
+        roles.extend(REGIONS.iter().map(|r| format!("ctl-{r}=controller:{r}")));
+        roles.join(",")
+    }
+
+    /// The flags that give a node `node-ID`'s certificate and the roles.
+    fn node_args(&self, id: u64) -> Vec<String> {
+        let files = self.files(&format!("node-{id}"));
+        let path = |p: &PathBuf| p.display().to_string();
+        vec![
+            "--tls-ca".into(),
+            path(&files.ca),
+            "--tls-cert".into(),
+            path(&files.cert),
+            "--tls-key".into(),
+            path(&files.key),
+            "--roles".into(),
+            TestPki::roles(),
+        ]
+    }
+
+    /// The environment that makes `interlockctl` speak as `identity`.
+    pub fn ctl_env(&self, identity: &str) -> Vec<(String, String)> {
+        let files = self.files(identity);
+        vec![
+            ("INTERLOCK_CACERT".into(), files.ca.display().to_string()),
+            ("INTERLOCK_CERT".into(), files.cert.display().to_string()),
+            ("INTERLOCK_KEY".into(), files.key.display().to_string()),
+        ]
+    }
 }
 
 impl TestNode {
@@ -111,7 +192,11 @@ impl TestNode {
 
     /// A client that talks to this node only.
     pub fn client(&self) -> Client {
-        let options = ClientOptions { retry_budget: Duration::from_secs(2), ..ClientOptions::default() };
+        let options = ClientOptions {
+            retry_budget: Duration::from_secs(2),
+            tls: self.client_tls.clone(),
+            ..ClientOptions::default()
+        };
         Client::with_options([&self.grpc], options).expect("client")
     }
 
@@ -152,12 +237,17 @@ pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> 
 pub struct ClusterOptions {
     /// Extra flags for every node, e.g. `["--snapshot-every", "50"]`.
     pub extra_args: Vec<String>,
+    /// Run with `--tls off` (plaintext, nothing authenticated).
+    pub plaintext: bool,
 }
 
-/// A cluster of real `interlockd` processes in a temporary directory.
+/// A cluster of real `interlockd` processes in a temporary directory, on
+/// mTLS with a throwaway CA unless asked for plaintext.
 pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<TestNode>,
+    /// None: the cluster is plaintext.
+    pub pki: Option<Arc<TestPki>>,
 }
 
 const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af-south"];
@@ -166,6 +256,8 @@ impl TestCluster {
     /// Starts `n` nodes that bootstrap together and waits for a leader.
     pub async fn start(n: usize, options: ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
+        let pki = (!options.plaintext).then(|| Arc::new(TestPki::new(dir.path())));
+        let client_tls = pki.as_ref().map(|p| p.tls(OPERATOR));
         let specs: Vec<(u64, String, String)> = (1..=n as u64)
             .map(|id| {
                 (id, REGIONS[(id as usize - 1) % REGIONS.len()].to_string(), format!("127.0.0.1:{}", free_port()))
@@ -181,12 +273,13 @@ impl TestCluster {
                 admin: format!("127.0.0.1:{}", free_port()),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
-                extra_args: options.extra_args.clone(),
+                extra_args: security_args(pki.as_deref(), id).into_iter().chain(options.extra_args.clone()).collect(),
                 initial_peers: peers.clone(),
+                client_tls: client_tls.clone(),
                 child: None,
             })
             .collect();
-        let mut cluster = TestCluster { dir, nodes };
+        let mut cluster = TestCluster { dir, nodes, pki };
         for node in &mut cluster.nodes {
             node.start();
         }
@@ -203,9 +296,28 @@ impl TestCluster {
             admin: format!("127.0.0.1:{}", free_port()),
             data_dir: self.dir.path().join(format!("node-{id}")),
             log_path: self.dir.path().join(format!("node-{id}.log")),
-            extra_args: self.nodes.first().map(|n| n.extra_args.clone()).unwrap_or_default(),
+            extra_args: security_args(self.pki.as_deref(), id),
             initial_peers: Vec::new(),
+            client_tls: self.pki.as_ref().map(|p| p.tls(OPERATOR)),
             child: None,
+        }
+    }
+
+    /// The client options of `identity` (plaintext for a plaintext cluster).
+    pub fn options_as(&self, identity: &str) -> ClientOptions {
+        ClientOptions { tls: self.pki.as_ref().map(|p| p.tls(identity)), ..ClientOptions::default() }
+    }
+
+    /// A client over every node's endpoint, speaking as `identity`.
+    pub fn client_as(&self, identity: &str) -> Client {
+        Client::with_options(self.endpoints(), self.options_as(identity)).expect("client")
+    }
+
+    /// The environment for an `interlockctl` speaking as `identity`.
+    pub fn ctl_env(&self, identity: &str) -> Vec<(String, String)> {
+        match &self.pki {
+            Some(pki) => pki.ctl_env(identity),
+            None => vec![("INTERLOCK_TLS".into(), "off".into())],
         }
     }
 
@@ -213,9 +325,9 @@ impl TestCluster {
         self.nodes.iter().map(|n| n.grpc.clone()).collect()
     }
 
-    /// A client over every node's endpoint.
+    /// A client over every node's endpoint, as the first operator.
     pub fn client(&self) -> Client {
-        Client::new(self.endpoints()).expect("client")
+        self.client_as(OPERATOR)
     }
 
     pub fn node(&mut self, id: u64) -> &mut TestNode {
@@ -365,6 +477,14 @@ pub fn sample_topology() -> interlock_client::Topology {
     .expect("sample topology")
 }
 
+/// A node's security flags: its certificate and the roles, or `--tls off`.
+fn security_args(pki: Option<&TestPki>, id: u64) -> Vec<String> {
+    match pki {
+        Some(pki) => pki.node_args(id),
+        None => vec!["--tls".into(), "off".into()],
+    }
+}
+
 /// A reference region controller (`interlockd agent`) run as a process.
 pub struct TestAgent {
     pub id: String,
@@ -377,12 +497,22 @@ pub struct TestAgent {
 
 impl TestAgent {
     /// Writes the agent's config in `dir` and starts it.
-    pub fn start(dir: &std::path::Path, region: &str, endpoints: &[String]) -> TestAgent {
+    /// Writes the agent's config (with `ctl-<region>`'s certificate) in
+    /// the cluster's directory and starts it.
+    pub fn start(cluster: &TestCluster, region: &str) -> TestAgent {
+        let (dir, endpoints) = (cluster.dir.path(), cluster.endpoints());
         let id = format!("ctl-{region}");
         let config_path = dir.join(format!("{id}.toml"));
         let acting_log = dir.join(format!("{id}.acting.jsonl"));
+        let tls = match &cluster.pki {
+            Some(pki) => {
+                let files = pki.files(&id);
+                format!("tls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n", files.ca, files.cert, files.key)
+            }
+            None => "tls = \"off\"\n".to_string(),
+        };
         let text = format!(
-            "id = {id:?}\nregion = {region:?}\nendpoints = {endpoints:?}\nprobe_listen = \"127.0.0.1:0\"\nacting_log = {:?}\n",
+            "id = {id:?}\nregion = {region:?}\nendpoints = {endpoints:?}\nprobe_listen = \"127.0.0.1:0\"\nacting_log = {:?}\n{tls}",
             acting_log.display().to_string()
         );
         std::fs::write(&config_path, text).expect("agent config");

@@ -22,6 +22,9 @@ fn valid_flags(dir: &Path) -> Vec<String> {
         dir.join("data").display().to_string(),
         "--initial-peers".into(),
         format!("1@eu-west={grpc}"),
+        // These tests are about other keys; TLS's own are tested in config.rs.
+        "--tls".into(),
+        "off".into(),
     ]
 }
 

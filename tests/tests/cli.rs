@@ -1,16 +1,23 @@
 //! interlockctl against real processes: output shapes, membership changes
 //! and exit codes (SPEC §8: 0 ok, 1 failed, 2 usage, 3 unreachable, 4 refused).
 
-use interlock_tests::{bin, free_port, ClusterOptions, TestCluster};
+use interlock_tests::{bin, free_port, ClusterOptions, TestCluster, OPERATOR, SECOND_OPERATOR};
 use serde_json::Value;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-fn ctl(endpoints: &[String], args: &[&str]) -> Output {
+/// `interlockctl ARGS` against `cluster` as its first operator.
+fn ctl(cluster: &TestCluster, args: &[&str]) -> Output {
+    ctl_as(cluster, OPERATOR, args)
+}
+
+/// `interlockctl ARGS` against `cluster` as `identity`.
+fn ctl_as(cluster: &TestCluster, identity: &str, args: &[&str]) -> Output {
     Command::new(bin("interlockctl"))
         .arg("--endpoints")
-        .arg(endpoints.join(","))
+        .arg(cluster.endpoints().join(","))
         .args(args)
+        .envs(cluster.ctl_env(identity))
         .stdin(Stdio::null())
         .output()
         .expect("run interlockctl")
@@ -32,7 +39,7 @@ fn json(output: &Output) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_status_json_has_the_stable_shape() {
     let cluster = TestCluster::start(3, ClusterOptions::default()).await;
-    let status = json(&ctl(&cluster.endpoints(), &["cluster", "status", "-o", "json"]));
+    let status = json(&ctl(&cluster, &["cluster", "status", "-o", "json"]));
     let leader = status["leader"].as_u64().expect("leader");
     assert!((1..=3).contains(&leader));
     assert!(status["term"].as_u64().expect("term") >= 1);
@@ -47,9 +54,9 @@ async fn cluster_status_json_has_the_stable_shape() {
         assert!(["leader", "follower"].contains(&role), "{member}");
     }
     // YAML and table render too.
-    let yaml = ctl(&cluster.endpoints(), &["cluster", "status", "-o", "yaml"]);
+    let yaml = ctl(&cluster, &["cluster", "status", "-o", "yaml"]);
     assert!(String::from_utf8_lossy(&yaml.stdout).contains("grpc_addr:"), "{}", text(&yaml));
-    let table = ctl(&cluster.endpoints(), &["cluster", "members"]);
+    let table = ctl(&cluster, &["cluster", "members"]);
     assert!(String::from_utf8_lossy(&table.stdout).contains("us-east"), "{}", text(&table));
 }
 
@@ -59,10 +66,18 @@ async fn a_node_is_added_as_learner_then_voter_and_removed() {
     cluster.client().put("before-join", b"1".to_vec()).await.expect("write");
     let mut joiner = cluster.new_joiner(4, "sa-east");
     joiner.start();
-    let endpoints = cluster.endpoints();
 
-    let added = ctl(&endpoints, &["cluster", "add", "4", &joiner.grpc, "--region", "sa-east", "-o", "json"]);
-    let members = json(&added)["members"].as_array().expect("members").clone();
+    // A membership change waits for a second operator.
+    let asked = json(&ctl(&cluster, &["cluster", "add", "4", &joiner.grpc, "--region", "sa-east", "-o", "json"]));
+    let id = asked["approval_id"].as_u64().filter(|id| *id > 0).unwrap_or_else(|| panic!("{asked}"));
+    assert_eq!(cluster.status().await.members.len(), 3, "nothing changed before the approval");
+    let own = ctl(&cluster, &["approve", &id.to_string()]);
+    assert_eq!(own.status.code(), Some(4), "approving your own request is refused: {}", text(&own));
+    assert!(String::from_utf8_lossy(&own.stderr).contains("a different operator"), "{}", text(&own));
+    let added = ctl_as(&cluster, SECOND_OPERATOR, &["approve", &id.to_string(), "-o", "json"]);
+    assert!(added.status.success(), "{}", text(&added));
+    let members =
+        json(&ctl(&cluster, &["cluster", "members", "-o", "json"]))["members"].as_array().expect("members").clone();
     let four = members.iter().find(|m| m["id"] == 4).unwrap_or_else(|| panic!("{}", text(&added)));
     assert_eq!(four["role"], "follower", "a voter after catching up");
     assert_eq!(four["region"], "sa-east");
@@ -73,17 +88,21 @@ async fn a_node_is_added_as_learner_then_voter_and_removed() {
     assert_eq!(on_four.map(|v| v.value), Some(b"1".to_vec()), "the new member has the earlier state");
 
     // Dangerous without a terminal: needs --yes, and changes nothing otherwise.
-    let refused = ctl(&endpoints, &["cluster", "remove", "4"]);
+    let refused = ctl(&cluster, &["cluster", "remove", "4"]);
     assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"), "{}", text(&refused));
     assert_eq!(cluster.status().await.members.len(), 4);
 
-    let removed = ctl(&endpoints, &["cluster", "remove", "4", "--yes", "-o", "json"]);
-    let members = json(&removed)["members"].as_array().expect("members").clone();
+    let asked = json(&ctl(&cluster, &["cluster", "remove", "4", "--yes", "-o", "json"]));
+    let id = asked["approval_id"].as_u64().unwrap_or_else(|| panic!("{asked}"));
+    let removed = ctl_as(&cluster, SECOND_OPERATOR, &["approve", &id.to_string()]);
+    assert!(removed.status.success(), "{}", text(&removed));
+    let members =
+        json(&ctl(&cluster, &["cluster", "members", "-o", "json"]))["members"].as_array().expect("members").clone();
     assert!(members.iter().all(|m| m["id"] != 4), "{}", text(&removed));
     assert_eq!(cluster.status().await.members.len(), 3);
 
-    let unknown = ctl(&endpoints, &["cluster", "remove", "9", "--yes"]);
+    let unknown = ctl(&cluster, &["cluster", "remove", "9", "--yes"]);
     assert_eq!(unknown.status.code(), Some(1), "{}", text(&unknown));
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("not a member"), "{}", text(&unknown));
 }
@@ -91,26 +110,26 @@ async fn a_node_is_added_as_learner_then_voter_and_removed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exit_codes_follow_the_spec() {
     let cluster = TestCluster::start(3, ClusterOptions::default()).await;
-    let endpoints = cluster.endpoints();
 
-    let put = ctl(&endpoints, &["kv", "put", "greeting", "hello"]);
+    let put = ctl(&cluster, &["kv", "put", "greeting", "hello"]);
     assert_eq!(put.status.code(), Some(0), "{}", text(&put));
-    let got = json(&ctl(&endpoints, &["kv", "get", "greeting", "-o", "json"]));
+    let got = json(&ctl(&cluster, &["kv", "get", "greeting", "-o", "json"]));
     assert_eq!(got["value"], "hello");
 
-    let invalid = ctl(&endpoints, &["kv", "put", "", "x"]);
+    let invalid = ctl(&cluster, &["kv", "put", "", "x"]);
     assert_eq!(invalid.status.code(), Some(2), "{}", text(&invalid));
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("key: must not be empty"), "{}", text(&invalid));
 
-    let missing = ctl(&endpoints, &["kv", "get", "nothing-here"]);
+    let missing = ctl(&cluster, &["kv", "get", "nothing-here"]);
     assert_eq!(missing.status.code(), Some(1), "{}", text(&missing));
 
-    let usage = ctl(&endpoints, &["cluster", "frobnicate"]);
+    let usage = ctl(&cluster, &["cluster", "frobnicate"]);
     assert_eq!(usage.status.code(), Some(2), "{}", text(&usage));
 
     let nobody = format!("127.0.0.1:{}", free_port());
     let unreachable = Command::new(bin("interlockctl"))
         .args(["--endpoints", &nobody, "cluster", "status"])
+        .envs(cluster.ctl_env(OPERATOR))
         .env("INTERLOCK_ENDPOINTS", "")
         .output()
         .expect("run");
@@ -120,10 +139,9 @@ async fn exit_codes_follow_the_spec() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routing_changes_are_checked_by_named_rules_and_drains_step_down() {
     let cluster = TestCluster::start(3, ClusterOptions::default()).await;
-    let endpoints = cluster.endpoints();
     cluster.client().apply_topology(&interlock_tests::sample_topology(), false).await.expect("apply");
-    let routing = |e: &[String]| json(&ctl(e, &["get", "routing", "orders", "-o", "json"]))["routing"][0].clone();
-    let start = routing(&endpoints);
+    let routing = |c: &TestCluster| json(&ctl(c, &["get", "routing", "orders", "-o", "json"]))["routing"][0].clone();
+    let start = routing(&cluster);
     assert_eq!(
         start["weights"]["eu-west"].as_u64().unwrap_or(0)
             + start["weights"]["us-east"].as_u64().unwrap_or(0)
@@ -133,17 +151,17 @@ async fn routing_changes_are_checked_by_named_rules_and_drains_step_down() {
     );
 
     // Too big a step: refused with the rule's name, exit 4, nothing changed.
-    let big = ctl(&endpoints, &["routing", "set", "orders", "eu-west=60%", "us-east=20%", "ap-south=20%"]);
+    let big = ctl(&cluster, &["routing", "set", "orders", "eu-west=60%", "us-east=20%", "ap-south=20%"]);
     assert_eq!(big.status.code(), Some(4), "{}", text(&big));
     assert!(String::from_utf8_lossy(&big.stderr).contains("max-step"), "{}", text(&big));
-    assert_eq!(routing(&endpoints)["version"], start["version"]);
+    assert_eq!(routing(&cluster)["version"], start["version"]);
     // Bad input: exit 2, naming the field.
-    let bad = ctl(&endpoints, &["routing", "set", "orders", "eu-west=50%", "us-east=20%"]);
+    let bad = ctl(&cluster, &["routing", "set", "orders", "eu-west=50%", "us-east=20%"]);
     assert_eq!(bad.status.code(), Some(2), "{}", text(&bad));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("weights"), "{}", text(&bad));
     // An override needs a reason, and is audited.
     let ok = ctl(
-        &endpoints,
+        &cluster,
         &[
             "routing",
             "set",
@@ -155,22 +173,29 @@ async fn routing_changes_are_checked_by_named_rules_and_drains_step_down() {
             "max-step",
             "--reason",
             "test",
+            "-o",
+            "json",
         ],
     );
     assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
-    assert_eq!(routing(&endpoints)["weights"]["eu-west"], 6000);
-    let events = json(&ctl(&endpoints, &["events", "-o", "json"]));
+    // Overriding a safety rule waits for a second operator.
+    assert_eq!(routing(&cluster)["version"], start["version"], "nothing changed before the approval");
+    let id = json(&ok)["approval_id"].as_u64().filter(|id| *id > 0).unwrap_or_else(|| panic!("{}", text(&ok)));
+    let approved = ctl_as(&cluster, SECOND_OPERATOR, &["approve", &id.to_string()]);
+    assert!(approved.status.success(), "{}", text(&approved));
+    assert_eq!(routing(&cluster)["weights"]["eu-west"], 6000);
+    let events = json(&ctl(&cluster, &["events", "-o", "json"]));
     assert!(events.to_string().contains("routing.override"), "{events}");
 
     // A drain steps the region down to DRAINED (from weights that leave
     // the others room under their capacity ceiling).
-    let back = ctl(&endpoints, &["routing", "set", "orders", "eu-west=40%", "us-east=40%", "ap-south=20%"]);
+    let back = ctl(&cluster, &["routing", "set", "orders", "eu-west=40%", "us-east=40%", "ap-south=20%"]);
     assert_eq!(back.status.code(), Some(0), "{}", text(&back));
-    let drain = ctl(&endpoints, &["drain", "ap-south", "--step", "50%", "--interval", "200ms"]);
+    let drain = ctl(&cluster, &["drain", "ap-south", "--step", "50%", "--interval", "200ms"]);
     assert_eq!(drain.status.code(), Some(0), "{}", text(&drain));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let now = routing(&endpoints);
+        let now = routing(&cluster);
         if now["region_states"]["ap-south"] == "DRAINED" {
             assert_eq!(now["weights"]["ap-south"], 0, "{now}");
             break;
@@ -179,7 +204,7 @@ async fn routing_changes_are_checked_by_named_rules_and_drains_step_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Draining a second region would leave one serving: refused by min-serving-regions.
-    let second = ctl(&endpoints, &["drain", "us-east", "--step", "100%"]);
+    let second = ctl(&cluster, &["drain", "us-east", "--step", "100%"]);
     assert_eq!(second.status.code(), Some(4), "{}", text(&second));
     assert!(String::from_utf8_lossy(&second.stderr).contains("min-serving-regions"), "{}", text(&second));
 }

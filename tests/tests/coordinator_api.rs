@@ -10,6 +10,8 @@ use std::time::Duration;
 async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
     let cluster = TestCluster::start(3, ClusterOptions::default()).await;
     let client = cluster.client();
+    // The region controller of eu-west speaks for itself.
+    let controller = cluster.client_as("ctl-eu-west");
     client.apply_topology(&sample_topology(), false).await.expect("apply");
     let events_before = client.events(0, 0).await.expect("events").len();
 
@@ -27,7 +29,7 @@ async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
         ),
         (
             "unknown role",
-            client
+            controller
                 .acknowledge(AcknowledgeRequest {
                     controller_id: "ctl-eu".into(),
                     replica_id: "o0-eu".into(),
@@ -47,9 +49,9 @@ async fn bad_input_is_refused_with_the_right_status_and_changes_nothing() {
             other => panic!("{name}: expected INVALID_ARGUMENT, got {other:?}"),
         }
     }
-    let unknown = client.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["nope".into()]).await;
+    let unknown = controller.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["nope".into()]).await;
     assert!(matches!(&unknown, Err(ClientError::NotFound(m)) if m.contains("nope")), "{unknown:?}");
-    let foreign = client.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["o0-us".into()]).await;
+    let foreign = controller.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["o0-us".into()]).await;
     assert!(matches!(&foreign, Err(ClientError::PermissionDenied(m)) if m.contains("us-east")), "{foreign:?}");
     let mut broken = sample_topology();
     broken.services[0].shards[0].replicas[0].region = "mars".into();
@@ -86,7 +88,11 @@ async fn topology_apply_is_idempotent_and_a_controller_sees_its_assignment() {
     let mut watcher = client.watch("controller/ctl-eu", 0);
     let first = watcher.next().await.expect("assignment");
     assert!(first.assignment.expect("assignment").replicas.is_empty(), "not registered yet");
-    client.register_controller("ctl-eu", "eu-west", "controller:eu-west", &["o0-eu".into()]).await.expect("register");
+    let controller = cluster.client_as("ctl-eu-west");
+    controller
+        .register_controller("ctl-eu", "eu-west", "controller:eu-west", &["o0-eu".into()])
+        .await
+        .expect("register");
     let next = tokio::time::timeout(Duration::from_secs(5), watcher.next()).await.expect("in time").expect("watch");
     let replicas = next.assignment.expect("assignment").replicas;
     assert_eq!(replicas.len(), 1);
@@ -99,7 +105,8 @@ async fn a_watch_resumes_without_gaps_after_its_node_is_killed() {
     let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
     let writer = cluster.client();
     // The watcher talks to node 1 first; the other nodes are its fallbacks.
-    let options = ClientOptions { retry_budget: Duration::from_secs(20), ..ClientOptions::default() };
+    let options =
+        ClientOptions { retry_budget: Duration::from_secs(20), ..cluster.options_as(interlock_tests::OPERATOR) };
     let watch_client = interlock_client::Client::with_options(cluster.endpoints(), options).expect("client");
     let mut watcher = watch_client.watch("events", 0);
 
@@ -132,14 +139,18 @@ async fn grpc_health_serves_with_a_leader_and_not_without_one() {
     use tonic_health::pb::HealthCheckRequest;
 
     let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
-    let status_of = |addr: String| async move {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect");
-        let mut client = HealthClient::new(channel);
-        client.check(HealthCheckRequest { service: String::new() }).await.expect("check").into_inner().status
+    let tls = cluster.pki.as_ref().expect("TLS").tls(interlock_tests::VIEWER);
+    let status_of = |addr: String| {
+        let tls = tls.clone();
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+                .expect("endpoint")
+                .connect_with_connector(interlock_tls::stream::tcp_connector(tls))
+                .await
+                .expect("connect");
+            let mut client = HealthClient::new(channel);
+            client.check(HealthCheckRequest { service: String::new() }).await.expect("check").into_inner().status
+        }
     };
     let survivor = cluster.nodes[0].grpc.clone();
     // Health is re-evaluated every 250 ms; give the new cluster a moment.

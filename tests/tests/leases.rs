@@ -41,7 +41,8 @@ async fn a_cut_off_holder_stops_before_anyone_else_is_granted_the_key() {
     for endpoint in cluster.endpoints() {
         proxies.push(CutProxy::start(endpoint).await);
     }
-    let options = ClientOptions { retry_budget: Duration::from_secs(2), ..ClientOptions::default() };
+    let options =
+        ClientOptions { retry_budget: Duration::from_secs(2), ..cluster.options_as(interlock_tests::OPERATOR) };
     let holder_client = Client::with_options(proxies.iter().map(|p| p.addr.clone()), options).expect("client");
     let ttl = Duration::from_secs(2);
     let mut keeper =
@@ -89,7 +90,7 @@ async fn tokens_strictly_increase_across_grants_leader_changes_and_restarts() {
     let client = cluster.client();
     tokens.push(client.lease_grant("a", "h1", 1000).await.expect("grant").0);
     tokens.push(client.lease_grant("b", "h1", 1000).await.expect("grant").0);
-    client.lease_revoke("a", 0).await.expect("revoke");
+    client.lease_release("a", 0).await.expect("the holder releases it");
     tokens.push(client.lease_grant("a", "h2", 1000).await.expect("regrant").0);
 
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;

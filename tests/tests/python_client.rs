@@ -45,6 +45,11 @@ async fn a_python_client_generated_from_the_protos_talks_to_a_cluster() {
     let cluster = TestCluster::start(3, ClusterOptions::default()).await;
     let mut args = vec!["tests/python/client_check.py".to_string()];
     args.extend(cluster.endpoints());
+    // Over mTLS, as the first operator.
+    let files = cluster.pki.as_ref().expect("a TLS cluster").files(interlock_tests::OPERATOR);
+    for (flag, path) in [("--cacert", &files.ca), ("--cert", &files.cert), ("--key", &files.key)] {
+        args.extend([flag.to_string(), path.display().to_string()]);
+    }
     let output = python3(&args, Duration::from_secs(120)).await;
     assert!(output.status.success(), "client_check.py failed\n{}\n{}", text(&output), cluster.logs());
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -56,7 +56,10 @@ async fn a_waiting_cluster_writes_nothing() {
     // No controller runs any replica. An operator promotes one anyway; it is
     // never acknowledged, so it is fenced, its lease runs out, and the shard
     // waits for an operator (no candidate is heard).
-    client.failover("orders/0", "o0-eu", true, Duration::ZERO).await.expect("operator failover");
+    let asked = client.failover("orders/0", "o0-eu", true, Duration::ZERO).await.expect("operator failover");
+    // Accepting data loss needs a second operator.
+    let second = cluster.client_as(interlock_tests::SECOND_OPERATOR);
+    second.approve(asked.approval_id).await.expect("approve");
     eventually("the shard awaits an operator", Duration::from_secs(30), || async {
         client.shards().await.is_ok_and(|s| s.iter().any(|s| !s.awaiting_operator.is_empty()))
     })

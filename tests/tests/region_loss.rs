@@ -63,9 +63,7 @@ async fn killing_a_region_moves_its_primaries_and_never_doubles_one() {
     let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
     let client = cluster.client();
     client.apply_topology(&topology(), false).await.expect("apply topology");
-    let endpoints = cluster.endpoints();
-    let mut agents: Vec<TestAgent> =
-        REGIONS.iter().map(|r| TestAgent::start(cluster.dir.path(), r, &endpoints)).collect();
+    let mut agents: Vec<TestAgent> = REGIONS.iter().map(|r| TestAgent::start(&cluster, r)).collect();
 
     let primaries = wait_for_primaries(&client, Duration::from_secs(30), |p| p.ends_with("-eu")).await;
     assert_eq!(primaries.len(), SHARDS);
@@ -79,8 +77,11 @@ async fn killing_a_region_moves_its_primaries_and_never_doubles_one() {
     cluster.node(eu_node).kill9();
     agents[0].kill9();
 
-    let survivors =
-        Client::new(cluster.nodes.iter().filter(|n| n.is_running()).map(|n| n.grpc.clone())).expect("client");
+    let survivors = Client::with_options(
+        cluster.nodes.iter().filter(|n| n.is_running()).map(|n| n.grpc.clone()),
+        cluster.options_as(interlock_tests::OPERATOR),
+    )
+    .expect("client");
     let moved = wait_for_primaries(&survivors, Duration::from_secs(30), |p| !p.ends_with("-eu")).await;
     let took = started.elapsed();
     println!("region loss -> {SHARDS} shards promoted and acknowledged elsewhere: {} ms ({moved:?})", took.as_millis());
@@ -103,6 +104,7 @@ async fn killing_a_region_moves_its_primaries_and_never_doubles_one() {
     let endpoints = survivors.endpoints().join(",");
     let out = std::process::Command::new(bin("interlockctl"))
         .args(["--endpoints", &endpoints, "switchover", "orders/0", "--to", target])
+        .envs(cluster.ctl_env(interlock_tests::OPERATOR))
         .output()
         .expect("interlockctl");
     assert!(out.status.success(), "switchover: {}", String::from_utf8_lossy(&out.stderr));
@@ -112,6 +114,7 @@ async fn killing_a_region_moves_its_primaries_and_never_doubles_one() {
     // Switching over to a replica in the lost region is refused with exit 4 and the reason.
     let out = std::process::Command::new(bin("interlockctl"))
         .args(["--endpoints", &endpoints, "switchover", "orders/0", "--to", "o0-eu"])
+        .envs(cluster.ctl_env(interlock_tests::OPERATOR))
         .output()
         .expect("interlockctl");
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn options(snapshot_every: u64) -> ClusterOptions {
-    ClusterOptions { extra_args: vec!["--snapshot-every".into(), snapshot_every.to_string()] }
+    ClusterOptions {
+        extra_args: vec!["--snapshot-every".into(), snapshot_every.to_string()],
+        ..ClusterOptions::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +77,13 @@ async fn a_100_mb_state_machine_reaches_a_new_member_through_a_snapshot() {
     let mut joiner = cluster.new_joiner(4, "eu-west");
     joiner.start();
     let started = Instant::now();
-    let reply = client.add_member(4, &joiner.grpc.clone(), "eu-west", false).await;
-    let reply = reply.unwrap_or_else(|e| panic!("add member: {e}\n{}\n{}", cluster.logs(), joiner.log()));
-    assert!(reply.members.iter().any(|m| m.id == 4 && m.role == "follower"), "{reply:?}");
+    let asked = client.add_member(4, &joiner.grpc.clone(), "eu-west", false).await.expect("ask to add a member");
+    // A membership change needs a second operator.
+    let second = cluster.client_as(interlock_tests::SECOND_OPERATOR);
+    let reply = second.approve(asked.approval_id).await;
+    reply.unwrap_or_else(|e| panic!("add member: {e}\n{}\n{}", cluster.logs(), joiner.log()));
+    let members = cluster.status().await.members;
+    assert!(members.iter().any(|m| m.id == 4 && m.role == "follower"), "{members:?}");
     cluster.nodes.push(joiner);
     cluster.wait_applied(last, Duration::from_secs(60)).await;
     let took = started.elapsed();

@@ -44,6 +44,10 @@ pub struct AgentArgs {
     ///   endpoints = ["10.0.1.5:7001", "10.1.1.5:7001", "10.2.1.5:7001"]
     ///   probe_listen = "10.0.1.9:7301"
     ///   acting_log = "/var/log/interlock/acting.jsonl"   # optional
+    ///   tls_ca = "/etc/interlock/ca.pem"        # its certificate is its identity:
+    ///   tls_cert = "/etc/interlock/ctl-eu.pem"  # the nodes give it the role
+    ///   tls_key = "/etc/interlock/ctl-eu.key"   # controller:eu-west
+    ///   # tls = "off" for a plaintext cluster
     #[arg(long, verbatim_doc_comment)]
     pub config: PathBuf,
 }
@@ -70,6 +74,12 @@ pub struct AgentConfig {
     /// One demo write per this many ms on each replica acting as primary.
     #[serde(default = "default_write_every_ms")]
     pub write_every_ms: u64,
+    /// "on" (default: tls_ca, tls_cert and tls_key are required) or "off".
+    #[serde(default)]
+    pub tls: Option<String>,
+    pub tls_ca: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
 }
 
 fn default_write_every_ms() -> u64 {
@@ -88,7 +98,27 @@ impl AgentConfig {
         if config.write_every_ms == 0 {
             anyhow::bail!("write_every_ms: must be at least 1");
         }
+        config.tls_files()?;
         Ok(config)
+    }
+
+    /// The TLS files (None: `tls = "off"`), or which key is missing.
+    pub fn tls_files(&self) -> anyhow::Result<Option<interlock_client::TlsFiles>> {
+        match self.tls.as_deref().unwrap_or("on") {
+            "off" => Ok(None),
+            "on" => {
+                let need = |value: &Option<PathBuf>, key: &str| {
+                    value.clone().with_context(|| format!("{key}: missing (required unless tls = \"off\")"))
+                };
+                Ok(Some(interlock_client::TlsFiles {
+                    ca: need(&self.tls_ca, "tls_ca")?,
+                    cert: need(&self.tls_cert, "tls_cert")?,
+                    key: need(&self.tls_key, "tls_key")?,
+                    peer_ca: None,
+                }))
+            }
+            other => anyhow::bail!("tls: {other:?} is not \"on\" or \"off\""),
+        }
     }
 }
 
@@ -104,7 +134,16 @@ fn acting_line(change: &ActingChange) -> String {
 
 /// Runs the agent until the process is stopped.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
-    let client = Client::new(config.endpoints.clone())?;
+    let tls = match config.tls_files()? {
+        Some(files) => {
+            let tls = interlock_client::Tls::from_files(&files)?;
+            tls.watch(files, Duration::from_secs(5));
+            Some(tls)
+        }
+        None => None,
+    };
+    let options = interlock_client::ClientOptions { tls, ..interlock_client::ClientOptions::default() };
+    let client = Client::with_options(config.endpoints.clone(), options)?;
     let listener = TcpListener::bind(config.probe_listen)
         .await
         .with_context(|| format!("probe_listen {}: cannot listen", config.probe_listen))?;

@@ -27,6 +27,8 @@ pub enum Kind {
     Leases,
     /// Routing tables: version, weights, and which controllers applied them.
     Routing,
+    /// Two-person approval requests: pending, expired, approved.
+    Approvals,
 }
 
 #[derive(Args)]
@@ -55,12 +57,23 @@ pub enum LeaseCmd {
     /// Uses the lease's current holder and token; the deadline printed is the
     /// holder's (send time of the last acknowledged keepalive + TTL × 0.98 − margin).
     Keepalive { key: String },
-    /// Revoke KEY now.
+    /// End the lease on KEY.
+    ///
+    /// Without --release: a revoke. The lease stops being renewable and the
+    /// key is freed when the leader's deadline for it passes (as by expiry),
+    /// so a holder cut off from the cluster stops before anyone else starts.
+    /// Revoking another identity's lease waits for a second operator
+    /// (prints the approval id; `interlockctl approve ID`).
+    /// With --release: you hold it (your identity took it) and have stopped
+    /// acting; the key is freed at once.
     Revoke {
         key: String,
         /// Only if the lease still has this token.
         #[arg(long)]
         token: Option<u64>,
+        /// You are the holder and have stopped acting: free the key now.
+        #[arg(long)]
+        release: bool,
     },
     /// Show KEY: holder, token, TTL and the time the leader still gives it.
     ///
@@ -112,7 +125,10 @@ pub async fn apply(client: &Client, out: &Printer, args: &ApplyArgs) -> Result<(
 }
 
 pub fn lease_json(l: &LeaseInfo) -> Value {
-    json!({"key": l.key, "holder": l.holder, "token": l.token, "ttl_ms": l.ttl_ms, "remaining_ms": l.remaining_ms})
+    json!({
+        "key": l.key, "holder": l.holder, "token": l.token, "ttl_ms": l.ttl_ms, "remaining_ms": l.remaining_ms,
+        "owner": l.owner, "revoked": l.revoked,
+    })
 }
 
 pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), Failure> {
@@ -214,6 +230,7 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
             })
         }
         Kind::Routing => crate::routing::get(client, out, args.name.as_deref()).await,
+        Kind::Approvals => crate::security::approvals(client, out).await,
         Kind::Leases => {
             let leases = client.leases().await?;
             let value = json!({"leases": leases.iter().map(lease_json).collect::<Vec<_>>()});
@@ -250,9 +267,14 @@ pub async fn lease(client: &Client, out: &Printer, cmd: &LeaseCmd) -> Result<(),
                 )
             })
         }
-        LeaseCmd::Revoke { key, token } => {
-            let revision = client.lease_revoke(key, token.unwrap_or(0)).await?;
-            out.record(&json!({"key": key, "revision": revision}), || format!("revoked {key} at revision {revision}"))
+        LeaseCmd::Revoke { key, token, release: true } => {
+            let revision = client.lease_release(key, token.unwrap_or(0)).await?;
+            out.record(&json!({"key": key, "revision": revision}), || format!("released {key} at revision {revision}"))
+        }
+        LeaseCmd::Revoke { key, token, release: false } => {
+            let reply = client.lease_revoke(key, token.unwrap_or(0)).await?;
+            let value = json!({"key": key, "revision": reply.revision, "approval_id": reply.approval_id, "message": reply.message});
+            out.record(&value, || reply.message.clone())
         }
         LeaseCmd::Keepalive { key } => keepalive(client, key).await,
     }

@@ -78,7 +78,8 @@ pub enum RegionCmd {
 }
 
 fn report(out: &Printer, r: &OperationResponse) -> Result<(), Failure> {
-    out.record(&json!({"message": r.message, "revision": r.revision, "epoch": r.epoch}), || r.message.clone())
+    let value = json!({"message": r.message, "revision": r.revision, "epoch": r.epoch, "approval_id": r.approval_id});
+    out.record(&value, || r.message.clone())
 }
 
 pub async fn switchover(client: &Client, out: &Printer, args: &SwitchoverArgs) -> Result<(), Failure> {

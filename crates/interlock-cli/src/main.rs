@@ -12,6 +12,7 @@ mod coordinator;
 mod failover;
 mod output;
 mod routing;
+mod security;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,9 @@ use std::process::ExitCode;
 
 /// Where `interlockd dev` writes its endpoints; used when no endpoint is given.
 const DEV_ENDPOINTS_FILE: &str = ".interlock-dev/endpoints";
+/// Where `interlockd dev` writes its throwaway CA and certificates; the CLI
+/// uses `ca.pem` and the first operator's (`alice`) when none is given.
+const DEV_TLS_DIR: &str = ".interlock-dev/tls";
 
 /// Operate an Interlock cluster.
 ///
@@ -44,6 +48,22 @@ struct Cli {
     /// Answer yes to confirmations (needed for dangerous commands without a terminal).
     #[arg(long, global = true)]
     yes: bool,
+
+    /// The CA certificate (PEM) the cluster's certificates are signed by.
+    #[arg(long, global = true, env = "INTERLOCK_CACERT")]
+    cacert: Option<std::path::PathBuf>,
+
+    /// Your client certificate (PEM): who you are to the cluster.
+    #[arg(long, global = true, env = "INTERLOCK_CERT")]
+    cert: Option<std::path::PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(long = "key", id = "tls_key", global = true, env = "INTERLOCK_KEY")]
+    tls_key: Option<std::path::PathBuf>,
+
+    /// `off`: talk plaintext to a cluster run with `tls = "off"`.
+    #[arg(long, global = true, env = "INTERLOCK_TLS", value_parser = ["on", "off"], default_value = "on")]
+    tls: String,
 
     /// How long a command may keep retrying an unreachable cluster, e.g. 5s.
     #[arg(long, global = true, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -117,6 +137,20 @@ enum Cmd {
     Drain(routing::DrainArgs),
     /// Bring a DRAINED or RECOVERING region's traffic back, step by step.
     Undrain(routing::DrainArgs),
+    /// Approve a dangerous action another operator asked for.
+    ///
+    /// Failovers that accept data loss, membership changes, routing
+    /// overrides and revokes of another identity's lease wait for a second
+    /// operator: `interlockctl get approvals` lists them. Approving your own
+    /// request is refused; an expired one does nothing. An approved action
+    /// runs at once, on the requester's behalf, checked as it would have been.
+    Approve {
+        /// The approval id (printed when it was asked for).
+        id: u64,
+    },
+    /// The hash-chained audit trail of every admin action and refusal.
+    #[command(subcommand)]
+    Audit(security::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -206,6 +240,34 @@ impl From<anyhow::Error> for Failure {
     }
 }
 
+/// The TLS material: the flags (or env), else `interlockd dev`'s in the
+/// current directory; with `--tls off`, none.
+fn tls(cli: &Cli) -> Result<Option<interlock_client::Tls>, Failure> {
+    if cli.tls == "off" {
+        return Ok(None);
+    }
+    let dev = std::path::Path::new(DEV_TLS_DIR);
+    let files = match (&cli.cacert, &cli.cert, &cli.tls_key) {
+        (Some(ca), Some(cert), Some(key)) => {
+            interlock_client::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone(), peer_ca: None }
+        }
+        (None, None, None) if dev.join("ca.pem").exists() => interlock_client::TlsFiles {
+            ca: dev.join("ca.pem"),
+            cert: dev.join("alice.pem"),
+            key: dev.join("alice.key"),
+            peer_ca: None,
+        },
+        (None, None, None) => {
+            return Err(Failure::usage(format!(
+                "no TLS material: pass --cacert, --cert and --key (or INTERLOCK_CACERT, INTERLOCK_CERT, \
+                 INTERLOCK_KEY), run where `interlockd dev` wrote {DEV_TLS_DIR}, or --tls off for a plaintext cluster"
+            )))
+        }
+        _ => return Err(Failure::usage("--cacert, --cert and --key go together".to_string())),
+    };
+    interlock_client::Tls::from_files(&files).map(Some).map_err(|e| Failure::usage(format!("TLS: {e}")))
+}
+
 fn endpoints(cli: &Cli) -> Result<Vec<String>, Failure> {
     if !cli.endpoints.is_empty() {
         return Ok(cli.endpoints.clone());
@@ -255,6 +317,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // These wait on the server for the new primary's acknowledgement.
         options.request_timeout = options.request_timeout.max(crate::failover::LONGEST_WAIT + cli.timeout);
     }
+    options.tls = tls(&cli)?;
     let client = Client::with_options(endpoints(&cli)?, options)?;
     let out = Printer::new(cli.output);
     match &cli.command {
@@ -262,12 +325,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Cluster(ClusterCmd::Members) => print_members(&out, &client.cluster_status().await?.members),
         Cmd::Cluster(ClusterCmd::Add { id, addr, region, learner }) => {
             let reply = client.add_member(*id, addr, region, *learner).await?;
-            eprintln!(
-                "node {id} added as a {} at revision {}",
-                if *learner { "learner" } else { "voter" },
-                reply.revision
-            );
-            print_members(&out, &reply.members)
+            output::print_membership(&out, &reply)
         }
         Cmd::Cluster(ClusterCmd::Remove { id }) => {
             let status: ClusterStatus = client.cluster_status().await?;
@@ -276,8 +334,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
             confirm(&cli, &format!("Remove node {id} from the cluster ({} members now)", status.members.len()))?;
             let reply = client.remove_member(*id).await?;
-            eprintln!("node {id} removed at revision {}", reply.revision);
-            print_members(&out, &reply.members)
+            output::print_membership(&out, &reply)
         }
         Cmd::Kv(KvCmd::Put { key, value }) => {
             let revision = client.put(key, value.clone().into_bytes()).await?;
@@ -307,6 +364,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Routing(cmd) => routing::routing(&client, &out, cmd).await,
         Cmd::Drain(args) => routing::drain(&client, &out, args, false).await,
         Cmd::Undrain(args) => routing::drain(&client, &out, args, true).await,
+        Cmd::Approve { id } => security::approve(&client, &out, *id).await,
+        Cmd::Audit(cmd) => security::audit(&client, &out, cmd).await,
         Cmd::Kv(KvCmd::List { prefix, limit }) => {
             let kvs = client.range(prefix, true, *limit).await?;
             output::print_kvs(&out, &kvs)

@@ -6,7 +6,7 @@ use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 
 /// Width tables wrap to (long cells, such as event messages, wrap inside).
 const TABLE_WIDTH: u16 = 140;
-use interlock_client::{ClusterStatus, KeyValue, Member};
+use interlock_client::{ClusterStatus, KeyValue, Member, MembershipResponse};
 use serde_json::{json, Value};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -98,6 +98,18 @@ pub fn print_members(out: &Printer, members: &[Member]) -> Result<(), Failure> {
         }
         t.to_string()
     })
+}
+
+/// The answer to a membership change: done (the members now), or waiting
+/// for a second operator (the approval id).
+pub fn print_membership(out: &Printer, reply: &MembershipResponse) -> Result<(), Failure> {
+    let members: Vec<Value> = reply
+        .members
+        .iter()
+        .map(|m| json!({"id": m.id, "region": m.region, "grpc_addr": m.grpc_addr, "role": m.role}))
+        .collect();
+    let value = json!({"message": reply.message, "approval_id": reply.approval_id, "revision": reply.revision, "members": members});
+    out.record(&value, || reply.message.clone())
 }
 
 pub fn print_kvs(out: &Printer, kvs: &[KeyValue]) -> Result<(), Failure> {

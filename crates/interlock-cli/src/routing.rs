@@ -131,7 +131,8 @@ pub async fn routing(client: &Client, out: &Printer, cmd: &RoutingCmd) -> Result
         RoutingCmd::Set { service, weights, overrides, reason } => {
             let weights = parse_weights(weights)?;
             let reply = client.set_routing(service, &weights, overrides, reason).await?;
-            out.record(&json!({"message": reply.message, "revision": reply.revision}), || reply.message.clone())
+            let value = json!({"message": reply.message, "revision": reply.revision, "approval_id": reply.approval_id});
+            out.record(&value, || reply.message.clone())
         }
     }
 }

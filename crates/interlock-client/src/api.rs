@@ -7,9 +7,10 @@ use interlock_core::Topology;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::{
-    AckRoutingRequest, AcknowledgeRequest, ApplyTopologyRequest, DrainRequest, FailoverRequest, GetEventsRequest,
-    GetRoutingRequest, LeaseGetRequest, LeaseGrantRequest, LeaseRevokeRequest, ListRequest, MaintenanceRequest, Region,
-    RegionRequest, RegisterRequest, Replica, RoutingStatus, SetRoutingRequest, Shard, SwitchoverRequest,
+    AckRoutingRequest, AcknowledgeRequest, ApplyTopologyRequest, Approval, ApproveRequest, AuditList, DrainRequest,
+    FailoverRequest, GetAuditRequest, GetEventsRequest, GetRoutingRequest, LeaseGetRequest, LeaseGrantRequest,
+    LeaseRevokeRequest, LeaseRevokeResponse, ListRequest, MaintenanceRequest, Region, RegionRequest, RegisterRequest,
+    Replica, RoutingStatus, SetRoutingRequest, Shard, SwitchoverRequest,
 };
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -67,6 +68,44 @@ impl Client {
         Ok(reply.leases)
     }
 
+    /// Approves request `id` (asked for by another operator).
+    pub async fn approve(&self, id: u64) -> Result<OperationResponse, ClientError> {
+        self.call(
+            Idempotence::NotIdempotent,
+            |ch| async move { AdminClient::new(ch).approve(ApproveRequest { id }).await },
+        )
+        .await
+    }
+
+    /// Every kept approval request, newest first.
+    pub async fn approvals(&self) -> Result<Vec<Approval>, ClientError> {
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| async move { AdminClient::new(ch).get_approvals(ListRequest {}).await })
+            .await?;
+        Ok(reply.approvals)
+    }
+
+    /// Audit entries after sequence `after_seq`, at most `limit` (0: the
+    /// server's limit), read linearizably.
+    pub async fn audit(&self, after_seq: u64, limit: u32) -> Result<AuditList, ClientError> {
+        let request = GetAuditRequest { after_seq, limit, local: false };
+        self.call(Idempotence::Idempotent, |ch| async move { AdminClient::new(ch).get_audit(request).await }).await
+    }
+
+    /// The audit trail as the node at endpoint `index` holds it (its own
+    /// copy, no leader involved), from `after_seq`; one attempt.
+    pub async fn audit_of_node(&self, index: usize, after_seq: u64, limit: u32) -> Result<AuditList, ClientError> {
+        let channel = self.channel(index);
+        let request = GetAuditRequest { after_seq, limit, local: true };
+        let mut admin = AdminClient::new(channel);
+        let call = admin.get_audit(request);
+        match tokio::time::timeout(self.options().request_timeout, call).await {
+            Ok(Ok(reply)) => Ok(reply.into_inner()),
+            Ok(Err(status)) => Err(ClientError::from_status(status, None)),
+            Err(_) => Err(ClientError::Unavailable(format!("{} did not answer", self.endpoints()[index]))),
+        }
+    }
+
     /// Events after `after_version`, at most `limit` (0: the server's limit).
     pub async fn events(&self, after_version: u64, limit: u32) -> Result<Vec<Event>, ClientError> {
         let request = GetEventsRequest { after_version, limit };
@@ -113,16 +152,28 @@ impl Client {
         Ok((reply.token, reply.ttl_ms))
     }
 
-    /// Frees `key`; with a non-zero `token`, only if the lease still has it.
-    pub async fn lease_revoke(&self, key: &str, token: u64) -> Result<u64, ClientError> {
-        let request = LeaseRevokeRequest { key: key.to_string(), token };
-        let reply = self
-            .call(Idempotence::NotIdempotent, |ch| {
-                let request = request.clone();
-                async move { ControllerClient::new(ch).lease_revoke(request).await }
-            })
-            .await?;
-        Ok(reply.revision)
+    /// Releases `key`, held by this client's identity, which has stopped
+    /// acting on it: the key is freed at once. With a non-zero `token`, only
+    /// if the lease still has it. Returns the revision.
+    pub async fn lease_release(&self, key: &str, token: u64) -> Result<u64, ClientError> {
+        let request = LeaseRevokeRequest { key: key.to_string(), token, release: true };
+        Ok(self.revoke_request(request).await?.revision)
+    }
+
+    /// Revokes the lease on `key` (with a non-zero `token`, only if it still
+    /// has it): it is no longer renewable, and the key is freed when the
+    /// leader's deadline for it passes. Revoking another identity's lease
+    /// waits for a second operator (`approval_id` in the answer).
+    pub async fn lease_revoke(&self, key: &str, token: u64) -> Result<LeaseRevokeResponse, ClientError> {
+        self.revoke_request(LeaseRevokeRequest { key: key.to_string(), token, release: false }).await
+    }
+
+    async fn revoke_request(&self, request: LeaseRevokeRequest) -> Result<LeaseRevokeResponse, ClientError> {
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { ControllerClient::new(ch).lease_revoke(request).await }
+        })
+        .await
     }
 
     /// The lease on `key`, with the time the leader gives it.

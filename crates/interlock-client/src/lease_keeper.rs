@@ -217,7 +217,7 @@ impl LeaseKeeper {
     /// Stops keeping the lease and revokes it (only if it still has our token).
     pub async fn release(self) -> Result<(), ClientError> {
         self.task.abort();
-        self.client.lease_revoke(&self.key, self.token).await.map(|_| ())
+        self.client.lease_release(&self.key, self.token).await.map(|_| ())
     }
 }
 

@@ -41,6 +41,7 @@ mod watch;
 
 pub use controller::{ControllerConfig, RegionController, ReplicaDriver};
 pub use error::ClientError;
+pub use interlock_tls::{Tls, TlsFiles};
 pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};
 pub use watch::Watcher;
 
@@ -60,9 +61,10 @@ use tonic::{Code, Status};
 
 pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
-    AcknowledgeRequest, ApplyTopologyResponse, Assignment, ClusterStatus, ControllerInfo, Event, KeyValue, LeaseInfo,
-    Member, MembershipResponse, NodeStatusResponse, OperationResponse, Region, Replica, ReplicaAssignment,
-    ReplicaStatus, RoutingAck, RoutingStatus, RoutingTable, Shard, WatchResponse,
+    AcknowledgeRequest, ApplyTopologyResponse, Approval, Assignment, AuditEntry, AuditList, ClusterStatus,
+    ControllerInfo, Event, KeyValue, LeaseInfo, LeaseRevokeResponse, Member, MembershipResponse, NodeStatusResponse,
+    OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus, RoutingAck, RoutingStatus, RoutingTable,
+    Shard, WatchResponse,
 };
 
 /// Tunables of a [`Client`].
@@ -76,6 +78,8 @@ pub struct ClientOptions {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub connect_timeout: Duration,
+    /// mTLS to the nodes (None: plaintext, for a cluster run with `tls = "off"`).
+    pub tls: Option<interlock_tls::Tls>,
 }
 
 impl Default for ClientOptions {
@@ -86,6 +90,7 @@ impl Default for ClientOptions {
             backoff_initial: Duration::from_millis(50),
             backoff_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
 }
@@ -150,7 +155,10 @@ impl Client {
                             .http2_keep_alive_interval(Duration::from_secs(5))
                             .keep_alive_timeout(Duration::from_secs(3))
                             .keep_alive_while_idle(true)
-                            .connect_lazy()
+                    })
+                    .map(|ep| match &options.tls {
+                        Some(tls) => ep.connect_with_connector_lazy(interlock_tls::stream::tcp_connector(tls.clone())),
+                        None => ep.connect_lazy(),
                     })
                     .map_err(|err| ClientError::InvalidArgument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))
             })

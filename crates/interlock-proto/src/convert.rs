@@ -2,8 +2,8 @@
 
 use crate::v1;
 use interlock_core::model::{
-    Controller, Event, FailoverPolicy, Lease, Region, RegionSpec, Replica, ReplicaSpec, RoutingPolicy, ServiceSpec,
-    Shard, ShardSpec, Topology,
+    Approval, AuditEntry, Controller, Event, FailoverPolicy, Lease, Region, RegionSpec, Replica, ReplicaSpec,
+    RoutingPolicy, ServiceSpec, Shard, ShardSpec, Topology,
 };
 use interlock_core::vocab::{RegionState, ReplicaRole};
 
@@ -211,6 +211,54 @@ pub fn lease_info(l: &Lease, remaining_ms: u64) -> v1::LeaseInfo {
         ttl_ms: l.ttl_ms,
         remaining_ms,
         granted_at_unix_ms: l.granted_at_unix_ms,
+        owner: l.owner.clone(),
+        revoked: l.revoked,
+    }
+}
+
+/// An audit entry on the wire.
+pub fn audit_entry(e: &AuditEntry) -> v1::AuditEntry {
+    v1::AuditEntry {
+        seq: e.seq,
+        at_unix_ms: e.at_unix_ms,
+        by: e.by.clone(),
+        action: e.action.clone(),
+        outcome: e.outcome.clone(),
+        prev_hash: e.prev_hash.to_vec(),
+        hash: e.hash.to_vec(),
+    }
+}
+
+/// An audit entry from the wire; `None` if a hash is not 32 bytes.
+pub fn audit_entry_from(e: &v1::AuditEntry) -> Option<AuditEntry> {
+    Some(AuditEntry {
+        seq: e.seq,
+        at_unix_ms: e.at_unix_ms,
+        by: e.by.clone(),
+        action: e.action.clone(),
+        outcome: e.outcome.clone(),
+        prev_hash: e.prev_hash.as_slice().try_into().ok()?,
+        hash: e.hash.as_slice().try_into().ok()?,
+    })
+}
+
+/// An approval on the wire, its status judged at `now_unix_ms`.
+pub fn approval(a: &Approval, now_unix_ms: u64) -> v1::Approval {
+    let status = match &a.decision {
+        Some(_) => "approved",
+        None if now_unix_ms > a.expires_at_unix_ms => "expired",
+        None => "pending",
+    };
+    v1::Approval {
+        id: a.id,
+        action: a.action.to_string(),
+        reason: a.reason.clone(),
+        requested_by: a.requested_by.clone(),
+        requested_at_unix_ms: a.requested_at_unix_ms,
+        expires_at_unix_ms: a.expires_at_unix_ms,
+        status: status.to_string(),
+        approved_by: a.decision.as_ref().map(|d| d.by.clone()).unwrap_or_default(),
+        outcome: a.decision.as_ref().map(|d| d.outcome.clone()).unwrap_or_default(),
     }
 }
 

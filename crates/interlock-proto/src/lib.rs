@@ -32,6 +32,12 @@ pub const LEADER_ADDR_METADATA: &str = "x-interlock-leader-addr";
 pub const NOT_PROPOSED_METADATA: &str = "x-interlock-not-proposed";
 /// Set on a request a node forwards to the leader, so it is forwarded at most once.
 pub const FORWARDED_METADATA: &str = "x-interlock-forwarded";
+/// On a forwarded request: the identity of the caller the node forwards
+/// for. Believed only from a `node` identity.
+pub const ON_BEHALF_OF_METADATA: &str = "x-interlock-on-behalf-of";
+/// Set by a node's auth layer on every request it admits (any value a
+/// client sent is replaced): the caller's identity, for forwarding.
+pub const CALLER_METADATA: &str = "x-interlock-caller";
 
 /// The encoded descriptor set of every proto file, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/interlock_descriptor.bin"));

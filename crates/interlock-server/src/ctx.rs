@@ -4,6 +4,7 @@
 
 use crate::http::metrics::Metrics;
 use crate::raft::channels::Channels;
+use interlock_core::vocab::SYSTEM;
 use interlock_core::{Command, NodeId, NodeInfo, Request, Response};
 use interlock_proto::{FORWARDED_METADATA, LEADER_ADDR_METADATA, LEADER_ID_METADATA, NOT_PROPOSED_METADATA};
 use interlock_store::{Raft, StateReader};
@@ -65,6 +66,8 @@ pub struct NodeCtx {
     pub leader_wait: Duration,
     /// Where key-value writes queue up to be proposed together.
     pub write_batcher: crate::raft::proposer::WriteBatcher,
+    /// Who may do what, and the refusals' audit records.
+    pub auth: Arc<crate::api::auth::Auth>,
 }
 
 /// Why a proposal did not produce a result.
@@ -77,15 +80,22 @@ pub enum ProposeError {
 }
 
 impl NodeCtx {
-    /// Proposes `command` (already validated), waits until it is applied,
-    /// and returns the state machine's answer; a refusal becomes its status.
+    /// Proposes `command` as the coordinator itself (its control loops).
     pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
+        self.propose_by(SYSTEM, command).await
+    }
+
+    /// Proposes `command` (already validated) on behalf of the caller `by`,
+    /// waits until it is applied, and returns the state machine's answer; a
+    /// refusal becomes its status. Key-value writes (whose caller the state
+    /// machine does not need) are batched.
+    pub async fn propose_by(&self, by: &str, command: Command) -> Result<Response, ProposeError> {
         let proposed = async {
             // A follower answers "ask the leader" at once instead of queueing.
             if command.is_batchable() && self.is_leader() {
                 self.write_batcher.propose(command).await
             } else {
-                crate::raft::proposer::write(&self.raft, Request { at_unix_ms: self.clock.unix_ms(), command }).await
+                crate::raft::proposer::write(&self.raft, Request::by(self.clock.unix_ms(), by, command)).await
             }
         };
         match tokio::time::timeout(self.write_timeout, proposed).await {

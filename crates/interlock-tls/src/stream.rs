@@ -170,8 +170,7 @@ pub fn tcp_connector(
     Uri,
     Response = TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
     Error = std::io::Error,
-    Future = impl Future<Output = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>>
-                 + Send,
+    Future = impl Future<Output = std::io::Result<TokioIo<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>> + Send,
 > + Clone
        + Send
        + 'static {

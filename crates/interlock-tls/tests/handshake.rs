@@ -61,13 +61,12 @@ async fn the_server_learns_who_the_client_is_and_refuses_strangers() {
     for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca.ca_pem.as_bytes()) {
         roots.add(cert.expect("pem")).expect("root");
     }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
     let tcp = TcpStream::connect(&addr).await.expect("tcp");
     let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");

@@ -4,28 +4,36 @@
 //! action must meet are `interlock_core::failover::policy`'s; this module
 //! gathers the leader's observations and maps the answers to statuses.
 
-use super::{invalid, linearizable, on_leader, refusal_status, revision_of, to_leader};
+use super::auth::{caller, Caller};
+use super::{
+    ask_approval, awaiting_approval, invalid, linearizable, on_leader, propose_here, refusal_status, revision_of,
+    to_leader,
+};
 use crate::control::leases::LeaseTable;
 use crate::control::liveness::Liveness;
 use crate::control::routing_acks::RoutingAcks;
-use crate::ctx::{NodeCtx, ProposeError};
+use crate::ctx::NodeCtx;
+use interlock_core::command::Action;
 use interlock_core::failover::detector::DetectorParams;
 use interlock_core::failover::policy::{self, Refused};
 use interlock_core::failover::Observations;
 use interlock_core::vocab::{validate_id, validate_shard_key, PromotionMode, RegionState, Rule};
-use interlock_core::{topology, Command, State, Topology};
+use interlock_core::{audit, topology, Command, State, Topology};
 use interlock_proto::convert::lease_info;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::admin_server::{Admin, AdminServer};
 use interlock_proto::v1::{
-    ApplyTopologyRequest, ApplyTopologyResponse, ControllerInfo, ControllerList, DrainRequest, EventList,
-    FailoverRequest, GetEventsRequest, GetRoutingRequest, LeaseList, ListRequest, MaintenanceRequest,
-    OperationResponse, RegionList, RegionRequest, ReplicaList, RoutingList, RoutingStatus, SetRoutingRequest,
-    ShardList, SwitchoverRequest,
+    ApplyTopologyRequest, ApplyTopologyResponse, ApprovalList, ApproveRequest, AuditList, ControllerInfo,
+    ControllerList, DrainRequest, EventList, FailoverRequest, GetAuditRequest, GetEventsRequest, GetRoutingRequest,
+    LeaseList, ListRequest, MaintenanceRequest, OperationResponse, RegionList, RegionRequest, ReplicaList, RoutingList,
+    RoutingStatus, SetRoutingRequest, ShardList, SwitchoverRequest,
 };
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
+
+/// Most audit entries one GetAudit answers.
+pub const AUDIT_PAGE_MAX: u32 = 10_000;
 
 /// Most events one GetEvents answers.
 pub const EVENTS_PAGE_MAX: u32 = 10_000;
@@ -87,13 +95,9 @@ fn validate_operation(shard: &str, to: &str, (wait_field, wait_ms): (&str, u64))
 pub const OPERATION_WAIT_MAX: Duration = Duration::from_secs(300);
 
 impl AdminService {
-    /// Proposes `command` on this (leader) node; a refusal is its status.
-    async fn propose_here(&self, command: Command) -> Result<u64, Status> {
-        match self.ctx.propose(command).await {
-            Ok(r) => Ok(revision_of(&r)),
-            Err(ProposeError::NotLeader(f)) => Err(self.ctx.no_leader_status(&f)),
-            Err(ProposeError::Status(s)) => Err(s),
-        }
+    /// Proposes `command` for `caller` on this (leader) node; its revision.
+    async fn propose_here(&self, caller: &Caller, command: Command) -> Result<u64, Status> {
+        Ok(revision_of(&propose_here(&self.ctx, caller, command).await?))
     }
 
     /// The leader's observations now, as the planner sees them.
@@ -119,6 +123,7 @@ impl AdminService {
                         revision: s.revision,
                         message: format!("{to} is the primary of {shard_key} at epoch {}", shard.epoch),
                         epoch: shard.epoch,
+                        approval_id: 0,
                     });
                 }
                 let underway = shard.switchover.as_ref().is_some_and(|sw| sw.to == to)
@@ -179,6 +184,7 @@ impl Admin for AdminService {
     }
 
     async fn set_routing(&self, request: Request<SetRoutingRequest>) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let mut overrides = Vec::new();
         for name in &message.override_rules {
@@ -199,12 +205,27 @@ impl Admin for AdminService {
         };
         command.validate().map_err(invalid)?;
         on_leader!(self, metadata, message, set_routing);
-        let revision = self.propose_here(command).await?;
+        if !message.override_rules.is_empty() {
+            let what =
+                format!("a routing change of {} overriding {}", message.service, message.override_rules.join(", "));
+            if let Some(id) =
+                ask_approval(&self.ctx, &caller, Action::Command(Box::new(command.clone())), &what).await?
+            {
+                return Ok(Response::new(OperationResponse {
+                    revision: id,
+                    message: awaiting_approval(id, &what),
+                    epoch: 0,
+                    approval_id: id,
+                }));
+            }
+        }
+        let revision = self.propose_here(&caller, command).await?;
         let message = format!("routing of {} set at revision {revision}", message.service);
-        Ok(Response::new(OperationResponse { revision, message, epoch: 0 }))
+        Ok(Response::new(OperationResponse { revision, message, epoch: 0, approval_id: 0 }))
     }
 
     async fn drain(&self, request: Request<DrainRequest>) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let step_bps = if message.step_bps == 0 { DRAIN_STEP_BPS } else { message.step_bps };
         let interval_ms = if message.interval_ms == 0 { DRAIN_INTERVAL_MS } else { message.interval_ms };
@@ -217,16 +238,17 @@ impl Admin for AdminService {
         };
         command.validate().map_err(invalid)?;
         on_leader!(self, metadata, message, drain);
-        let revision = self.propose_here(command).await?;
+        let revision = self.propose_here(&caller, command).await?;
         let verb = if message.undrain { "undraining" } else { "draining" };
         let text = format!(
             "{verb} {} by {step_bps} bps every {interval_ms} ms (first step applied at revision {revision})",
             message.region
         );
-        Ok(Response::new(OperationResponse { revision, message: text, epoch: 0 }))
+        Ok(Response::new(OperationResponse { revision, message: text, epoch: 0, approval_id: 0 }))
     }
 
     async fn switchover(&self, request: Request<SwitchoverRequest>) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_operation(&message.shard, &message.to, ("timeout_ms", message.timeout_ms))?;
         match (message.to.is_empty(), message.away_from_region.is_empty()) {
@@ -253,7 +275,7 @@ impl Admin for AdminService {
         };
         let reason = format!("operator switchover from {from}");
         let demote = Command::Demote { shard: message.shard.clone(), expected_epoch: epoch, to: to.clone(), reason };
-        self.propose_here(demote).await?;
+        self.propose_here(&caller, demote).await?;
         let wait = match message.timeout_ms {
             0 => Duration::from_millis(policy.switchover_timeout_ms + policy.promote_ack_timeout_ms),
             ms => Duration::from_millis(ms),
@@ -262,6 +284,7 @@ impl Admin for AdminService {
     }
 
     async fn failover(&self, request: Request<FailoverRequest>) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_operation(&message.shard, &message.to, ("wait_ms", message.wait_ms))?;
         if message.to.is_empty() {
@@ -287,7 +310,19 @@ impl Admin for AdminService {
             mode: PromotionMode::Operator,
             reason,
         };
-        let revision = self.propose_here(promote).await?;
+        if message.accept_data_loss {
+            let action = Action::Command(Box::new(promote.clone()));
+            let what = format!("failover of {} to {} with data loss", message.shard, message.to);
+            if let Some(id) = ask_approval(&self.ctx, &caller, action, &what).await? {
+                return Ok(Response::new(OperationResponse {
+                    revision: id,
+                    message: awaiting_approval(id, &what),
+                    epoch,
+                    approval_id: id,
+                }));
+            }
+        }
+        let revision = self.propose_here(&caller, promote).await?;
         if message.wait_ms == 0 {
             let message = format!(
                 "{} promoted in {} at epoch {}; waiting for its acknowledgement",
@@ -295,7 +330,7 @@ impl Admin for AdminService {
                 message.shard,
                 epoch + 1
             );
-            return Ok(Response::new(OperationResponse { revision, message, epoch: epoch + 1 }));
+            return Ok(Response::new(OperationResponse { revision, message, epoch: epoch + 1, approval_id: 0 }));
         }
         let wait = Duration::from_millis(message.wait_ms);
         Ok(Response::new(self.wait_for_primary(&message.shard, &message.to, wait).await?))
@@ -305,6 +340,7 @@ impl Admin for AdminService {
         &self,
         request: Request<MaintenanceRequest>,
     ) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let region = (!message.region.is_empty()).then(|| message.region.clone());
         if let Some(region) = &region {
@@ -314,13 +350,14 @@ impl Admin for AdminService {
             Command::SetMaintenance { region: region.clone(), on: message.on, reason: message.reason.clone() };
         command.validate().map_err(invalid)?;
         on_leader!(self, metadata, message, set_maintenance);
-        let revision = self.propose_here(command).await?;
+        let revision = self.propose_here(&caller, command).await?;
         let word = if message.on { "on" } else { "off" };
         let message = format!("maintenance {word} for {}", region.as_deref().unwrap_or("all regions"));
-        Ok(Response::new(OperationResponse { revision, message, epoch: 0 }))
+        Ok(Response::new(OperationResponse { revision, message, epoch: 0, approval_id: 0 }))
     }
 
     async fn activate_region(&self, request: Request<RegionRequest>) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let command = Command::SetRegionState {
             region: message.region.clone(),
@@ -329,11 +366,12 @@ impl Admin for AdminService {
         };
         command.validate().map_err(invalid)?;
         on_leader!(self, metadata, message, activate_region);
-        let revision = self.propose_here(command).await?;
+        let revision = self.propose_here(&caller, command).await?;
         Ok(Response::new(OperationResponse {
             revision,
             message: format!("region {} is ACTIVE", message.region),
             epoch: 0,
+            approval_id: 0,
         }))
     }
 
@@ -341,6 +379,7 @@ impl Admin for AdminService {
         &self,
         request: Request<ApplyTopologyRequest>,
     ) -> Result<Response<ApplyTopologyResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let topology: Topology = message.topology.clone().unwrap_or_default().into();
         let problems = topology::validate(&topology);
@@ -360,7 +399,7 @@ impl Admin for AdminService {
             // Nothing to change: an unchanged topology is not written again.
             return Ok(Response::new(ApplyTopologyResponse { changes, revision: 0 }));
         }
-        let revision = self.propose_here(Command::ApplyTopology { topology }).await?;
+        let revision = self.propose_here(&caller, Command::ApplyTopology { topology }).await?;
         Ok(Response::new(ApplyTopologyResponse { changes, revision }))
     }
 
@@ -452,5 +491,59 @@ impl Admin for AdminService {
         let s = &applied.state;
         let events = s.events_after(message.after_version).take(limit).map(Into::into).collect();
         Ok(Response::new(EventList { events, revision: s.revision }))
+    }
+
+    async fn approve(&self, request: Request<ApproveRequest>) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, message) = request.into_parts();
+        on_leader!(self, metadata, message, approve);
+        let response = propose_here(&self.ctx, &caller, Command::Approve { id: message.id }).await?;
+        let approval = self.ctx.state.read().state.approvals.get(&message.id).cloned();
+        let Some(approval) = approval else {
+            return Err(Status::not_found(format!("id: no approval request {}", message.id)));
+        };
+        let outcome = approval.decision.as_ref().map(|d| d.outcome.clone()).unwrap_or_default();
+        let mut text = format!(
+            "approval {} of {} (asked for by {}): {outcome}",
+            approval.id, approval.action, approval.requested_by
+        );
+        if matches!(approval.action, Action::AddMember { .. } | Action::RemoveMember { .. }) {
+            let revision = super::cluster::carry_out(&self.ctx, &caller, &approval.action, Some(approval.id)).await?;
+            text = format!("approval {}: {} done at revision {revision}", approval.id, approval.action);
+        }
+        let revision = revision_of(&response);
+        Ok(Response::new(OperationResponse { revision, message: text, epoch: 0, approval_id: approval.id }))
+    }
+
+    async fn get_approvals(&self, request: Request<ListRequest>) -> Result<Response<ApprovalList>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        leader_read!(self, metadata, message, get_approvals);
+        let now = self.ctx.clock.unix_ms();
+        let applied = self.ctx.state.read();
+        let s = &applied.state;
+        let approvals = s.approvals.values().rev().map(|a| interlock_proto::convert::approval(a, now)).collect();
+        Ok(Response::new(ApprovalList { approvals, revision: s.revision }))
+    }
+
+    async fn get_audit(&self, request: Request<GetAuditRequest>) -> Result<Response<AuditList>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        if message.limit > AUDIT_PAGE_MAX {
+            return Err(Status::invalid_argument(format!("limit: must be at most {AUDIT_PAGE_MAX}")));
+        }
+        if !message.local {
+            leader_read!(self, metadata, message, get_audit);
+        }
+        let limit = if message.limit == 0 { AUDIT_PAGE_MAX } else { message.limit } as usize;
+        let applied = self.ctx.state.read();
+        let s = &applied.state;
+        let entries =
+            audit::after(&s.audit, message.after_seq).take(limit).map(interlock_proto::convert::audit_entry).collect();
+        Ok(Response::new(AuditList {
+            entries,
+            checkpoint_seq: s.audit_checkpoint.seq,
+            checkpoint_hash: if s.audit_checkpoint.seq == 0 { Vec::new() } else { s.audit_checkpoint.hash.to_vec() },
+            node_id: self.ctx.id,
+            revision: s.revision,
+        }))
     }
 }

@@ -1,9 +1,12 @@
 //! The `interlock.v1.Cluster` service: status and membership changes.
 
-use super::{forward, invalid, linearizable, to_leader};
+use super::auth::{caller, Caller};
+use super::{ask_approval, awaiting_approval, forward, invalid, linearizable, on_leader, to_leader};
 use crate::ctx::NodeCtx;
 use crate::node::config::{validate_dial_addr, validate_region};
 use futures::future::join_all;
+use interlock_core::command::Action;
+use interlock_core::Command;
 use interlock_core::{InvalidArgument, NodeId, NodeInfo};
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::cluster_server::{Cluster, ClusterServer};
@@ -11,7 +14,7 @@ use interlock_proto::v1::{
     AddMemberRequest, ClusterStatus, Member, MembershipResponse, NodeStatusRequest, NodeStatusResponse,
     ReadIndexRequest, ReadIndexResponse, RemoveMemberRequest, StatusRequest,
 };
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -93,21 +96,19 @@ impl ClusterService {
         }
     }
 
-    async fn membership_response(&self, revision: u64) -> MembershipResponse {
+    async fn membership_response(&self, revision: u64, message: String) -> MembershipResponse {
         let leader = self.ctx.raft.current_leader().await.unwrap_or(0);
-        MembershipResponse { revision, members: self.members(leader).await }
+        MembershipResponse { revision, members: self.members(leader).await, approval_id: 0, message }
     }
 }
 
-fn membership_error(
-    e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>,
-) -> Result<ForwardToLeader<NodeId, NodeInfo>, Status> {
+fn membership_error(e: RaftError<NodeId, ClientWriteError<NodeId, NodeInfo>>) -> Status {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Ok(f),
-        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
-            Err(Status::failed_precondition(c.to_string()))
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+            Status::unavailable(format!("leadership moved to {:?} during the change; ask again", f.leader_id))
         }
-        RaftError::Fatal(f) => Err(Status::unavailable(f.to_string())),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => Status::failed_precondition(c.to_string()),
+        RaftError::Fatal(f) => Status::unavailable(f.to_string()),
     }
 }
 
@@ -163,71 +164,136 @@ impl Cluster for ClusterService {
     }
 
     async fn add_member(&self, request: Request<AddMemberRequest>) -> Result<Response<MembershipResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
-        let node = validate_add(&message).map_err(invalid)?;
-        let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
-        if let Some(existing) = membership.get_node(&message.id) {
-            if *existing != node {
-                return Err(Status::already_exists(format!(
-                    "node {} is already a member as {existing}; remove it first",
-                    message.id
-                )));
-            }
+        validate_add(&message).map_err(invalid)?;
+        if let Some(reply) =
+            on_leader(&self.ctx, &metadata, to_leader!(ClusterClient, add_member, message.clone())).await?
+        {
+            return Ok(reply);
         }
-        let raft = &self.ctx.raft;
-        let change = async {
-            let learner = raft.add_learner(message.id, node, true).await;
-            let learner = match learner {
-                Ok(r) => r,
-                Err(e) => return Err(membership_error(e)),
-            };
-            if message.learner_only {
-                return Ok(learner.log_id.index);
-            }
-            let ids = BTreeSet::from([message.id]);
-            raft.change_membership(ChangeMembers::AddVoterIds(ids), false)
-                .await
-                .map(|r| r.log_id.index)
-                .map_err(membership_error)
+        let action = Action::AddMember {
+            id: message.id,
+            grpc_addr: message.grpc_addr.clone(),
+            region: message.region.clone(),
+            learner_only: message.learner_only,
         };
-        match tokio::time::timeout(ADD_MEMBER_TIMEOUT, change).await {
-            Err(_) => Err(Status::deadline_exceeded(format!(
-                "node {} did not catch up within {ADD_MEMBER_TIMEOUT:?}; is it running at {}?",
-                message.id, message.grpc_addr
-            ))),
-            Ok(Ok(revision)) => Ok(Response::new(self.membership_response(revision).await)),
-            Ok(Err(Ok(hint))) => {
-                forward(&self.ctx, &metadata, &hint, to_leader!(ClusterClient, add_member, message)).await
-            }
-            Ok(Err(Err(status))) => Err(status),
-        }
+        self.membership(&caller, action).await
     }
 
     async fn remove_member(
         &self,
         request: Request<RemoveMemberRequest>,
     ) -> Result<Response<MembershipResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
-        let membership = self.ctx.raft.metrics().borrow().membership_config.membership().clone();
-        if membership.get_node(&message.id).is_none() {
-            return Err(Status::not_found(format!("node {} is not a member", message.id)));
+        let send = to_leader!(ClusterClient, remove_member, message);
+        if let Some(reply) = on_leader(&self.ctx, &metadata, send).await? {
+            return Ok(reply);
         }
-        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let ids = BTreeSet::from([message.id]);
-        let change = if voters.contains(&message.id) {
-            if voters.len() == 1 {
-                return Err(Status::failed_precondition(format!("node {} is the last voter", message.id)));
-            }
-            ChangeMembers::RemoveVoters(ids)
-        } else {
-            ChangeMembers::RemoveNodes(ids)
-        };
-        match self.ctx.raft.change_membership(change, false).await.map_err(membership_error) {
-            Ok(reply) => Ok(Response::new(self.membership_response(reply.log_id.index).await)),
-            Err(Ok(hint)) => {
-                forward(&self.ctx, &metadata, &hint, to_leader!(ClusterClient, remove_member, message)).await
-            }
-            Err(Err(status)) => Err(status),
-        }
+        self.membership(&caller, Action::RemoveMember { id: message.id }).await
     }
+}
+
+impl ClusterService {
+    /// A membership change asked for by `caller`, on the leader: it waits
+    /// for a second operator, or (single-operator mode) is carried out now.
+    async fn membership(&self, caller: &Caller, action: Action) -> Result<Response<MembershipResponse>, Status> {
+        check_membership(&self.ctx, &action)?;
+        if let Some(id) = ask_approval(&self.ctx, caller, action.clone(), &action.to_string()).await? {
+            let leader = self.ctx.id;
+            return Ok(Response::new(MembershipResponse {
+                revision: id,
+                members: self.members(leader).await,
+                approval_id: id,
+                message: awaiting_approval(id, &action.to_string()),
+            }));
+        }
+        let revision = carry_out(&self.ctx, caller, &action, None).await?;
+        Ok(Response::new(self.membership_response(revision, format!("{action}: done")).await))
+    }
+}
+
+/// Refuses a membership change that cannot be made as asked (before anyone
+/// approves it).
+fn check_membership(ctx: &NodeCtx, action: &Action) -> Result<(), Status> {
+    let membership = ctx.raft.metrics().borrow().membership_config.membership().clone();
+    match action {
+        Action::AddMember { id, grpc_addr, region, .. } => {
+            let node = NodeInfo { grpc_addr: grpc_addr.clone(), region: region.clone() };
+            match membership.get_node(id) {
+                Some(existing) if *existing != node => {
+                    Err(Status::already_exists(format!("node {id} is already a member as {existing}; remove it first")))
+                }
+                _ => Ok(()),
+            }
+        }
+        Action::RemoveMember { id } => {
+            if membership.get_node(id).is_none() {
+                return Err(Status::not_found(format!("node {id} is not a member")));
+            }
+            let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+            if voters.contains(id) && voters.len() == 1 {
+                return Err(Status::failed_precondition(format!("node {id} is the last voter")));
+            }
+            Ok(())
+        }
+        Action::Command(_) => Err(Status::internal("not a membership change")),
+    }
+}
+
+/// Carries out a membership change on the leader (asked for by `caller`,
+/// approved as `approval` when it was), and records it in the audit trail.
+/// Returns the log index of the new membership.
+pub async fn carry_out(ctx: &NodeCtx, caller: &Caller, action: &Action, approval: Option<u64>) -> Result<u64, Status> {
+    check_membership(ctx, action)?;
+    let raft = &ctx.raft;
+    let change = async {
+        match action {
+            Action::AddMember { id, grpc_addr, region, learner_only } => {
+                let node = NodeInfo { grpc_addr: grpc_addr.clone(), region: region.clone() };
+                let learner = raft.add_learner(*id, node, true).await.map_err(membership_error)?;
+                if *learner_only {
+                    return Ok(learner.log_id.index);
+                }
+                let ids = BTreeSet::from([*id]);
+                raft.change_membership(ChangeMembers::AddVoterIds(ids), false)
+                    .await
+                    .map(|r| r.log_id.index)
+                    .map_err(membership_error)
+            }
+            Action::RemoveMember { id } => {
+                let membership = ctx.raft.metrics().borrow().membership_config.membership().clone();
+                let ids = BTreeSet::from([*id]);
+                let change = if membership.voter_ids().any(|v| v == *id) {
+                    ChangeMembers::RemoveVoters(ids)
+                } else {
+                    ChangeMembers::RemoveNodes(ids)
+                };
+                raft.change_membership(change, false).await.map(|r| r.log_id.index).map_err(membership_error)
+            }
+            Action::Command(_) => Err(Status::internal("not a membership change")),
+        }
+    };
+    let outcome = match tokio::time::timeout(ADD_MEMBER_TIMEOUT, change).await {
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "{action}: not done within {ADD_MEMBER_TIMEOUT:?}; is the node running and reachable?"
+        ))),
+        Ok(result) => result,
+    };
+    let what = match approval {
+        Some(id) => format!("{action} (approval {id})"),
+        None => action.to_string(),
+    };
+    let text = match &outcome {
+        Ok(index) => format!("applied at revision {index}"),
+        Err(status) => format!("failed ({:?}): {}", status.code(), status.message()),
+    };
+    let audit = Command::Audit { action: what, outcome: text };
+    crate::raft::network::propose_via_leader(
+        ctx,
+        interlock_core::Request::by(ctx.clock.unix_ms(), &caller.identity, audit),
+    )
+    .await;
+    outcome
 }

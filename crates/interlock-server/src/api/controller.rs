@@ -1,12 +1,17 @@
 //! The `interlock.v1.Controller` service: registration, heartbeats, leases
 //! and watches — the contract region controllers live by.
 
+use super::auth::{caller, deny, Caller};
 use super::watch::{parse_topic, run_watch, WATCH_BUFFER};
-use super::{invalid, linearizable, on_leader, propose, revision_of, to_leader, BoxStream, Proposed};
+use super::{
+    ask_approval, awaiting_approval, invalid, linearizable, on_leader, propose, propose_here, revision_of, to_leader,
+    BoxStream, Proposed,
+};
 use crate::control::leases::{KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
 use crate::control::liveness::Liveness;
 use crate::control::routing_acks::RoutingAcks;
 use crate::ctx::NodeCtx;
+use interlock_core::command::Action;
 use interlock_core::failover::detector::DetectorParams;
 use interlock_core::lease::{validate_grant, validate_lease_key};
 use interlock_core::vocab::{shard_key, validate_id, ReplicaRole};
@@ -70,16 +75,22 @@ impl ControllerService {
 #[tonic::async_trait]
 impl Controller for ControllerService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<RegisterResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_id(&message.controller_id, "controller_id").map_err(invalid)?;
         validate_id(&message.region, "region").map_err(invalid)?;
+        if !caller.controls(&message.region) {
+            let reason = format!("region: {} is not a controller of {}", caller.identity, message.region);
+            return Err(deny(&self.ctx.auth, &caller, &format!("register {}", message.controller_id), reason));
+        }
+        // The controller is bound to the caller's identity, not to the
+        // request's `identity` field.
         let command = Command::RegisterController {
             id: message.controller_id.clone(),
             region: message.region.clone(),
-            identity: message.identity.clone(),
             replicas: message.replicas.clone(),
         };
-        match propose(&self.ctx, &metadata, command, to_leader!(ControllerClient, register, message)).await? {
+        match propose(&self.ctx, &caller, &metadata, command, to_leader!(ControllerClient, register, message)).await? {
             Proposed::Here(r) => Ok(Response::new(RegisterResponse { revision: revision_of(&r) })),
             Proposed::Forwarded(reply) => Ok(reply),
         }
@@ -92,21 +103,32 @@ impl Controller for ControllerService {
         request: Request<Streaming<HeartbeatRequest>>,
     ) -> Result<Response<Self::HeartbeatStream>, Status> {
         self.require_leader()?;
+        let caller = caller(&request);
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let (ctx, liveness) = (self.ctx.clone(), self.liveness.clone());
         tokio::spawn(async move {
             while let Ok(Some(beat)) = inbound.message().await {
-                let (known, policy) = {
+                let (identity, policy) = {
                     let applied = ctx.state.read();
                     let s = &applied.state;
-                    (s.controllers.contains_key(&beat.controller_id), s.topology.failover.clone())
+                    (s.controllers.get(&beat.controller_id).map(|c| c.identity.clone()), s.topology.failover.clone())
                 };
-                if !known {
-                    let status = Status::failed_precondition(format!(
+                let refusal = match identity {
+                    None => Some(Status::failed_precondition(format!(
                         "controller_id: {:?} is not registered; call Register first",
                         beat.controller_id
-                    ));
+                    ))),
+                    Some(identity) if caller.authenticated && identity != caller.identity => {
+                        let reason = format!(
+                            "controller_id: {} is registered as {identity}; {} may not heartbeat for it",
+                            beat.controller_id, caller.identity
+                        );
+                        Some(deny(&ctx.auth, &caller, &format!("heartbeat for {}", beat.controller_id), reason))
+                    }
+                    Some(_) => None,
+                };
+                if let Some(status) = refusal {
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
@@ -122,12 +144,13 @@ impl Controller for ControllerService {
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         let received_ms = self.ctx.clock.monotonic_ms();
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_grant(&message.key, &message.holder, message.ttl_ms).map_err(invalid)?;
         let command =
             Command::LeaseGrant { key: message.key.clone(), holder: message.holder.clone(), ttl_ms: message.ttl_ms };
         let send = to_leader!(ControllerClient, lease_grant, message.clone());
-        match propose(&self.ctx, &metadata, command, send).await? {
+        match propose(&self.ctx, &caller, &metadata, command, send).await? {
             Proposed::Here(CoreResponse::Lease { token, ttl_ms }) => {
                 if !self.leases.note_grant(&self.ctx, &message.key, token, received_ms, self.mutations) {
                     // The holder asked again for a lease it held, just as the
@@ -151,6 +174,7 @@ impl Controller for ControllerService {
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         self.require_leader()?;
+        let by = caller(&request).identity;
         let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(KEEPALIVE_STREAM_BUFFER);
         let (ctx, batcher) = (self.ctx.clone(), self.batcher.clone());
@@ -166,6 +190,7 @@ impl Controller for ControllerService {
                     token: keepalive.token,
                     seq: keepalive.seq,
                     received_ms,
+                    by: by.clone(),
                     reply: tx.clone(),
                 };
                 if !batcher.submit(item) {
@@ -180,17 +205,51 @@ impl Controller for ControllerService {
         &self,
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_lease_key(&message.key).map_err(invalid)?;
-        let token = (message.token != 0).then_some(message.token);
-        let command = Command::LeaseRevoke { key: message.key.clone(), token, reason: RevokeReason::Requested };
-        match propose(&self.ctx, &metadata, command, to_leader!(ControllerClient, lease_revoke, message)).await? {
-            Proposed::Here(r) => Ok(Response::new(LeaseRevokeResponse { revision: revision_of(&r) })),
-            Proposed::Forwarded(reply) => Ok(reply),
+        let send = to_leader!(ControllerClient, lease_revoke, message.clone());
+        if let Some(reply) = on_leader(&self.ctx, &metadata, send).await? {
+            return Ok(reply);
         }
+        let key = message.key.clone();
+        let token = (message.token != 0).then_some(message.token);
+        let Some(owner) = self.ctx.state.read().state.leases.get(&key).map(|l| l.owner.clone()) else {
+            return Err(Status::not_found(format!("lease {key} is not held")));
+        };
+        if message.release {
+            let command = Command::LeaseRevoke { key: key.clone(), token, reason: RevokeReason::Released };
+            let revision = revision_of(&propose_here(&self.ctx, &caller, command).await?);
+            let message = format!("lease {key} released by its holder {}: the key is free", caller.identity);
+            return Ok(Response::new(LeaseRevokeResponse { revision, approval_id: 0, message }));
+        }
+        let command = Command::LeaseRevoke { key: key.clone(), token, reason: RevokeReason::Revoked };
+        if owner != caller.identity {
+            if !caller.is_operator() {
+                let reason =
+                    format!("lease {key} is held by {owner}; only an operator revokes another identity's lease");
+                return Err(deny(&self.ctx.auth, &caller, &command.to_string(), reason));
+            }
+            if self.mutations.revoke_frees_at_once {
+                // The deliberate bug the simulation must catch: a revoke
+                // that frees the key as if the lease had expired.
+                let expire = Command::LeaseRevoke { key: key.clone(), token, reason: RevokeReason::Expired };
+                let revision = revision_of(&propose_here(&self.ctx, &Caller::system(), expire).await?);
+                return Ok(Response::new(LeaseRevokeResponse { revision, approval_id: 0, message: "freed".into() }));
+            }
+            let action = Action::Command(Box::new(command.clone()));
+            if let Some(id) = ask_approval(&self.ctx, &caller, action, &format!("revoke {key}")).await? {
+                let message = awaiting_approval(id, &format!("the revoke of {key} (held by {owner})"));
+                return Ok(Response::new(LeaseRevokeResponse { revision: id, approval_id: id, message }));
+            }
+        }
+        let revision = revision_of(&propose_here(&self.ctx, &caller, command).await?);
+        let message = format!("lease {key} revoked: no longer renewable; the key is freed when its deadline passes");
+        Ok(Response::new(LeaseRevokeResponse { revision, approval_id: 0, message }))
     }
 
     async fn acknowledge(&self, request: Request<AcknowledgeRequest>) -> Result<Response<AcknowledgeResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_id(&message.controller_id, "controller_id").map_err(invalid)?;
         validate_id(&message.replica_id, "replica_id").map_err(invalid)?;
@@ -206,13 +265,29 @@ impl Controller for ControllerService {
             let Some(replica) = s.replicas.get(&message.replica_id) else {
                 return Err(Status::not_found(format!("replica_id: unknown replica {:?}", message.replica_id)));
             };
-            if replica.controller.as_deref() != Some(message.controller_id.as_str()) {
-                return Err(Status::permission_denied(format!(
+            let identity =
+                replica.controller.as_deref().and_then(|c| s.controllers.get(c)).map(|c| c.identity.as_str());
+            let refusal = if replica.controller.as_deref() != Some(message.controller_id.as_str()) {
+                Some(format!(
                     "replica_id: {} is run by {}, not by {}",
                     message.replica_id,
                     replica.controller.as_deref().unwrap_or("no controller"),
                     message.controller_id
-                )));
+                ))
+            } else if caller.authenticated && identity != Some(caller.identity.as_str()) {
+                Some(format!(
+                    "replica_id: {} is run by {} ({}); {} may not acknowledge for it",
+                    message.replica_id,
+                    message.controller_id,
+                    identity.unwrap_or("?"),
+                    caller.identity
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = refusal {
+                let action = format!("acknowledge {} {} at epoch {}", message.replica_id, message.role, message.epoch);
+                return Err(deny(&self.ctx.auth, &caller, &action, reason));
             }
             let shard = s.shards.get(&shard_key(&replica.service, &replica.shard));
             shard
@@ -226,7 +301,9 @@ impl Controller for ControllerService {
             role,
             position: message.position,
         };
-        match propose(&self.ctx, &metadata, command, to_leader!(ControllerClient, acknowledge, message)).await? {
+        match propose(&self.ctx, &caller, &metadata, command, to_leader!(ControllerClient, acknowledge, message))
+            .await?
+        {
             Proposed::Here(r) => {
                 if let Some(since) = pending_since.filter(|_| role == ReplicaRole::Primary) {
                     let waited = self.ctx.clock.unix_ms().saturating_sub(since);
@@ -239,6 +316,7 @@ impl Controller for ControllerService {
     }
 
     async fn ack_routing(&self, request: Request<AckRoutingRequest>) -> Result<Response<AckRoutingResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         validate_id(&message.controller_id, "controller_id").map_err(invalid)?;
         validate_id(&message.service, "service").map_err(invalid)?;
@@ -252,11 +330,18 @@ impl Controller for ControllerService {
         let updated_at = {
             let applied = self.ctx.state.read();
             let s = &applied.state;
-            if !s.controllers.contains_key(&message.controller_id) {
+            let Some(controller) = s.controllers.get(&message.controller_id) else {
                 return Err(Status::failed_precondition(format!(
                     "controller_id: {:?} is not registered",
                     message.controller_id
                 )));
+            };
+            if caller.authenticated && controller.identity != caller.identity {
+                let reason = format!(
+                    "controller_id: {} is registered as {}; {} may not acknowledge for it",
+                    controller.id, controller.identity, caller.identity
+                );
+                return Err(deny(&self.ctx.auth, &caller, "acknowledge routing", reason));
             }
             let Some(table) = s.routing.get(&message.service) else {
                 return Err(Status::not_found(format!("service: no routing table for {:?}", message.service)));

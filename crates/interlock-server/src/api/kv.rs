@@ -1,5 +1,6 @@
 //! The `interlock.v1.Kv` service: a linearizable key-value space.
 
+use super::auth::{caller, deny, Caller};
 use super::{invalid, linearizable, propose, revision_of, to_leader, Proposed};
 use crate::ctx::NodeCtx;
 use interlock_core::kv::validate_key;
@@ -27,25 +28,46 @@ impl KvService {
     pub fn into_service(self) -> KvServer<Self> {
         KvServer::new(self)
     }
+
+    /// An operator writes any key; a controller only under
+    /// `agents/<its region>/` (where agents announce their probe addresses).
+    fn check_writer(&self, caller: &Caller, key: &str) -> Result<(), Status> {
+        if caller.is_operator() {
+            return Ok(());
+        }
+        let regions = caller.controller_regions();
+        if regions.iter().any(|r| key.starts_with(&format!("{AGENTS_PREFIX}{r}/"))) {
+            return Ok(());
+        }
+        let reason = format!("key: {} may write only under {AGENTS_PREFIX}<its region>/, not {key:?}", caller.identity);
+        Err(deny(&self.ctx.auth, caller, &format!("Kv write {key}"), reason))
+    }
 }
+
+/// Where agents announce themselves in the key-value space.
+pub const AGENTS_PREFIX: &str = "agents/";
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let command = Command::Put { key: message.key.clone(), value: message.value.clone() };
         command.validate().map_err(invalid)?;
-        match propose(&self.ctx, &metadata, command, to_leader!(KvClient, put, message)).await? {
+        self.check_writer(&caller, &message.key)?;
+        match propose(&self.ctx, &caller, &metadata, command, to_leader!(KvClient, put, message)).await? {
             Proposed::Here(r) => Ok(Response::new(PutResponse { revision: revision_of(&r) })),
             Proposed::Forwarded(reply) => Ok(reply),
         }
     }
 
     async fn delete(&self, request: Request<DeleteRequest>) -> Result<Response<DeleteResponse>, Status> {
+        let caller = caller(&request);
         let (metadata, _, message) = request.into_parts();
         let command = Command::Delete { key: message.key.clone() };
         command.validate().map_err(invalid)?;
-        match propose(&self.ctx, &metadata, command, to_leader!(KvClient, delete, message)).await? {
+        self.check_writer(&caller, &message.key)?;
+        match propose(&self.ctx, &caller, &metadata, command, to_leader!(KvClient, delete, message)).await? {
             Proposed::Here(r) => Ok(Response::new(DeleteResponse { revision: revision_of(&r) })),
             Proposed::Forwarded(reply) => Ok(reply),
         }

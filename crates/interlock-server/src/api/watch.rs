@@ -198,7 +198,7 @@ mod tests {
 
     fn grant(state: &mut State, index: u64, key: &str) {
         let command = Command::LeaseGrant { key: key.into(), holder: "h".into(), ttl_ms: 1000 };
-        state.apply(index, &Request { at_unix_ms: 0, command });
+        state.apply(index, &Request::system(0, command));
     }
 
     #[test]

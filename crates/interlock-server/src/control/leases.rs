@@ -34,6 +34,9 @@ pub struct LeaseMutations {
     /// A new leader does not give leases `election time + TTL`: it treats
     /// them as already expired (as if it trusted the old leader's timing).
     pub no_reset_on_new_term: bool,
+    /// An operator's revoke of another identity's lease frees the key at
+    /// once, as if it had expired (the hole of Jepsen's etcd lock finding).
+    pub revoke_frees_at_once: bool,
 }
 
 /// The leader's lease table and the term it belongs to.
@@ -149,6 +152,8 @@ pub struct KeepaliveItem {
     pub seq: u64,
     /// When this node received it, on its monotonic clock.
     pub received_ms: u64,
+    /// The caller's identity: only the lease's owner renews it.
+    pub by: String,
     /// Where the answer goes (the keepalive stream of the holder).
     pub reply: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
 }
@@ -212,7 +217,7 @@ async fn run_batches(
             // The confirmation waited for this node to apply everything
             // committed, so the replicated state says whether the lease exists.
             // (A shard's primary lease is renewable only while its holder is still the primary.)
-            let held = interlock_core::lease::renewable(&applied.state, &item.key, item.token);
+            let held = interlock_core::lease::renewable(&applied.state, &item.key, item.token, &item.by);
             let renewed = match (held, inner.term) {
                 (true, None) => {
                     // Leadership confirmed, but this node's view of it has not
@@ -233,7 +238,10 @@ async fn run_batches(
                 error: if renewed.is_some() {
                     String::new()
                 } else {
-                    format!("lease {} with token {} is not held (expired, revoked or re-granted)", item.key, item.token)
+                    format!(
+                        "lease {} with token {} is not held by {} (expired, revoked, re-granted, or another identity's)",
+                        item.key, item.token, item.by
+                    )
                 },
             };
             // A full reply buffer means the holder is not reading; it will

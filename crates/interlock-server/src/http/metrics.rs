@@ -23,6 +23,8 @@ pub struct Metrics {
     pub append_seconds: Histogram,
     pub apply_seconds: Histogram,
     pub forwarded_requests: Counter,
+    /// Refused requests left out of the audit trail by its per-identity rate limit.
+    pub audit_refusals_suppressed: Counter,
     pub write_batch_writes: Histogram,
     pub failovers: Counter,
     pub detection_seconds: Histogram,
@@ -47,6 +49,7 @@ impl Metrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 17)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_001, 2.0, 20)),
             forwarded_requests: Counter::default(),
+            audit_refusals_suppressed: Counter::default(),
             // 1 .. 1024
             write_batch_writes: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             failovers: Counter::default(),
@@ -86,6 +89,11 @@ impl Metrics {
             "apply_latency_seconds",
             "Time to apply a batch of committed entries to the state machine",
             metrics.apply_seconds.clone(),
+        );
+        registry.register(
+            "audit_refusals_suppressed",
+            "Refused requests not recorded in the audit trail (more than 10 per identity per second)",
+            metrics.audit_refusals_suppressed.clone(),
         );
         registry.register(
             "forwarded_requests",

@@ -72,6 +72,54 @@ impl TimingPreset {
     }
 }
 
+/// Whether links are encrypted and callers authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// mTLS on every link: tls_ca, tls_cert and tls_key are required.
+    #[default]
+    On,
+    /// Plaintext, nobody authenticated, everything allowed (a warning is
+    /// logged at start). For a laptop, never for production.
+    Off,
+}
+
+/// Whether dangerous actions need a second operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ValueEnum, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApprovalMode {
+    /// A different operator approves each dangerous action.
+    #[default]
+    TwoPerson,
+    /// One operator does everything (audited). A choice for a small team's
+    /// lab, never the production default.
+    SingleOperator,
+}
+
+/// How a node secures itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Security {
+    /// None: TLS is off.
+    pub tls: Option<interlock_tls::TlsFiles>,
+    /// How often the TLS files are checked for a change.
+    pub tls_reload_every: Duration,
+    /// Identity → role entries (`IDENTITY=ROLE`), validated.
+    pub roles: Vec<String>,
+    pub approvals: ApprovalMode,
+}
+
+impl Security {
+    /// Plaintext, everything allowed (tests and tools that say so).
+    pub fn off() -> Security {
+        Security {
+            tls: None,
+            tls_reload_every: Duration::from_secs(5),
+            roles: Vec::new(),
+            approvals: ApprovalMode::SingleOperator,
+        }
+    }
+}
+
 /// The keys of the configuration file, each also a flag and an env variable.
 /// Every field is optional here; [`RunArgs::resolve`] decides what is required.
 #[derive(Debug, Clone, Default, Args, Deserialize, Serialize)]
@@ -143,6 +191,52 @@ pub struct ConfigKeys {
     #[arg(long, env = "INTERLOCK_LOG")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<String>,
+
+    /// mTLS on every link (on) or plaintext (off) [default: on].
+    #[arg(long, env = "INTERLOCK_TLS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsMode>,
+
+    /// The CA certificate (PEM) that signs every trusted certificate.
+    #[arg(long, env = "INTERLOCK_TLS_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// This node's certificate chain (PEM); it serves and dials with it.
+    #[arg(long, env = "INTERLOCK_TLS_CERT")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// This node's private key (PEM).
+    #[arg(long, env = "INTERLOCK_TLS_KEY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// A separate CA for the nodes' certificates; then only a certificate it
+    /// signed may hold the node role.
+    #[arg(long, env = "INTERLOCK_TLS_PEER_CA")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_peer_ca: Option<PathBuf>,
+
+    /// How often the TLS files are checked; changed files are reloaded
+    /// without a restart [default: 5s].
+    #[arg(long, env = "INTERLOCK_TLS_RELOAD_EVERY")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_reload_every: Option<String>,
+
+    /// Roles of identities (a certificate's first DNS SAN, else its CN), as
+    /// IDENTITY=ROLE[+ROLE], comma separated; a trailing * matches a prefix.
+    /// Roles: node, controller:REGION, viewer, operator. E.g.
+    /// node-*=node,ctl-eu=controller:eu-west,alice=operator. Anyone else is denied.
+    #[arg(long, env = "INTERLOCK_ROLES", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+
+    /// Dangerous actions need a second operator (two-person) or not
+    /// (single-operator) [default: two-person; always single-operator with TLS off].
+    #[arg(long, env = "INTERLOCK_APPROVALS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approvals: Option<ApprovalMode>,
 }
 
 /// `interlockd run` arguments.
@@ -169,6 +263,7 @@ pub struct NodeConfig {
     pub timing: Timing,
     pub snapshot_every: u64,
     pub log: String,
+    pub security: Security,
 }
 
 impl RunArgs {
@@ -270,6 +365,14 @@ impl ConfigKeys {
             election_timeout_max: self.election_timeout_max.or(other.election_timeout_max),
             snapshot_every: self.snapshot_every.or(other.snapshot_every),
             log: self.log.or(other.log),
+            tls: self.tls.or(other.tls),
+            tls_ca: self.tls_ca.or(other.tls_ca),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            tls_peer_ca: self.tls_peer_ca.or(other.tls_peer_ca),
+            tls_reload_every: self.tls_reload_every.or(other.tls_reload_every),
+            roles: self.roles.or(other.roles),
+            approvals: self.approvals.or(other.approvals),
         }
     }
 
@@ -356,6 +459,13 @@ impl ConfigKeys {
                 format!("{:?} must exceed election_timeout_min ({:?})", timing.election_max, timing.election_min),
             ));
         }
+        let security = security(
+            self.tls.unwrap_or_default(),
+            [self.tls_ca, self.tls_cert, self.tls_key, self.tls_peer_ca],
+            self.tls_reload_every.as_deref(),
+            self.roles.unwrap_or_default(),
+            self.approvals.unwrap_or_default(),
+        )?;
         let snapshot_every = self.snapshot_every.unwrap_or(10_000);
         if snapshot_every == 0 {
             return Err(ConfigError::new("snapshot_every", "must be positive"));
@@ -371,8 +481,49 @@ impl ConfigKeys {
             timing,
             snapshot_every,
             log: self.log.unwrap_or_else(|| "info".to_string()),
+            security,
         })
     }
+}
+
+/// Validates the security keys: with TLS on, the three files are required
+/// and roles must be given (without them every caller, the other nodes
+/// included, is denied).
+fn security(
+    mode: TlsMode,
+    [ca, cert, key, peer_ca]: [Option<PathBuf>; 4],
+    reload_every: Option<&str>,
+    roles: Vec<String>,
+    approvals: ApprovalMode,
+) -> Result<Security, ConfigError> {
+    let roles: Vec<String> = roles.into_iter().filter(|r| !r.trim().is_empty()).collect();
+    crate::api::auth::Roles::parse(&roles).map_err(|e| ConfigError::new("roles", e))?;
+    let tls_reload_every = match reload_every {
+        Some(v) => duration(v, "tls_reload_every")?,
+        None => Duration::from_secs(5),
+    };
+    if tls_reload_every < Duration::from_millis(100) {
+        return Err(ConfigError::new("tls_reload_every", "must be at least 100ms"));
+    }
+    let tls = match mode {
+        TlsMode::Off => None,
+        TlsMode::On => {
+            if roles.is_empty() {
+                return Err(ConfigError::new(
+                    "roles",
+                    "missing: with TLS on, give identities their roles (at least the nodes, e.g. node-*=node), \
+                     or set tls = \"off\"",
+                ));
+            }
+            Some(interlock_tls::TlsFiles {
+                ca: required(ca, "tls_ca")?,
+                cert: required(cert, "tls_cert")?,
+                key: required(key, "tls_key")?,
+                peer_ca,
+            })
+        }
+    };
+    Ok(Security { tls, tls_reload_every, roles, approvals })
 }
 
 impl NodeConfig {
@@ -405,6 +556,7 @@ mod tests {
             admin_listen: Some("127.0.0.1:7101".into()),
             data_dir: Some("/tmp/x".into()),
             initial_peers: Some(vec!["1@eu-west=127.0.0.1:7001".into(), "2@us-east=127.0.0.1:7002".into()]),
+            tls: Some(TlsMode::Off),
             ..ConfigKeys::default()
         }
     }
@@ -439,6 +591,10 @@ mod tests {
             (ConfigKeys { election_timeout_min: Some("90ms".into()), ..keys() }, "election_timeout_min", "twice"),
             (ConfigKeys { snapshot_every: Some(0), ..keys() }, "snapshot_every", "positive"),
             (ConfigKeys { grpc_listen: Some("0.0.0.0:7001".into()), ..keys() }, "grpc_advertise", "required"),
+            (ConfigKeys { tls: None, ..keys() }, "roles", "with TLS on"),
+            (ConfigKeys { tls: None, roles: Some(vec!["n=node".into()]), ..keys() }, "tls_ca", "missing"),
+            (ConfigKeys { roles: Some(vec!["alice=root".into()]), ..keys() }, "roles", "not a role"),
+            (ConfigKeys { tls_reload_every: Some("1ms".into()), ..keys() }, "tls_reload_every", "at least"),
         ];
         for (k, field, reason) in cases {
             let err = k.validate().expect_err(field);

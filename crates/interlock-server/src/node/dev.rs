@@ -9,8 +9,6 @@ use super::config::{format_peers, ConfigKeys, TimingPreset};
 use anyhow::Context;
 use clap::Args;
 use interlock_core::NodeInfo;
-use interlock_proto::v1::cluster_client::ClusterClient;
-use interlock_proto::v1::StatusRequest;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -33,6 +31,46 @@ pub struct DevArgs {
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The operators (two: dangerous actions need a second one) and the viewer
+/// of the dev cluster; `interlockctl` speaks as the first by default.
+pub const DEV_OPERATORS: [&str; 2] = ["alice", "bob"];
+pub const DEV_VIEWER: &str = "viewer";
+
+/// Where the dev cluster's throwaway CA and certificates live.
+pub fn tls_dir(dir: &Path) -> PathBuf {
+    dir.join("tls")
+}
+
+fn agent_identity(region: &str) -> String {
+    format!("ctl-{region}")
+}
+
+/// The roles every dev node gives the dev identities.
+fn dev_roles() -> Vec<String> {
+    let mut roles = vec!["node-*=node".to_string(), format!("{DEV_VIEWER}=viewer")];
+    roles.extend(DEV_OPERATORS.map(|o| format!("{o}=operator")));
+    roles.extend(DEV_REGIONS.map(|r| format!("{}=controller:{r}", agent_identity(r))));
+    roles
+}
+
+/// Writes a throwaway CA and a certificate for every node, every agent, two
+/// operators and a viewer into `dir/tls`, unless they are there already.
+fn write_certificates(dir: &Path) -> anyhow::Result<()> {
+    let tls = tls_dir(dir);
+    if tls.join("ca.pem").exists() {
+        return Ok(());
+    }
+    let ca = interlock_tls::dev::Authority::new("interlock dev CA (throwaway)")?;
+    let mut identities: Vec<String> = (1..=DEV_REGIONS.len()).map(|i| format!("node-{i}")).collect();
+    identities.extend(DEV_REGIONS.map(agent_identity));
+    identities.extend(DEV_OPERATORS.map(String::from));
+    identities.push(DEV_VIEWER.to_string());
+    for identity in identities {
+        ca.write(&tls, &identity, &identity)?;
+    }
+    Ok(())
 }
 
 /// Loads the node configs from `dir`, or writes new ones with free ports.
@@ -65,6 +103,10 @@ fn node_configs(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf, ConfigKeys)>> {
             data_dir: Some(dir.join(format!("node-{id}"))),
             initial_peers: Some(format_peers(&peers)),
             timing: Some(TimingPreset::Lan),
+            tls_ca: Some(tls_dir(dir).join("ca.pem")),
+            tls_cert: Some(tls_dir(dir).join(format!("node-{id}.pem"))),
+            tls_key: Some(tls_dir(dir).join(format!("node-{id}.key"))),
+            roles: Some(dev_roles()),
             ..ConfigKeys::default()
         };
         let text = format!(
@@ -82,6 +124,7 @@ fn node_configs(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf, ConfigKeys)>> {
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let dir = &args.data_dir;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    write_certificates(dir)?;
     let configs = node_configs(dir)?;
     let endpoints: Vec<String> = configs.iter().filter_map(|(_, _, k)| k.grpc_listen.clone()).collect();
     std::fs::write(dir.join("endpoints"), endpoints.join(",")).context("writing the endpoints file")?;
@@ -102,11 +145,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             path.with_extension("log").display()
         );
     }
-    match wait_for_leader(&endpoints, Duration::from_secs(20)).await {
+    let client = operator_client(dir, &endpoints)?;
+    match wait_for_leader(&client, Duration::from_secs(20)).await {
         Some(leader) => println!("Leader elected: node {leader}."),
         None => println!("No leader yet after 20 s; see the node logs in {}.", dir.display()),
     }
-    match apply_demo_topology(&endpoints).await {
+    match apply_demo_topology(&client).await {
         Ok(true) => println!("Applied the demo topology (deploy/examples/topology.yaml): service orders, 2 shards."),
         Ok(false) => println!("A topology is already applied; keeping it."),
         Err(e) => println!("Could not apply the demo topology: {e:#}"),
@@ -131,8 +175,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          interlockctl get shards; interlockctl get replicas          # primaries chosen by the agents' reports\n  \
          interlockctl switchover orders/0 --to orders-0-us            # planned, RPO 0\n  \
          kill -9 <pid of agent-eu-west>; interlockctl events --follow # eu-west LOST, its primaries move\n\
+         TLS is on: certificates for every node and agent, operators alice and bob and a viewer are in {1}\n\
+         (interlockctl uses alice's; with `--cacert {1}/ca.pem --cert {1}/bob.pem --key {1}/bob.key` it speaks\n\
+         as bob, who approves alice's dangerous requests: `interlockctl approve ID`).\n\
          Ctrl-C stops every node.",
-        endpoints_file.display()
+        endpoints_file.display(),
+        tls_dir(dir).display()
     );
 
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -177,8 +225,7 @@ fn spawn(dir: &Path, name: &str, subcommand: &'static str, config: &Path) -> any
 const DEMO_TOPOLOGY: &str = include_str!("../../../../deploy/examples/topology.yaml");
 
 /// Applies the demo topology unless one is applied already.
-async fn apply_demo_topology(endpoints: &[String]) -> anyhow::Result<bool> {
-    let client = interlock_client::Client::new(endpoints.to_vec())?;
+async fn apply_demo_topology(client: &interlock_client::Client) -> anyhow::Result<bool> {
     if !client.regions().await?.is_empty() {
         return Ok(false);
     }
@@ -193,9 +240,12 @@ fn agent_config(dir: &Path, region: &str, endpoints: &[String]) -> anyhow::Resul
     let text = format!(
         "# Generated by `interlockd dev`: the demo region controller of {region}.\n\
          id = \"ctl-{region}\"\nregion = \"{region}\"\nendpoints = {:?}\nprobe_listen = \"127.0.0.1:0\"\n\
-         acting_log = {:?}\n",
+         acting_log = {:?}\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
         endpoints,
-        dir.join(format!("agent-{region}.acting.jsonl")).display().to_string()
+        dir.join(format!("agent-{region}.acting.jsonl")).display().to_string(),
+        tls_dir(dir).join("ca.pem").display().to_string(),
+        tls_dir(dir).join(format!("{}.pem", agent_identity(region))).display().to_string(),
+        tls_dir(dir).join(format!("{}.key", agent_identity(region))).display().to_string(),
     );
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok(path)
@@ -232,17 +282,26 @@ async fn stop_children(children: &mut [Proc]) {
     }
 }
 
-/// Polls the nodes until one reports a leader.
-pub async fn wait_for_leader(endpoints: &[String], within: Duration) -> Option<u64> {
+/// A client of the dev cluster speaking as its first operator.
+fn operator_client(dir: &Path, endpoints: &[String]) -> anyhow::Result<interlock_client::Client> {
+    let files = interlock_client::TlsFiles {
+        ca: tls_dir(dir).join("ca.pem"),
+        cert: tls_dir(dir).join(format!("{}.pem", DEV_OPERATORS[0])),
+        key: tls_dir(dir).join(format!("{}.key", DEV_OPERATORS[0])),
+        peer_ca: None,
+    };
+    let tls = interlock_client::Tls::from_files(&files)?;
+    let options = interlock_client::ClientOptions { tls: Some(tls), ..interlock_client::ClientOptions::default() };
+    Ok(interlock_client::Client::with_options(endpoints.to_vec(), options)?)
+}
+
+/// Polls the cluster until it reports a leader.
+async fn wait_for_leader(client: &interlock_client::Client, within: Duration) -> Option<u64> {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        for endpoint in endpoints {
-            let Ok(mut client) = ClusterClient::connect(format!("http://{endpoint}")).await else { continue };
-            if let Ok(Ok(reply)) = tokio::time::timeout(Duration::from_secs(2), client.status(StatusRequest {})).await {
-                let leader = reply.into_inner().leader;
-                if leader != 0 {
-                    return Some(leader);
-                }
+        if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), client.cluster_status()).await {
+            if status.leader != 0 {
+                return Some(status.leader);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -14,6 +14,7 @@ mod identity;
 pub use identity::{StoredIdentity, IDENTITY_FILE};
 
 use crate::api::admin::AdminService;
+use crate::api::auth::{Auth, AuthLayer};
 use crate::api::cluster::ClusterService;
 use crate::api::controller::ControllerService;
 use crate::api::kv::KvService;
@@ -53,6 +54,8 @@ pub enum StartError {
     Identity { field: &'static str, reason: String },
     #[error("raft: {0}")]
     Raft(String),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 /// Concurrent gRPC streams one client connection may open (keepalive and
@@ -98,6 +101,8 @@ pub struct Assembly<LS> {
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
     pub mutations: LeaseMutations,
+    /// Roles, approval mode and whether TLS authenticates callers.
+    pub auth: Arc<Auth>,
 }
 
 /// A started node: Raft and the leader's background loops are running;
@@ -130,7 +135,9 @@ impl Node {
             write_timeout: parts.timing.election_max * 10,
             leader_wait: parts.timing.election_max * 2,
             write_batcher: WriteBatcher::start(raft.clone(), parts.clock.clone(), parts.metrics.clone()),
+            auth: parts.auth.clone(),
         });
+        let _ = parts.auth.ctx.set(Arc::downgrade(&ctx));
         tokio::spawn(mirror_raft_metrics(raft.clone(), parts.metrics));
         let lease_table = Arc::new(LeaseTable::default());
         tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), parts.mutations));
@@ -159,8 +166,9 @@ impl Node {
         Ok(())
     }
 
-    /// Every gRPC service of the node: Raft, the public API, health, reflection.
-    pub fn grpc_router(&self) -> Result<tonic::transport::server::Router, StartError> {
+    /// Every gRPC service of the node — Raft, the public API, health,
+    /// reflection — behind the auth layer.
+    pub fn grpc_router(&self) -> Result<GrpcRouter, StartError> {
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         tokio::spawn(health::report_health(self.raft.clone(), health_reporter, self.ctx.leader_wait));
         // Reflection in both versions: grpcurl speaks v1, while grpcio-reflection
@@ -189,7 +197,8 @@ impl Node {
         };
         Ok(tonic::transport::Server::builder()
             .max_concurrent_streams(GRPC_STREAMS_PER_CONNECTION_MAX)
-            .add_service(RaftRpcServer { raft: self.raft.clone() }.into_service())
+            .layer(AuthLayer(ctx.auth.clone()))
+            .add_service(RaftRpcServer { raft: self.raft.clone(), ctx: ctx.clone() }.into_service())
             .add_service(KvService { ctx: ctx.clone() }.into_service())
             .add_service(ClusterService { ctx: ctx.clone() }.into_service())
             .add_service(controller.into_service())
@@ -200,8 +209,31 @@ impl Node {
     }
 }
 
+/// The node's gRPC services with the auth layer in front.
+pub type GrpcRouter =
+    tonic::transport::server::Router<tower::layer::util::Stack<AuthLayer, tower::layer::util::Identity>>;
+
+/// The node's TLS (None: off, with a warning) and its auth policy.
+pub fn security(config: &config::Security) -> Result<(Option<interlock_tls::Tls>, Arc<Auth>), StartError> {
+    let roles = crate::api::auth::Roles::parse(&config.roles).map_err(|e| StartError::Tls(format!("roles: {e}")))?;
+    let tls = match &config.tls {
+        Some(files) => {
+            let tls = interlock_tls::Tls::from_files(files).map_err(|e| StartError::Tls(e.to_string()))?;
+            tls.watch(files.clone(), config.tls_reload_every);
+            Some(tls)
+        }
+        None => {
+            tracing::warn!("TLS is OFF: links are plaintext, callers are not authenticated, everyone may do anything");
+            None
+        }
+    };
+    let two_person = config.approvals == config::ApprovalMode::TwoPerson;
+    Ok((tls.clone(), Auth::new(roles, tls.is_some(), two_person)))
+}
+
 /// Runs a production node until `shutdown` resolves.
 pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let (tls, auth) = security(&config.security)?;
     let grpc_listener = bind("grpc_listen", config.grpc_listen).await?;
     let admin_listener = bind("admin_listen", config.admin_listen).await?;
     prepare_data_dir(&config.data_dir)?;
@@ -219,10 +251,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
         timing: config.timing,
         log_store: log_store.clone(),
         state_machine,
-        channels: Channels::new(tcp_channel_maker()),
+        channels: Channels::new(tcp_channel_maker(tls.clone())),
         clock: Arc::new(SystemClock::new()),
         metrics,
         mutations: LeaseMutations::default(),
+        auth,
     })
     .await?;
     if let Err(e) = check_stored_address(&node.raft, &config) {
@@ -242,11 +275,19 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()> + Send +
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    // Nagle's algorithm would hold small Raft replies back for tens of ms.
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let grpc = node.grpc_router()?.serve_with_incoming_shutdown(incoming, stopped());
+    let router = node.grpc_router()?;
+    let grpc_task = match tls {
+        Some(tls) => {
+            let incoming = interlock_tls::stream::incoming(tls, interlock_tls::stream::tcp_accepted(grpc_listener));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
+        }
+        None => {
+            // Nagle's algorithm would hold small Raft replies back for tens of ms.
+            let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped()))
+        }
+    };
     let admin = axum::serve(admin_listener, http::router(node.ctx.clone())).with_graceful_shutdown(stopped());
-    let grpc_task = tokio::spawn(grpc);
     let admin_task = tokio::spawn(async move { admin.await });
     tracing::info!("{config}: serving");
 

@@ -19,9 +19,9 @@ pub const PEER_MESSAGE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Timeout for establishing a TCP connection to a peer.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Real TCP channels.
-pub fn tcp_channel_maker() -> ChannelMaker {
-    Arc::new(|addr: &str| {
+/// Real TCP channels, with mTLS unless `tls` is None.
+pub fn tcp_channel_maker(tls: Option<interlock_tls::Tls>) -> ChannelMaker {
+    Arc::new(move |addr: &str| {
         let endpoint = Endpoint::from_shared(format!("http://{addr}"))
             .map_err(|e| format!("{addr}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
@@ -31,7 +31,10 @@ pub fn tcp_channel_maker() -> ChannelMaker {
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(3))
             .keep_alive_while_idle(true);
-        Ok(endpoint.connect_lazy())
+        Ok(match &tls {
+            Some(tls) => endpoint.connect_with_connector_lazy(interlock_tls::stream::tcp_connector(tls.clone())),
+            None => endpoint.connect_lazy(),
+        })
     })
 }
 

@@ -123,6 +123,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 /// The server side of the Raft service: decodes, hands to openraft, encodes.
 pub struct RaftRpcServer {
     pub raft: Raft,
+    pub ctx: std::sync::Arc<crate::ctx::NodeCtx>,
 }
 
 impl RaftRpcServer {
@@ -157,5 +158,51 @@ impl RaftService for RaftRpcServer {
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
         encode_reply(&self.raft.install_snapshot(rpc).await)
+    }
+
+    async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let request: interlock_core::Request = decode_request(request)?;
+        // Only what a follower may not propose itself: audit records.
+        if !matches!(request.command, interlock_core::Command::Audit { .. }) {
+            return Err(Status::permission_denied(format!(
+                "Raft.Propose carries only audit records, not {}",
+                request.command
+            )));
+        }
+        request.command.validate().map_err(crate::api::invalid)?;
+        match self.ctx.propose_by(&request.by, request.command).await {
+            Ok(response) => encode_reply(&response),
+            Err(crate::ctx::ProposeError::NotLeader(hint)) => Err(self.ctx.no_leader_status(&hint)),
+            Err(crate::ctx::ProposeError::Status(status)) => Err(status),
+        }
+    }
+}
+
+/// Proposes `request` (an audit record) here if this node leads, else hands
+/// it to the leader over the Raft service. Best effort: an error is logged.
+pub async fn propose_via_leader(ctx: &crate::ctx::NodeCtx, request: interlock_core::Request) {
+    let result = match ctx.propose_by(&request.by, request.command.clone()).await {
+        Ok(_) => Ok(()),
+        Err(crate::ctx::ProposeError::Status(status)) => Err(status.message().to_string()),
+        Err(crate::ctx::ProposeError::NotLeader(hint)) => match hint.leader_node.as_ref() {
+            None => Err("no leader known".to_string()),
+            Some(leader) => {
+                async {
+                    let channel = ctx.channels.get(&leader.grpc_addr)?;
+                    let payload = codec::encode(&request)?;
+                    let mut client = RaftClient::new(channel);
+                    let call = client.propose(RaftMessage { payload });
+                    match tokio::time::timeout(Duration::from_secs(5), call).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(status)) => Err(status.message().to_string()),
+                        Err(_) => Err("the leader did not answer within 5 s".to_string()),
+                    }
+                }
+                .await
+            }
+        },
+    };
+    if let Err(e) = result {
+        tracing::warn!("could not record an audit entry ({}): {e}", request.command);
     }
 }

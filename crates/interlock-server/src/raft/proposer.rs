@@ -105,7 +105,7 @@ async fn propose_batch(raft: &Raft, at_unix_ms: u64, batch: Vec<Pending>) {
         Ok([lone]) => lone,
         Err(commands) => Command::Batch { commands },
     };
-    match (count, write(raft, Request { at_unix_ms, command }).await) {
+    match (count, write(raft, Request::system(at_unix_ms, command)).await) {
         (1, outcome) => answer_all(replies, || outcome.clone()),
         (_, Ok(Response::Batch { responses })) if responses.len() == count => {
             for (reply, response) in replies.into_iter().zip(responses) {
@@ -160,7 +160,7 @@ mod tests {
         };
         let state_machine = StateMachineStore::open(SnapshotVault::memory(), Arc::new(NoObserver)).expect("state");
         let reader = state_machine.reader();
-        let network = Network { id: 1, channels: Channels::new(tcp_channel_maker()) };
+        let network = Network { id: 1, channels: Channels::new(tcp_channel_maker(None)) };
         let log = MemLogStore::new();
         let raft = Raft::new(1, Arc::new(config.validate().expect("config")), network, log.clone(), state_machine)
             .await
