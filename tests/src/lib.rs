@@ -352,6 +352,11 @@ impl TestCluster {
         panic!("no agreed leader within {within:?}\n{}", self.logs());
     }
 
+    /// The log of node `id` so far.
+    pub fn node_log(&self, id: u64) -> String {
+        self.nodes.iter().find(|n| n.id == id).map(|n| n.log()).unwrap_or_default()
+    }
+
     /// The cluster status, retried until it succeeds.
     pub async fn status(&self) -> ClusterStatus {
         self.client().cluster_status().await.unwrap_or_else(|e| panic!("status: {e}\n{}", self.logs()))

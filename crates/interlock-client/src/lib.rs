@@ -41,7 +41,7 @@ mod watch;
 
 pub use controller::{ControllerConfig, RegionController, ReplicaDriver};
 pub use error::ClientError;
-pub use interlock_tls::{Tls, TlsFiles};
+pub use interlock_tls::{Pem, Tls, TlsFiles};
 pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};
 pub use watch::Watcher;
 

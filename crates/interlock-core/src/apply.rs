@@ -25,7 +25,9 @@ impl State {
         let mut fx = Effects::new(index, request.at_unix_ms);
         let by = request.by.as_str();
         let response = dispatch(self, by, &request.command, &mut fx);
-        if audit::is_audited(by, &request.command) {
+        if let Command::Audit { action, outcome } = &request.command {
+            audit::record(self, request.at_unix_ms, by, action.clone(), outcome.clone());
+        } else if audit::is_audited(by, &request.command) {
             let action = match &request.command {
                 Command::Approve { id } => match self.approvals.get(id) {
                     Some(a) => format!("Approve {{ id: {id} }} of {} asked for by {}", a.action, a.requested_by),

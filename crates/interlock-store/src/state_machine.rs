@@ -82,6 +82,30 @@ impl SnapshotVault {
     }
 }
 
+/// Offline access to the snapshot of a stopped node's data directory: for
+/// inspection and for tests that tamper with a stored copy (the audit
+/// trail's must be found out). Never while the node runs.
+pub mod offline {
+    use super::*;
+
+    /// The state in the snapshot under `dir`, if there is one.
+    pub fn read_state(dir: &std::path::Path) -> Result<Option<State>, StoreError> {
+        match SnapshotVault::Dir(dir.to_path_buf()).load()? {
+            None => Ok(None),
+            Some(stored) => codec::decode(&stored.data).map(Some).map_err(|e| read_err(format!("snapshot state: {e}"))),
+        }
+    }
+
+    /// Replaces the state in the snapshot under `dir` (metadata unchanged).
+    pub fn rewrite_state(dir: &std::path::Path, state: &State) -> Result<(), StoreError> {
+        let vault = SnapshotVault::Dir(dir.to_path_buf());
+        let Some(stored) = vault.load()? else { return Err(read_err("no snapshot to rewrite".to_string())) };
+        let data = codec::encode(state).map_err(read_err)?;
+        let blob = codec::encode(&StoredSnapshot { meta: stored.meta, data }).map_err(read_err)?;
+        write_atomically(dir, &blob).map_err(write_err)
+    }
+}
+
 fn write_atomically(dir: &std::path::Path, blob: &[u8]) -> std::io::Result<()> {
     let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
