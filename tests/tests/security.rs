@@ -168,7 +168,8 @@ async fn an_operators_revoke_of_a_primary_lease_frees_it_only_at_its_deadline() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_certificate_is_reloaded_without_a_restart() {
-    let options = ClusterOptions { extra_args: vec!["--tls-reload-every".into(), "200ms".into()], ..Default::default() };
+    let options =
+        ClusterOptions { extra_args: vec!["--tls-reload-every".into(), "200ms".into()], ..Default::default() };
     let cluster = TestCluster::start(3, options).await;
     let pki = cluster.pki.as_ref().expect("TLS");
     // A fresh connection to node 1 alone each time: what certificate it serves now.

@@ -89,7 +89,12 @@ fn default_write_every_ms() -> u64 {
 impl AgentConfig {
     pub fn load(path: &PathBuf) -> anyhow::Result<AgentConfig> {
         let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let config: AgentConfig = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        AgentConfig::parse(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses and validates the text of a config file.
+    pub fn parse(text: &str) -> anyhow::Result<AgentConfig> {
+        let config: AgentConfig = toml::from_str(text).context("parsing")?;
         interlock_core::vocab::validate_id(&config.id, "id")?;
         interlock_core::vocab::validate_id(&config.region, "region")?;
         if config.endpoints.is_empty() {

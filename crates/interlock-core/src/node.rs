@@ -5,6 +5,7 @@ use std::fmt;
 
 /// What the cluster knows about a member: where to reach it and where it runs.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct NodeInfo {
     /// The gRPC address other nodes and clients dial (`host:port`).
     pub grpc_addr: String,

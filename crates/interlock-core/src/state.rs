@@ -17,6 +17,7 @@ pub const EVENTS_KEPT: usize = 10_000;
 /// Everything the Raft state machine holds. Deterministic: ordered maps only,
 /// so that two replicas that applied the same log encode to the same bytes.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct State {
     /// The key-value space (etcd-like; used by operators and tests).
     pub kv: BTreeMap<String, KvEntry>,

@@ -27,6 +27,7 @@ impl InvalidArgument {
 
 /// The answer of the state machine to one applied command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Response {
     /// The command was applied; `revision` is the log index it was applied at.
     Applied { revision: u64 },
@@ -41,6 +42,7 @@ pub enum Response {
 
 /// The class of a refusal, which the gRPC edge maps to a status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Refusal {
     InvalidArgument,
     FailedPrecondition,
@@ -56,6 +58,7 @@ impl Response {
 
 /// Whether a region serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum RegionState {
     Active,
     Draining,
@@ -66,6 +69,7 @@ pub enum RegionState {
 
 /// A replica's role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum ReplicaRole {
     Primary,
     Replica,
@@ -76,6 +80,7 @@ pub enum ReplicaRole {
 /// Why a replica was promoted; decides which rules apply (cooldown applies
 /// to automatic promotions only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum PromotionMode {
     /// By the leader's failover loop (region loss, no primary).
     Automatic,
@@ -87,6 +92,7 @@ pub enum PromotionMode {
 
 /// Why a lease ends, which decides when its key is freed (SPEC §3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum RevokeReason {
     /// Its holder, authenticated as the identity that took it, says it has
     /// stopped acting: the key is freed at once.
@@ -118,6 +124,7 @@ pub const TOTAL_BPS: u32 = 10_000;
 
 /// A safety rule, by the name operators use to override it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Rule {
     MinServingRegions,
     CapacityCeiling,

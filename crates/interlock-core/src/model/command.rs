@@ -18,6 +18,7 @@ pub const BATCH_MAX_BYTES: usize = 128 * 1024;
 
 /// One entry of the Raft log's application payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Request {
     /// The proposing leader's wall clock, in milliseconds since the Unix
     /// epoch. The only notion of "now" the state machine has.
@@ -42,6 +43,7 @@ impl Request {
 
 /// A change to the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Command {
     /// Set `key` to `value` in the key-value space.
     Put {
@@ -115,6 +117,7 @@ pub enum Command {
 
 /// What a two-person approval is for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub enum Action {
     /// A command applied once approved: a failover that accepts data loss,
     /// a routing change that overrides a safety rule, a revoke of another

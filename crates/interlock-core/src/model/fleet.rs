@@ -6,6 +6,7 @@ use crate::vocab::{PromotionMode, RegionState, ReplicaRole};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Region {
     pub id: String,
     pub capacity: u32,
@@ -21,6 +22,7 @@ pub struct Region {
 /// A gradual drain (or undrain) of a region, step by step, resumable by any
 /// leader: everything it needs is here, in the replicated state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Drain {
     /// How much of its base weight the region keeps now (10 000 = all).
     pub fraction_bps: u32,
@@ -34,6 +36,7 @@ pub struct Drain {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Shard {
     pub service: String,
     pub id: String,
@@ -55,6 +58,7 @@ pub struct Shard {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Pending {
     pub replica: String,
     pub epoch: u64,
@@ -63,6 +67,7 @@ pub struct Pending {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Switchover {
     pub from: String,
     pub to: String,
@@ -72,6 +77,7 @@ pub struct Switchover {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Replica {
     pub id: String,
     pub service: String,
@@ -86,6 +92,7 @@ pub struct Replica {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Controller {
     pub id: String,
     pub region: String,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 /// A value in the key-value space with the revision that last wrote it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct KvEntry {
     #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
@@ -16,6 +17,7 @@ pub struct KvEntry {
 
 /// A lease as replicated in the state machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Lease {
     pub key: String,
     pub holder: String,
@@ -35,6 +37,7 @@ pub struct Lease {
 
 /// The routing table of one service (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Routing {
     pub service: String,
     /// The log index of the last change of `effective`.
@@ -50,6 +53,7 @@ pub struct Routing {
 /// One decision, with its reason. Events are versioned by the log index of
 /// the command that produced them (`version`) and their order within it (`seq`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Event {
     pub version: u64,
     pub seq: u32,
@@ -63,6 +67,7 @@ pub struct Event {
 
 /// A dangerous action waiting for (or decided by) a second operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Approval {
     /// The log index of the request.
     pub id: u64,
@@ -78,6 +83,7 @@ pub struct Approval {
 
 /// Who approved a request, when, and what came of it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct Decision {
     pub by: String,
     pub at_unix_ms: u64,
@@ -88,6 +94,7 @@ pub struct Decision {
 
 /// One entry of the hash-chained audit trail (SPEC §9).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AuditEntry {
     /// Consecutive from 1, never reused.
     pub seq: u64,
@@ -108,6 +115,7 @@ pub struct AuditEntry {
 /// entry trimmed from it (0 and zeros: nothing trimmed yet), so the chain
 /// stays verifiable after old entries are dropped.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 pub struct AuditCheckpoint {
     pub seq: u64,
     pub hash: [u8; 32],

@@ -25,6 +25,7 @@ fn default_cooldown_seconds() -> u64 {
 
 /// The whole declared topology.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct Topology {
     pub regions: Vec<RegionSpec>,
@@ -41,6 +42,7 @@ pub struct Topology {
 /// The cluster-wide failover policy (SPEC §4). In the replicated state, so
 /// that every leader acts on the same rules.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields, default)]
 pub struct FailoverPolicy {
     /// How often controllers heartbeat.
@@ -91,6 +93,7 @@ impl Default for FailoverPolicy {
 
 /// The routing policy (in the topology file, `routing:`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingPolicy {
     /// At least this many regions must keep a weight above 0 (bounded by the
@@ -110,6 +113,7 @@ impl Default for RoutingPolicy {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct RegionSpec {
     pub id: String,
@@ -119,6 +123,7 @@ pub struct RegionSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
@@ -126,6 +131,7 @@ pub struct ServiceSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ShardSpec {
     pub id: String,
@@ -140,6 +146,7 @@ pub struct ShardSpec {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ReplicaSpec {
     pub id: String,
