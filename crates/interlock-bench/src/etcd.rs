@@ -33,6 +33,17 @@ impl Member {
 pub struct EtcdCluster {
     _dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// mTLS on client and peer links (None: plaintext).
+    tls: Option<EtcdTls>,
+}
+
+/// The throwaway PKI of a TLS etcd cluster: the client's PEM material for
+/// etcd-client, and the same as an interlock-tls config for the raw
+/// keepalive streams.
+#[derive(Clone)]
+struct EtcdTls {
+    pem: interlock_tls::Pem,
+    tls: interlock_tls::Tls,
 }
 
 impl Drop for EtcdCluster {
@@ -44,15 +55,28 @@ impl Drop for EtcdCluster {
 }
 
 impl EtcdCluster {
-    pub async fn start() -> anyhow::Result<EtcdCluster> {
+    /// Starts the cluster; with `tls`, every link is mTLS (etcd's
+    /// `--client-cert-auth` and `--peer-client-cert-auth`), like Interlock's.
+    pub async fn start(tls: bool) -> anyhow::Result<EtcdCluster> {
         let dir = tempfile::tempdir()?;
+        let scheme = if tls { "https" } else { "http" };
         let specs: Vec<(String, u16, u16)> = (1..=3).map(|i| (format!("e{i}"), free_port(), free_port())).collect();
-        let initial: Vec<String> = specs.iter().map(|(n, _, peer)| format!("{n}=http://127.0.0.1:{peer}")).collect();
+        let initial: Vec<String> =
+            specs.iter().map(|(n, _, peer)| format!("{n}={scheme}://127.0.0.1:{peer}")).collect();
+        let authority = interlock_tls::dev::Authority::new("etcd bench CA")?;
+        let client_tls = match tls {
+            true => {
+                let files = authority.write(dir.path(), "bench", "bench")?;
+                let pem = files.read()?;
+                Some(EtcdTls { tls: interlock_tls::Tls::from_pem(&pem)?, pem })
+            }
+            false => None,
+        };
         let mut members = Vec::new();
         for (name, client, peer) in &specs {
-            let client_url = format!("http://127.0.0.1:{client}");
-            let peer_url = format!("http://127.0.0.1:{peer}");
-            let args = vec![
+            let client_url = format!("{scheme}://127.0.0.1:{client}");
+            let peer_url = format!("{scheme}://127.0.0.1:{peer}");
+            let mut args = vec![
                 format!("--name={name}"),
                 format!("--data-dir={}", dir.path().join(name).display()),
                 format!("--listen-client-urls={client_url}"),
@@ -65,11 +89,25 @@ impl EtcdCluster {
                 "--log-level=error".to_string(),
                 "--logger=zap".to_string(),
             ];
+            if tls {
+                let files = authority.write(dir.path(), name, name)?;
+                let (ca, cert, key) = (files.ca.display(), files.cert.display(), files.key.display());
+                args.extend([
+                    format!("--cert-file={cert}"),
+                    format!("--key-file={key}"),
+                    format!("--trusted-ca-file={ca}"),
+                    "--client-cert-auth".to_string(),
+                    format!("--peer-cert-file={cert}"),
+                    format!("--peer-key-file={key}"),
+                    format!("--peer-trusted-ca-file={ca}"),
+                    "--peer-client-cert-auth".to_string(),
+                ]);
+            }
             let mut member = Member { name: name.clone(), client_url, args, child: None };
             member.start()?;
             members.push(member);
         }
-        let cluster = EtcdCluster { _dir: dir, members };
+        let cluster = EtcdCluster { _dir: dir, members, tls: client_tls };
         cluster.wait_writable(Duration::from_secs(30)).await?;
         Ok(cluster)
     }
@@ -79,7 +117,18 @@ impl EtcdCluster {
     }
 
     pub async fn client(&self) -> anyhow::Result<etcd_client::Client> {
-        Ok(etcd_client::Client::connect(self.endpoints(), None).await?)
+        self.connect(self.endpoints()).await
+    }
+
+    /// An etcd-client over `endpoints`, with the bench's certificate when TLS is on.
+    async fn connect(&self, endpoints: Vec<String>) -> anyhow::Result<etcd_client::Client> {
+        let options = self.tls.as_ref().map(|t| {
+            let tls = etcd_client::TlsOptions::new()
+                .ca_certificate(etcd_client::Certificate::from_pem(t.pem.ca.clone()))
+                .identity(etcd_client::Identity::from_pem(t.pem.cert.clone(), t.pem.key.clone()));
+            etcd_client::ConnectOptions::new().with_tls(tls)
+        });
+        Ok(etcd_client::Client::connect(endpoints, options).await?)
     }
 
     async fn wait_writable(&self, within: Duration) -> anyhow::Result<Duration> {
@@ -99,11 +148,11 @@ impl EtcdCluster {
     /// Index of the current leader.
     async fn leader(&self) -> anyhow::Result<usize> {
         for m in self.members.iter().filter(|m| m.child.is_some()) {
-            let Ok(mut c) = etcd_client::Client::connect([m.client_url.clone()], None).await else { continue };
+            let Ok(mut c) = self.connect(vec![m.client_url.clone()]).await else { continue };
             let Ok(status) = c.status().await else { continue };
             let leader = status.leader();
             for (i, other) in self.members.iter().enumerate() {
-                let Ok(mut oc) = etcd_client::Client::connect([other.client_url.clone()], None).await else {
+                let Ok(mut oc) = self.connect(vec![other.client_url.clone()]).await else {
                     continue;
                 };
                 if let Ok(s) = oc.status().await {
@@ -122,7 +171,7 @@ impl EtcdCluster {
         let leader = self.leader().await?;
         let survivors: Vec<String> =
             self.members.iter().enumerate().filter(|(i, _)| *i != leader).map(|(_, m)| m.client_url.clone()).collect();
-        let mut client = etcd_client::Client::connect(survivors, None).await?;
+        let mut client = self.connect(survivors).await?;
         let killed_at = Instant::now();
         self.members[leader].kill9();
         let took = loop {
@@ -278,8 +327,8 @@ pub async fn leases(
     let mut tasks = Vec::new();
     for s in 0..streams {
         let share: Vec<i64> = granted.iter().copied().skip(s).step_by(streams).collect();
-        let url = leader_url.clone();
-        tasks.push(tokio::spawn(async move { keep_share(url, share, measure_from, stop_at).await }));
+        let (url, tls) = (leader_url.clone(), cluster.tls.as_ref().map(|t| t.tls.clone()));
+        tasks.push(tokio::spawn(async move { keep_share(url, tls, share, measure_from, stop_at).await }));
     }
     let (mut latencies, mut failures) = (Vec::new(), 0u64);
     for task in tasks {
@@ -296,13 +345,20 @@ pub async fn leases(
 /// sent after `measure_from`.
 async fn keep_share(
     url: String,
+    tls: Option<interlock_tls::Tls>,
     share: Vec<i64>,
     measure_from: Instant,
     stop_at: Instant,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
     use tonic::codegen::http::uri::PathAndQuery;
     use wire::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
-    let channel = tonic::transport::Endpoint::from_shared(url)?.tcp_nodelay(true).connect().await?;
+    // Our own rustls connector (h2, the bench's client certificate) over the
+    // https URL's host and port.
+    let endpoint = tonic::transport::Endpoint::from_shared(url.replacen("https://", "http://", 1))?.tcp_nodelay(true);
+    let channel = match tls {
+        Some(tls) => endpoint.connect_with_connector(interlock_tls::stream::tcp_connector(tls)).await?,
+        None => endpoint.connect().await?,
+    };
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await?;
     let (tx, rx) = tokio::sync::mpsc::channel(share.len() * 2 + 1);

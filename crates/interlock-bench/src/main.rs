@@ -18,6 +18,9 @@ struct Cli {
     /// Print one JSON object instead of a table.
     #[arg(long, global = true)]
     json: bool,
+    /// mTLS on every link, for Interlock and (in `compare`) etcd alike.
+    #[arg(long, global = true, value_parser = ["on", "off"], default_value = "on")]
+    tls: String,
     #[command(subcommand)]
     workload: Workload,
 }
@@ -263,7 +266,8 @@ impl Row {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let mut cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let tls = cli.tls == "on";
+    let mut cluster = TestCluster::start(3, ClusterOptions { plaintext: !tls, ..ClusterOptions::default() }).await;
     let rows = match cli.workload {
         Workload::Writes { clients, duration } => {
             let mut rows = Vec::new();
@@ -288,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         Workload::Compare { clients, duration, failovers, leases, watchers, quick } => {
             let (duration, failovers, changes) =
                 if quick { (Duration::from_secs(3), failovers.min(3), 10) } else { (duration, failovers, 20) };
-            let mut peer = etcd::EtcdCluster::start().await?;
+            let mut peer = etcd::EtcdCluster::start(tls).await?;
             let mut rows = Vec::new();
             for level in clients {
                 rows.push(writes(&cluster, level, duration).await);

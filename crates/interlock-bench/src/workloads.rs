@@ -15,12 +15,16 @@ use std::time::{Duration, Instant};
 /// many of those were refusals.
 async fn keep_share(
     addr: String,
+    tls: Option<interlock_client::Tls>,
     share: Vec<(String, u64)>,
     measure_from: Instant,
     stop_at: Instant,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
-    let channel =
-        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true).connect().await?;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
+    let channel = match tls {
+        Some(tls) => endpoint.connect_with_connector(interlock_tls::stream::tcp_connector(tls)).await?,
+        None => endpoint.connect().await?,
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(share.len() * 2 + 1);
     let mut inbound = ControllerClient::new(channel)
         .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -98,9 +102,11 @@ pub async fn leases(
     let measure_from = Instant::now() + warmup;
     let stop_at = measure_from + duration;
     let mut tasks = Vec::new();
+    // The leases are the first operator's: only it renews them.
+    let operator_tls = cluster.options_as(interlock_tests::OPERATOR).tls;
     for (_, share) in shares {
-        let addr = leader_addr.clone();
-        tasks.push(tokio::spawn(async move { keep_share(addr, share, measure_from, stop_at).await }));
+        let (addr, tls) = (leader_addr.clone(), operator_tls.clone());
+        tasks.push(tokio::spawn(async move { keep_share(addr, tls, share, measure_from, stop_at).await }));
     }
     let (mut latencies, mut failures) = (Vec::new(), 0u64);
     for task in tasks {
@@ -118,7 +124,10 @@ const WATCHERS_PER_CONNECTION: usize = 100;
 /// One client per `WATCHERS_PER_CONNECTION` watchers, spread over the nodes.
 fn watcher_clients(cluster: &TestCluster, watchers: usize) -> anyhow::Result<Vec<Client>> {
     (0..watchers.div_ceil(WATCHERS_PER_CONNECTION))
-        .map(|i| Ok(Client::new([cluster.nodes[i % cluster.nodes.len()].grpc.clone()])?))
+        .map(|i| {
+            let options = cluster.options_as(interlock_tests::OPERATOR);
+            Ok(Client::with_options([cluster.nodes[i % cluster.nodes.len()].grpc.clone()], options)?)
+        })
         .collect()
 }
 
@@ -272,7 +281,7 @@ pub async fn leader_kill_to_write(cluster: &mut TestCluster) -> anyhow::Result<D
         retry_budget: Duration::from_millis(500),
         backoff_initial: Duration::from_millis(20),
         backoff_max: Duration::from_millis(20),
-        ..Default::default()
+        ..cluster.options_as(interlock_tests::OPERATOR)
     };
     let client = Client::with_options(survivors, options)?;
     let killed_at = Instant::now();
