@@ -5,25 +5,12 @@
 //! a blocked drain step every five seconds.)
 
 use interlock_client::Client;
-use interlock_tests::{sample_topology, ClusterOptions, TestCluster};
-use std::time::{Duration, Instant};
+use interlock_tests::{eventually, sample_topology, ClusterOptions, TestCluster};
+use std::time::Duration;
 
 /// How long the log must stay flat. The old behaviour wrote ~10 entries a
 /// second while a shard waited, so a quiet second would already show it.
 const QUIET_WINDOW: Duration = Duration::from_secs(3);
-
-/// Polls `check` every 100 ms until it holds, or fails after `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 /// The leader's applied index now.
 async fn applied(cluster: &TestCluster) -> u64 {

@@ -6,21 +6,10 @@
 //! on disk.
 
 use interlock_client::{AcknowledgeRequest, Client, ClientError, ClientOptions, Pem, Tls};
-use interlock_tests::{sample_topology, ClusterOptions, TestAgent, TestCluster, OPERATOR, SECOND_OPERATOR, VIEWER};
+use interlock_tests::{
+    eventually, sample_topology, ClusterOptions, TestAgent, TestCluster, OPERATOR, SECOND_OPERATOR, VIEWER,
+};
 use std::time::{Duration, Instant};
-
-/// Polls `check` every 100 ms until it holds, or fails after `within`.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn client_with(cluster: &TestCluster, tls: Option<Tls>) -> Client {
     let options = ClientOptions { tls, retry_budget: Duration::from_secs(1), ..ClientOptions::default() };
