@@ -495,6 +495,15 @@ pub fn sample_topology() -> interlock_client::Topology {
     .expect("sample topology")
 }
 
+impl Drop for TestCluster {
+    /// A failing test shows what the nodes said (their last lines).
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.logs());
+        }
+    }
+}
+
 /// A node's security flags: its certificate and the roles, or `--tls off`.
 fn security_args(pki: Option<&TestPki>, id: u64) -> Vec<String> {
     match pki {

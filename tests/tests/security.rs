@@ -51,7 +51,7 @@ async fn strangers_are_refused_at_the_handshake() {
 async fn with_tls_off_a_node_warns_and_serves_plaintext() {
     let cluster = TestCluster::start(3, ClusterOptions { plaintext: true, ..ClusterOptions::default() }).await;
     cluster.client().put("k", b"v".to_vec()).await.expect("a plaintext write");
-    assert!(cluster.logs().contains("TLS is OFF"), "the warning is logged:\n{}", cluster.logs());
+    assert!(cluster.node_log(1).contains("TLS is OFF"), "the warning is logged:\n{}", cluster.node_log(1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
