@@ -523,7 +523,6 @@ pub struct TestAgent {
 }
 
 impl TestAgent {
-    /// Writes the agent's config in `dir` and starts it.
     /// Writes the agent's config (with `ctl-<region>`'s certificate) in
     /// the cluster's directory and starts it.
     pub fn start(cluster: &TestCluster, region: &str) -> TestAgent {

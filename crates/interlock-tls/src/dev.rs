@@ -85,7 +85,11 @@ impl Authority {
             key: dir.join(format!("{name}.key")),
             peer_ca: None,
         };
-        std::fs::write(&files.ca, &self.ca_pem).map_err(io)?;
+        // The CA file is shared by every identity in `dir`: rewriting it would
+        // make every node watching it reload (and might let one read it half-written).
+        if std::fs::read_to_string(&files.ca).ok().as_deref() != Some(self.ca_pem.as_str()) {
+            std::fs::write(&files.ca, &self.ca_pem).map_err(io)?;
+        }
         std::fs::write(&files.cert, &leaf.cert_pem).map_err(io)?;
         write_private(&files.key, &leaf.key_pem).map_err(io)?;
         Ok(files)
