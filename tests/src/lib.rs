@@ -45,7 +45,15 @@ where
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    free_ports(1)[0]
+}
+
+/// `n` different loopback ports that were free a moment ago (the OS picks
+/// them; all are held until the last is picked, so none repeats).
+pub fn free_ports(n: usize) -> Vec<u16> {
+    let held: Vec<std::net::TcpListener> =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port")).collect();
+    held.iter().map(|l| l.local_addr().expect("free port").port()).collect()
 }
 
 /// One node of a test cluster.
@@ -63,6 +71,8 @@ pub struct TestNode {
     /// What [`TestNode::client`] talks with (the first operator's, or plaintext).
     pub client_tls: Option<Tls>,
     child: Option<Child>,
+    /// How long the log was when this run of the process started.
+    log_start: usize,
 }
 
 /// Identities of a test deployment: nodes `node-N`, operators `alice` and
@@ -164,6 +174,7 @@ impl TestNode {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "node {} is already running", self.id);
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log_path).expect("log file");
+        let log_len = log.metadata().map_or(0, |m| m.len() as usize);
         let child = self
             .command()
             .stdin(Stdio::null())
@@ -172,6 +183,7 @@ impl TestNode {
             .spawn()
             .expect("spawn interlockd");
         self.child = Some(child);
+        self.log_start = log_len;
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -201,6 +213,32 @@ impl TestNode {
 
     pub fn is_running(&self) -> bool {
         self.child.is_some()
+    }
+
+    /// Whether the process was started and has exited since (it is then
+    /// no longer running).
+    pub fn exited(&mut self) -> bool {
+        let gone = self.child.as_mut().is_some_and(|c| !matches!(c.try_wait(), Ok(None)));
+        if gone {
+            self.child = None;
+        }
+        gone
+    }
+
+    /// Waits until this run of the node says it is serving; `Err(its log)`
+    /// if it exited or did not get there in time.
+    pub async fn wait_serving(&mut self, within: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.log().get(self.log_start..).is_some_and(|run| run.contains("): serving")) {
+                return Ok(());
+            }
+            if self.exited() {
+                return Err(self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(self.log())
     }
 
     /// A client that talks to this node only.
@@ -268,51 +306,71 @@ const REGIONS: [&str; 5] = ["eu-west", "us-east", "ap-south", "sa-east", "af-sou
 impl TestCluster {
     /// Starts `n` nodes that bootstrap together and waits for a leader.
     pub async fn start(n: usize, options: ClusterOptions) -> TestCluster {
+        // A port the OS gave us can be taken by someone else before the node
+        // binds it; then the whole cluster starts again on new ports.
+        for attempt in 1.. {
+            let mut cluster = TestCluster::prepare(n, &options);
+            for node in &mut cluster.nodes {
+                node.start();
+            }
+            let mut serving = true;
+            for node in &mut cluster.nodes {
+                if let Err(log) = node.wait_serving(Duration::from_secs(30)).await {
+                    assert!(attempt < 3 && log.contains("cannot listen"), "node {} did not start:\n{log}", node.id);
+                    serving = false;
+                }
+            }
+            if serving {
+                cluster.wait_for_leader(Duration::from_secs(30)).await;
+                return cluster;
+            }
+        }
+        unreachable!("the loop returns or panics")
+    }
+
+    /// `n` nodes that will bootstrap together, not started yet.
+    pub fn prepare(n: usize, options: &ClusterOptions) -> TestCluster {
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = (!options.plaintext).then(|| Arc::new(TestPki::new(dir.path())));
         let client_tls = pki.as_ref().map(|p| p.tls(OPERATOR));
-        let specs: Vec<(u64, String, String)> = (1..=n as u64)
-            .map(|id| {
-                (id, REGIONS[(id as usize - 1) % REGIONS.len()].to_string(), format!("127.0.0.1:{}", free_port()))
-            })
-            .collect();
-        let peers: Vec<String> = specs.iter().map(|(id, r, a)| format!("{id}@{r}={a}")).collect();
-        let nodes = specs
-            .into_iter()
-            .map(|(id, region, grpc)| TestNode {
+        let ports = free_ports(2 * n);
+        let address = |i: usize| format!("127.0.0.1:{}", ports[i]);
+        let region = |id: u64| REGIONS[(id as usize - 1) % REGIONS.len()].to_string();
+        let peers: Vec<String> =
+            (1..=n as u64).map(|id| format!("{id}@{}={}", region(id), address(id as usize - 1))).collect();
+        let nodes = (1..=n as u64)
+            .map(|id| TestNode {
                 id,
-                region,
-                grpc,
-                admin: format!("127.0.0.1:{}", free_port()),
+                region: region(id),
+                grpc: address(id as usize - 1),
+                admin: address(n + id as usize - 1),
                 data_dir: dir.path().join(format!("node-{id}")),
                 log_path: dir.path().join(format!("node-{id}.log")),
                 extra_args: security_args(pki.as_deref(), id).into_iter().chain(options.extra_args.clone()).collect(),
                 initial_peers: peers.clone(),
                 client_tls: client_tls.clone(),
                 child: None,
+                log_start: 0,
             })
             .collect();
-        let mut cluster = TestCluster { dir, nodes, pki };
-        for node in &mut cluster.nodes {
-            node.start();
-        }
-        cluster.wait_for_leader(Duration::from_secs(30)).await;
-        cluster
+        TestCluster { dir, nodes, pki }
     }
 
     /// A node that is not started yet and will join through `cluster add`.
     pub fn new_joiner(&self, id: u64, region: &str) -> TestNode {
+        let ports = free_ports(2);
         TestNode {
             id,
             region: region.to_string(),
-            grpc: format!("127.0.0.1:{}", free_port()),
-            admin: format!("127.0.0.1:{}", free_port()),
+            grpc: format!("127.0.0.1:{}", ports[0]),
+            admin: format!("127.0.0.1:{}", ports[1]),
             data_dir: self.dir.path().join(format!("node-{id}")),
             log_path: self.dir.path().join(format!("node-{id}.log")),
             extra_args: security_args(self.pki.as_deref(), id),
             initial_peers: Vec::new(),
             client_tls: self.pki.as_ref().map(|p| p.tls(OPERATOR)),
             child: None,
+            log_start: 0,
         }
     }
 
@@ -403,15 +461,28 @@ impl TestCluster {
         views
     }
 
-    /// Every node's log, for failure messages.
+    /// Every node's log, for failure messages: its warnings, errors and
+    /// panics (first 20), then its last 40 lines.
     pub fn logs(&self) -> String {
         self.nodes
             .iter()
             .map(|n| {
                 let log = n.log();
-                let tail: Vec<&str> = log.lines().rev().take(40).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                format!("--- node {} (last 40 lines) ---\n{}", n.id, tail.join("\n"))
+                let lines: Vec<&str> = log.lines().collect();
+                let alarms: Vec<&str> = lines
+                    .iter()
+                    .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+                    .take(20)
+                    .copied()
+                    .collect();
+                let tail = &lines[lines.len().saturating_sub(40)..];
+                format!(
+                    "--- node {} (first warnings) ---\n{}\n--- node {} (last 40 lines) ---\n{}",
+                    n.id,
+                    alarms.join("\n"),
+                    n.id,
+                    tail.join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")

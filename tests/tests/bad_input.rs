@@ -1,10 +1,11 @@
 //! Bad input to `interlockd run`: each is refused with an error that names the
 //! problem, a non-zero exit, and nothing written.
 
-use interlock_tests::{bin, free_port, ClusterOptions, TestCluster};
+use interlock_tests::{bin, eventually, free_port, ClusterOptions, TestCluster};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The flags of a valid single-node configuration in `dir`.
 fn valid_flags(dir: &Path) -> Vec<String> {
@@ -165,4 +166,39 @@ async fn a_peer_list_that_disagrees_with_the_stored_membership_is_refused() {
     assert_refused(&output, 1, &["id", "belongs to node 3"]);
     assert_eq!(snapshot_of(&node.data_dir), before, "the data directory is unchanged");
     (node.id, node.initial_peers) = (3, original);
+}
+
+/// Node 2's address in the peer list is that of another node, started as
+/// node 5 (a copy-paste slip, or a port another process took). Raft
+/// messages meant for node 2 reach node 5, which refuses them by id instead
+/// of joining the cluster as somebody else (and openraft's core panicked on
+/// a message a leader sent to itself this way); nodes 1 and 3 form a working
+/// majority, and the nodes say what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raft_messages_meant_for_another_node_are_refused_not_obeyed() {
+    let mut cluster = TestCluster::prepare(3, &ClusterOptions::default());
+    let mut stranger = cluster.new_joiner(5, "us-east");
+    for node in &mut cluster.nodes {
+        node.initial_peers[1] = format!("2@us-east={}", stranger.grpc);
+    }
+    stranger.start();
+    stranger.wait_serving(Duration::from_secs(30)).await.expect("node 5 serving");
+    for id in [1, 3] {
+        let node = cluster.node(id);
+        node.start();
+        node.wait_serving(Duration::from_secs(30)).await.expect("serving");
+    }
+    cluster.wait_for_leader(Duration::from_secs(30)).await;
+    for i in 0..20 {
+        cluster.client().put(&format!("k{i}"), b"v".to_vec()).await.expect("a majority of two writes");
+    }
+    let refusal = "this is node 5, not node 2";
+    eventually("the refusal is logged", Duration::from_secs(10), || async {
+        cluster.logs().contains(refusal) && stranger.log().contains(refusal)
+    })
+    .await;
+    assert!(!stranger.exited(), "node 5 is still running:\n{}", stranger.log());
+    let status = stranger.client().node_status(0).await.expect("node 5 answers");
+    assert_eq!(status.leader, 0, "node 5 did not join as node 2: {status:?}");
+    assert!(!cluster.logs().contains("panicked"), "{}", cluster.logs());
 }

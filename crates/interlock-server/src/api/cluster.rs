@@ -221,6 +221,11 @@ fn check_membership(ctx: &NodeCtx, action: &Action) -> Result<(), Status> {
     match action {
         Action::AddMember { id, grpc_addr, region, .. } => {
             let node = NodeInfo { grpc_addr: grpc_addr.clone(), region: region.clone() };
+            if let Some((other, _)) = membership.nodes().find(|(other, n)| *other != id && n.grpc_addr == *grpc_addr) {
+                return Err(Status::already_exists(format!(
+                    "grpc_addr: {grpc_addr} is already node {other}'s address"
+                )));
+            }
             match membership.get_node(id) {
                 Some(existing) if *existing != node => {
                     Err(Status::already_exists(format!("node {id} is already a member as {existing}; remove it first")))

@@ -409,6 +409,12 @@ impl ConfigKeys {
         let mut initial_peers = BTreeMap::new();
         for text in self.initial_peers.unwrap_or_default().iter().filter(|t| !t.trim().is_empty()) {
             let (peer_id, info) = parse_peer(text)?;
+            if let Some((other, _)) =
+                initial_peers.iter().find(|(_, i): &(&NodeId, &NodeInfo)| i.grpc_addr == info.grpc_addr)
+            {
+                let reason = format!("nodes {other} and {peer_id} have the same address {}", info.grpc_addr);
+                return Err(ConfigError::new("initial_peers", reason));
+            }
             if initial_peers.insert(peer_id, info).is_some() {
                 return Err(ConfigError::new("initial_peers", format!("node id {peer_id} appears twice")));
             }
@@ -586,6 +592,14 @@ mod tests {
                 ConfigKeys { initial_peers: Some(vec!["1@eu-west=127.0.0.1:9999".into()]), ..keys() },
                 "initial_peers",
                 "lists this node as",
+            ),
+            (
+                ConfigKeys {
+                    initial_peers: Some(vec!["1@eu-west=127.0.0.1:7001".into(), "2@us-east=127.0.0.1:7001".into()]),
+                    ..keys()
+                },
+                "initial_peers",
+                "same address",
             ),
             (ConfigKeys { heartbeat_interval: Some("fast".into()), ..keys() }, "heartbeat_interval", "duration"),
             (ConfigKeys { election_timeout_min: Some("90ms".into()), ..keys() }, "election_timeout_min", "twice"),

@@ -29,8 +29,11 @@ pub struct DevArgs {
     pub data_dir: PathBuf,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// `n` different loopback ports the OS says are free (all held until the
+/// last is picked, so none repeats).
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let held = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<Vec<_>, _>>()?;
+    Ok(held.iter().map(|l| l.local_addr().map(|a| a.port())).collect::<Result<_, _>>()?)
 }
 
 /// The operators (two: dangerous actions need a second one) and the viewer
@@ -88,10 +91,10 @@ fn node_configs(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf, ConfigKeys)>> {
             .collect();
     }
     let mut peers = BTreeMap::new();
-    let mut admin_ports = Vec::new();
-    for (id, region) in (1u64..).zip(DEV_REGIONS) {
-        peers.insert(id, NodeInfo { grpc_addr: format!("127.0.0.1:{}", free_port()?), region: region.to_string() });
-        admin_ports.push(free_port()?);
+    let mut ports = free_ports(2 * DEV_REGIONS.len())?;
+    let admin_ports = ports.split_off(DEV_REGIONS.len());
+    for ((id, region), port) in (1u64..).zip(DEV_REGIONS).zip(ports) {
+        peers.insert(id, NodeInfo { grpc_addr: format!("127.0.0.1:{port}"), region: region.to_string() });
     }
     let mut configs = Vec::new();
     for ((id, node), (path, admin_port)) in peers.iter().zip(paths.into_iter().zip(admin_ports)) {

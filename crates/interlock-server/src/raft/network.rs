@@ -70,15 +70,15 @@ impl PeerClient {
             .max_decoding_message_size(PEER_MESSAGE_MAX_BYTES)
             .max_encoding_message_size(PEER_MESSAGE_MAX_BYTES);
         let timeout = Timeout { action, id: self.id, target: self.target, timeout: ttl };
-        let response = match tokio::time::timeout(ttl, send(client, RaftMessage { payload })).await {
+        let message = RaftMessage { payload, to: self.target };
+        let response = match tokio::time::timeout(ttl, send(client, message)).await {
             Err(_) => return Err(RPCError::Timeout(timeout)),
-            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&status)))
-            }
             Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
                 return Err(RPCError::Timeout(timeout))
             }
-            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
+            // Down, refusing us, or not the node we meant: openraft backs off
+            // from an unreachable peer instead of retrying at once.
+            Ok(Err(status)) => return Err(RPCError::Unreachable(Unreachable::new(&status))),
             Ok(Ok(response)) => response.into_inner(),
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> = codec::decode(&response.payload)
@@ -134,34 +134,49 @@ impl RaftRpcServer {
     }
 }
 
-fn decode_request<T: DeserializeOwned>(request: Request<RaftMessage>) -> Result<T, Status> {
-    codec::decode(&request.into_inner().payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+impl RaftRpcServer {
+    /// Decodes a Raft message meant for this node; one meant for another id
+    /// is refused before openraft sees it (it could not survive a message a
+    /// leader sent to itself, thinking it talked to a peer).
+    fn accept<T: DeserializeOwned>(&self, request: Request<RaftMessage>) -> Result<T, Status> {
+        let to = request.get_ref().to;
+        if to != self.ctx.id {
+            let reason = format!(
+                "to: this is node {}, not node {to}: the sender's address for node {to} points here",
+                self.ctx.id
+            );
+            // The sender backs off (it sees the peer as unreachable), so this is a line or two a second.
+            tracing::warn!("refused a Raft message: {reason}");
+            return Err(Status::failed_precondition(reason));
+        }
+        codec::decode(&request.into_inner().payload).map_err(|e| Status::invalid_argument(format!("payload: {e}")))
+    }
 }
 
 fn encode_reply<T: Serialize>(value: &T) -> Result<Response<RaftMessage>, Status> {
     let payload = codec::encode(value).map_err(Status::internal)?;
-    Ok(Response::new(RaftMessage { payload }))
+    Ok(Response::new(RaftMessage { payload, to: 0 }))
 }
 
 #[tonic::async_trait]
 impl RaftService for RaftRpcServer {
     async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: AppendEntriesRequest<TypeConfig> = decode_request(request)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = self.accept(request)?;
         encode_reply(&self.raft.append_entries(rpc).await)
     }
 
     async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: VoteRequest<NodeId> = decode_request(request)?;
+        let rpc: VoteRequest<NodeId> = self.accept(request)?;
         encode_reply(&self.raft.vote(rpc).await)
     }
 
     async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let rpc: InstallSnapshotRequest<TypeConfig> = decode_request(request)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = self.accept(request)?;
         encode_reply(&self.raft.install_snapshot(rpc).await)
     }
 
     async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let request: interlock_core::Request = decode_request(request)?;
+        let request: interlock_core::Request = self.accept(request)?;
         // Only what a follower may not propose itself: audit records.
         if !matches!(request.command, interlock_core::Command::Audit { .. }) {
             return Err(Status::permission_denied(format!(
@@ -184,14 +199,13 @@ pub async fn propose_via_leader(ctx: &crate::ctx::NodeCtx, request: interlock_co
     let result = match ctx.propose_by(&request.by, request.command.clone()).await {
         Ok(_) => Ok(()),
         Err(crate::ctx::ProposeError::Status(status)) => Err(status.message().to_string()),
-        Err(crate::ctx::ProposeError::NotLeader(hint)) => match hint.leader_node.as_ref() {
-            None => Err("no leader known".to_string()),
-            Some(leader) => {
+        Err(crate::ctx::ProposeError::NotLeader(hint)) => match (hint.leader_id, hint.leader_node.as_ref()) {
+            (Some(leader_id), Some(leader)) => {
                 async {
                     let channel = ctx.channels.get(&leader.grpc_addr)?;
                     let payload = codec::encode(&request)?;
                     let mut client = RaftClient::new(channel);
-                    let call = client.propose(RaftMessage { payload });
+                    let call = client.propose(RaftMessage { payload, to: leader_id });
                     match tokio::time::timeout(Duration::from_secs(5), call).await {
                         Ok(Ok(_)) => Ok(()),
                         Ok(Err(status)) => Err(status.message().to_string()),
@@ -200,6 +214,7 @@ pub async fn propose_via_leader(ctx: &crate::ctx::NodeCtx, request: interlock_co
                 }
                 .await
             }
+            _ => Err("no leader known".to_string()),
         },
     };
     if let Err(e) = result {
