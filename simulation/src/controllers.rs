@@ -8,7 +8,7 @@ use crate::clock::true_ms;
 use crate::history::{Acting, Shared};
 use crate::world::REGIONS;
 use interlock_agent::drivers::demo::{ActingChange, DemoDatabase};
-use interlock_client::{Client, ControllerConfig, LeaseOptions, RegionController};
+use interlock_client::{Client, ControllerConfig, ControllerMutations, LeaseOptions, RegionController};
 use interlock_core::model::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -113,7 +113,12 @@ fn record(shared: &Shared, region: usize, change: &ActingChange, now: u64) {
 
 /// A controller host: probe server, prober, demo writes, and the SDK's
 /// region controller.
-pub async fn controller(r: usize, client: Client, db: Arc<DemoDatabase>) -> turmoil::Result {
+pub async fn controller(
+    r: usize,
+    client: Client,
+    db: Arc<DemoDatabase>,
+    mutations: ControllerMutations,
+) -> turmoil::Result {
     let listener = turmoil::net::TcpListener::bind(("0.0.0.0", PROBE_PORT)).await?;
     let server_db = db.clone();
     tokio::spawn(async move {
@@ -164,6 +169,7 @@ pub async fn controller(r: usize, client: Client, db: Arc<DemoDatabase>) -> turm
         identity: format!("controller:{}", REGIONS[r]),
         replicas: (0..SHARDS).map(|k| replica_name(k, r)).collect(),
         lease: LeaseOptions::default(),
+        mutations,
     };
     RegionController::run(client, config, db).await?;
     Ok(())

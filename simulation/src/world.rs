@@ -9,7 +9,7 @@ use crate::faults::{plan, Fault, Scheduled};
 use crate::history::{Belief, Shared};
 use crate::net::{self, GRPC_PORT};
 use interlock_agent::drivers::demo::DemoDatabase;
-use interlock_client::{Client, ClientOptions, LeaseKeeper, LeaseOptions, LeaseState};
+use interlock_client::{Client, ClientOptions, ControllerMutations, LeaseKeeper, LeaseOptions, LeaseState};
 use interlock_core::lease::DEFAULT_DRIFT;
 use interlock_core::NodeInfo;
 use interlock_server::api::auth::{Auth, Roles};
@@ -63,15 +63,20 @@ pub enum Mutation {
     /// An operator's revoke of a primary lease frees the key at once (the
     /// hole of Jepsen's etcd lock finding): a cut-off primary still acts.
     RevokeFreesAtOnce,
+    /// A region controller takes a failed demote for a done one: it neither
+    /// fences nor holds back its acknowledgement, so a database that would
+    /// not stop keeps acting beside the next primary.
+    TrustFailedDemote,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 5] = [
+    pub const ALL: [Mutation; 6] = [
         Mutation::SkipKeepaliveConfirmation,
         Mutation::NoResetOnNewTerm,
         Mutation::HolderNoDrift,
         Mutation::NoWitnesses,
         Mutation::RevokeFreesAtOnce,
+        Mutation::TrustFailedDemote,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +86,7 @@ impl Mutation {
             Mutation::HolderNoDrift => "holder-no-drift",
             Mutation::NoWitnesses => "no-witnesses",
             Mutation::RevokeFreesAtOnce => "revoke-frees-at-once",
+            Mutation::TrustFailedDemote => "trust-failed-demote",
         }
     }
 
@@ -202,12 +208,21 @@ pub fn run(config: &RunConfig) -> Report {
         });
     }
     let dbs: Vec<Arc<DemoDatabase>> = (0..REGIONS.len()).map(|r| controllers::database(r, shared.clone())).collect();
+    // In half the seeds one region's database refuses graceful demotes all
+    // run long, as one that hangs on a clean shutdown would: only a fence
+    // stops it, at every switchover and every lost lease there.
+    if let Some(r) = rng.gen_bool(0.5).then(|| rng.gen_range(0..REGIONS.len())) {
+        dbs[r].refuse_demotes(true);
+        shared.lock().note(0, format!("the database of {} refuses graceful demotes", REGIONS[r]));
+    }
+    let controller_mutations =
+        ControllerMutations { trust_failed_demote: config.mutation == Some(Mutation::TrustFailedDemote) };
     for (r, db) in dbs.iter().enumerate() {
         let (endpoints, db) = (endpoints.clone(), db.clone());
         let tls = pki.tls(&controllers::controller_name(r));
         sim.host(controllers::controller_name(r), move || {
             let (endpoints, tls, db) = (endpoints.clone(), tls.clone(), db.clone());
-            async move { controllers::controller(r, client(&endpoints, &tls)?, db).await }
+            async move { controllers::controller(r, client(&endpoints, &tls)?, db, controller_mutations).await }
         });
     }
     {

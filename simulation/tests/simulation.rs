@@ -71,3 +71,8 @@ fn declaring_regions_lost_without_witnesses_is_caught() {
 fn a_revoke_that_frees_a_primary_lease_at_once_is_caught() {
     caught("revoke-frees-at-once");
 }
+
+#[test]
+fn a_controller_that_trusts_a_failed_demote_is_caught() {
+    caught("trust-failed-demote");
+}

@@ -597,6 +597,12 @@ impl TestAgent {
     /// Writes the agent's config (with `ctl-<region>`'s certificate) in
     /// the cluster's directory and starts it.
     pub fn start(cluster: &TestCluster, region: &str) -> TestAgent {
+        TestAgent::start_with(cluster, region, "")
+    }
+
+    /// Like [`TestAgent::start`], with `extra` appended to the config (keys,
+    /// then tables: e.g. `driver = "exec"` and an `[exec]` section).
+    pub fn start_with(cluster: &TestCluster, region: &str, extra: &str) -> TestAgent {
         let (dir, endpoints) = (cluster.dir.path(), cluster.endpoints());
         let id = format!("ctl-{region}");
         let config_path = dir.join(format!("{id}.toml"));
@@ -609,7 +615,7 @@ impl TestAgent {
             None => "tls = \"off\"\n".to_string(),
         };
         let text = format!(
-            "id = {id:?}\nregion = {region:?}\nendpoints = {endpoints:?}\nprobe_listen = \"127.0.0.1:0\"\nacting_log = {:?}\n{tls}",
+            "id = {id:?}\nregion = {region:?}\nendpoints = {endpoints:?}\nprobe_listen = \"127.0.0.1:0\"\nacting_log = {:?}\n{tls}{extra}",
             acting_log.display().to_string()
         );
         std::fs::write(&config_path, text).expect("agent config");
@@ -635,6 +641,11 @@ impl TestAgent {
     }
 
     /// Its acting intervals as logged: (replica, shard, epoch, token, acting?, at_unix_ms).
+    /// The agent's own log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
     pub fn acting_changes(&self) -> Vec<ActingLine> {
         let text = std::fs::read_to_string(&self.acting_log).unwrap_or_default();
         text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()

@@ -1,10 +1,11 @@
 //! The reference region controller, run as `interlockd agent`: the SDK's
-//! [`RegionController`] with a database driver behind it (today the
-//! [`DemoDatabase`]; see [`drivers`]).
+//! [`RegionController`] with a database driver behind it (the
+//! [`DemoDatabase`], or hook programs through [`drivers::exec`]).
 //!
 //! Map of the crate:
 //! - this file: the agent's config and [`run`];
-//! - [`drivers`]: the databases it can drive ([`drivers::demo`]);
+//! - [`drivers`]: the databases it can drive ([`drivers::demo`],
+//!   [`drivers::exec`]);
 //! - [`probes`]: agents probing each other across regions, for witness
 //!   reports (and, for the demo database, replication).
 //!
@@ -23,8 +24,9 @@ pub mod drivers;
 pub mod probes;
 
 use drivers::demo::{ActingChange, DemoDatabase};
+use drivers::exec::{ExecConfig, ExecDriver};
 use interlock_client::{Client, ControllerConfig, LeaseOptions, RegionController};
-use probes::{probe_peers, serve_probes};
+use probes::{probe_peers, serve_probes, Reachability};
 use serde::Deserialize;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -48,6 +50,18 @@ pub struct AgentArgs {
     ///   tls_cert = "/etc/interlock/ctl-eu.pem"  # the nodes give it the role
     ///   tls_key = "/etc/interlock/ctl-eu.key"   # controller:eu-west
     ///   # tls = "off" for a plaintext cluster
+    ///
+    /// The database driver is the demo database unless the file says
+    ///
+    ///   driver = "exec"            # your database, through hook programs
+    ///   [exec]
+    ///   command = ["/etc/interlock/hooks/mydb.sh", "--cluster", "main"]
+    ///   timeout_ms = 10000         # a hook still running is killed: failed
+    ///   status_every_ms = 1000
+    ///
+    /// The hook gets the action (status, promote, demote, fence, routing) as
+    /// its last argument, JSON on stdin and INTERLOCK_* variables; exit 0 is
+    /// done. deploy/hooks/files.sh is a complete example.
     #[arg(long, verbatim_doc_comment)]
     pub config: PathBuf,
 }
@@ -68,12 +82,20 @@ pub struct AgentConfig {
     /// The address other agents should dial (default: the bound address).
     #[serde(default)]
     pub probe_advertise: Option<String>,
-    /// Append a JSON line per start/stop of acting as primary.
+    /// Append a JSON line per start/stop of acting as primary (demo driver).
     #[serde(default)]
     pub acting_log: Option<PathBuf>,
-    /// One demo write per this many ms on each replica acting as primary.
+    /// One demo write per this many ms on each replica acting as primary
+    /// (demo driver).
     #[serde(default = "default_write_every_ms")]
     pub write_every_ms: u64,
+    /// The database driver: "demo" (default) or "exec" (hook programs,
+    /// configured in `[exec]`).
+    #[serde(default)]
+    pub driver: Option<String>,
+    /// The hooks of the exec driver.
+    #[serde(default)]
+    pub exec: Option<ExecConfig>,
     /// "on" (default: tls_ca, tls_cert and tls_key are required) or "off".
     #[serde(default)]
     pub tls: Option<String>,
@@ -104,7 +126,22 @@ impl AgentConfig {
             anyhow::bail!("write_every_ms: must be at least 1");
         }
         config.tls_files()?;
+        config.driver()?;
         Ok(config)
+    }
+
+    /// Which driver runs the replicas, or what is wrong with its settings.
+    pub fn driver(&self) -> anyhow::Result<Driver> {
+        match (self.driver.as_deref().unwrap_or("demo"), &self.exec) {
+            ("demo", None) => Ok(Driver::Demo),
+            ("demo", Some(_)) => anyhow::bail!("exec: only with driver = \"exec\""),
+            ("exec", Some(exec)) => {
+                exec.validate().map_err(anyhow::Error::msg)?;
+                Ok(Driver::Exec(exec.clone()))
+            }
+            ("exec", None) => anyhow::bail!("exec: driver = \"exec\" needs an [exec] section with command"),
+            (other, _) => anyhow::bail!("driver: {other:?} is not \"demo\" or \"exec\""),
+        }
     }
 
     /// The TLS files (None: `tls = "off"`), or which key is missing.
@@ -125,6 +162,13 @@ impl AgentConfig {
             other => anyhow::bail!("tls: {other:?} is not \"on\" or \"off\""),
         }
     }
+}
+
+/// The database driver of an agent.
+#[derive(Debug, Clone)]
+pub enum Driver {
+    Demo,
+    Exec(ExecConfig),
 }
 
 /// One JSON line of the acting log.
@@ -157,6 +201,45 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         None => listener.local_addr()?.to_string(),
     };
     let replicas = replicas_of(&client, &config).await?;
+    announce(&client, &config, &advertise).await;
+    tracing::info!(
+        agent = config.id,
+        region = config.region,
+        probe = advertise,
+        "agent running {} replicas",
+        replicas.len()
+    );
+    let controller = ControllerConfig {
+        id: config.id.clone(),
+        region: config.region.clone(),
+        identity: format!("controller:{}", config.region),
+        replicas: replicas.iter().map(|(r, _)| r.clone()).collect(),
+        lease: LeaseOptions::default(),
+        mutations: Default::default(),
+    };
+    match config.driver()? {
+        Driver::Demo => {
+            let db = Arc::new(demo_database(&config, replicas)?);
+            tokio::spawn(serve_probes(listener, db.clone()));
+            tokio::spawn(probe_peers(client.clone(), config.region.clone(), db.clone()));
+            tokio::spawn(write_ticks(db.clone(), Duration::from_millis(config.write_every_ms)));
+            RegionController::run(client, controller, db).await?;
+        }
+        Driver::Exec(exec) => {
+            let reachable = Arc::new(Reachability::new(&config.region, REACHABLE_WINDOW));
+            let driver = Arc::new(ExecDriver::new(exec, replicas, reachable.clone()).map_err(anyhow::Error::msg)?);
+            tokio::spawn(serve_probes(listener, reachable.clone()));
+            tokio::spawn(probe_peers(client.clone(), config.region.clone(), reachable));
+            tokio::spawn(driver.clone().poll_status());
+            RegionController::run(client, controller, driver).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The demo database, logging (and, with `acting_log`, recording) every
+/// start and stop of acting as primary.
+fn demo_database(config: &AgentConfig, replicas: Vec<(String, String)>) -> anyhow::Result<DemoDatabase> {
     let log = match &config.acting_log {
         Some(path) => Some(Mutex::new(
             std::fs::OpenOptions::new()
@@ -168,7 +251,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         None => None,
     };
     let id = config.id.clone();
-    let db = Arc::new(DemoDatabase::new(&config.region, replicas.clone(), REACHABLE_WINDOW, move |change| {
+    Ok(DemoDatabase::new(&config.region, replicas, REACHABLE_WINDOW, move |change| {
         tracing::info!(
             agent = id,
             "{} {} epoch {} token {}: {}",
@@ -183,27 +266,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let _ = writeln!(file, "{}", acting_line(change));
             let _ = file.flush();
         }
-    }));
-    tokio::spawn(serve_probes(listener, db.clone()));
-    tokio::spawn(probe_peers(client.clone(), config.region.clone(), db.clone()));
-    tokio::spawn(write_ticks(db.clone(), Duration::from_millis(config.write_every_ms)));
-    announce(&client, &config, &advertise).await;
-    tracing::info!(
-        agent = config.id,
-        region = config.region,
-        probe = advertise,
-        "agent running {} replicas",
-        replicas.len()
-    );
-    let controller = ControllerConfig {
-        id: config.id.clone(),
-        region: config.region.clone(),
-        identity: format!("controller:{}", config.region),
-        replicas: replicas.into_iter().map(|(r, _)| r).collect(),
-        lease: LeaseOptions::default(),
-    };
-    RegionController::run(client, controller, db).await?;
-    Ok(())
+    }))
 }
 
 /// (replica, SERVICE/SHARD) of every replica this agent runs.
@@ -244,5 +307,32 @@ async fn write_ticks(db: Arc<DemoDatabase>, every: Duration) {
     loop {
         tick.tick().await;
         db.write_tick();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "id = \"ctl-eu\"\nregion = \"eu-west\"\nendpoints = [\"127.0.0.1:7001\"]\nprobe_listen = \"127.0.0.1:0\"\ntls = \"off\"\n";
+
+    #[test]
+    fn the_driver_and_its_hooks_are_checked_by_key() {
+        assert!(matches!(AgentConfig::parse(BASE).expect("demo").driver(), Ok(Driver::Demo)));
+        let exec = format!("{BASE}driver = \"exec\"\n[exec]\ncommand = [\"/bin/true\"]\n");
+        let config = AgentConfig::parse(&exec).expect("exec");
+        assert!(matches!(config.driver(), Ok(Driver::Exec(e)) if e.timeout_ms == 10_000 && e.status_every_ms == 1_000));
+        let cases = [
+            (format!("{BASE}driver = \"mysql\"\n"), "driver: \"mysql\""),
+            (format!("{BASE}driver = \"exec\"\n"), "exec: driver = \"exec\" needs"),
+            (format!("{BASE}[exec]\ncommand = [\"/bin/true\"]\n"), "exec: only with driver"),
+            (format!("{BASE}driver = \"exec\"\n[exec]\ncommand = []\n"), "exec.command"),
+            (format!("{BASE}driver = \"exec\"\n[exec]\ncommand = [\"x\"]\ntimeout_ms = 5\n"), "exec.timeout_ms"),
+            (format!("{BASE}driver = \"exec\"\n[exec]\ncommand = [\"x\"]\nretries = 5\n"), "retries"),
+        ];
+        for (text, expected) in cases {
+            let err = format!("{:#}", AgentConfig::parse(&text).expect_err(expected));
+            assert!(err.contains(expected), "{expected}: {err}");
+        }
     }
 }

@@ -1,15 +1,19 @@
 //! Agents find each other through the coordinator's key-value space
 //! (`agents/<region>/<id>` = probe address) and probe each other over TCP:
-//! a probe answer proves the region reachable (the witness report) and
-//! carries the demo database's positions, which replicate that way.
+//! a probe answer proves the region reachable (the witness report) and, for
+//! the demo database, carries positions, which replicate that way.
+//!
+//! A probe answer is text: a first line `interlock-probe v1 REGION`, then
+//! whatever the answering side adds (the demo database: `SHARD POSITION`
+//! lines).
 
-use crate::drivers::demo::DemoDatabase;
 use interlock_client::Client;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
 /// How often peers are probed.
 pub const PROBE_EVERY: Duration = Duration::from_millis(200);
@@ -17,9 +21,71 @@ pub const PROBE_EVERY: Duration = Duration::from_millis(200);
 pub const REACHABLE_WINDOW: Duration = Duration::from_millis(1000);
 /// Key prefix under which agents announce their probe addresses.
 pub const AGENTS_PREFIX: &str = "agents/";
+/// First line of a probe answer, before the region.
+const PROBE_HEADER: &str = "interlock-probe v1";
+
+/// What answers probes and learns from the answers to its own.
+pub trait Probed: Send + Sync + 'static {
+    /// The answer to a probe from another agent.
+    fn probe_reply(&self) -> String;
+    /// Takes in an answer received now; false if it was malformed.
+    fn apply_probe(&self, reply: &str) -> bool;
+}
+
+/// The first line of a probe answer from `region`.
+pub fn probe_header(region: &str) -> String {
+    format!("{PROBE_HEADER} {region}\n")
+}
+
+/// Splits a probe answer into its region and the lines after the header;
+/// None if it is not one.
+pub fn parse_probe(reply: &str) -> Option<(&str, std::str::Lines<'_>)> {
+    let mut lines = reply.lines();
+    let region = lines.next()?.strip_prefix(PROBE_HEADER)?.trim();
+    (!region.is_empty()).then_some((region, lines))
+}
+
+/// Which other regions answered a probe lately: the witness report.
+pub struct Reachability {
+    region: String,
+    window: Duration,
+    seen: Mutex<BTreeMap<String, Instant>>,
+}
+
+impl Reachability {
+    pub fn new(region: &str, window: Duration) -> Reachability {
+        Reachability { region: region.to_string(), window, seen: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// `region` answered a probe just now.
+    pub fn saw(&self, region: &str) {
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(region.to_string(), Instant::now());
+    }
+
+    /// The other regions that answered within the window.
+    pub fn regions(&self) -> Vec<String> {
+        let now = Instant::now();
+        let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        seen.iter()
+            .filter(|(region, at)| **region != self.region && now.saturating_duration_since(**at) <= self.window)
+            .map(|(region, _)| region.clone())
+            .collect()
+    }
+}
+
+/// Reachability alone answers with the header only (no replication).
+impl Probed for Reachability {
+    fn probe_reply(&self) -> String {
+        probe_header(&self.region)
+    }
+
+    fn apply_probe(&self, reply: &str) -> bool {
+        parse_probe(reply).map(|(region, _)| self.saw(region)).is_some()
+    }
+}
 
 /// Answers every probe with the database's probe reply.
-pub async fn serve_probes(listener: TcpListener, db: Arc<DemoDatabase>) {
+pub async fn serve_probes<P: Probed>(listener: TcpListener, db: Arc<P>) {
     loop {
         let Ok((mut stream, _)) = listener.accept().await else { continue };
         let reply = db.probe_reply();
@@ -40,7 +106,7 @@ async fn probe_once(addr: &str) -> Option<String> {
 }
 
 /// Probes every other region's agents (found in the key-value space).
-pub async fn probe_peers(client: Client, region: String, db: Arc<DemoDatabase>) {
+pub async fn probe_peers<P: Probed>(client: Client, region: String, db: Arc<P>) {
     let mut peers: BTreeMap<String, String> = BTreeMap::new();
     let mut tick = tokio::time::interval(PROBE_EVERY);
     let mut refreshed = 0u32;

@@ -8,12 +8,19 @@
 //! - watches its assignment and, for each replica, applies it: for PRIMARY it
 //!   first takes over the shard's primary lease (one confirmed keepalive),
 //!   then promotes with the epoch and fencing token, then acknowledges; for
-//!   any other role it demotes and acknowledges with its final position;
+//!   any other role it stops the database acting as primary — a graceful
+//!   demote, and if that fails a verified fence — and only then acknowledges
+//!   with its final position (a role change that did not happen is never
+//!   acknowledged);
+//! - stops a database that acts as primary without this controller holding
+//!   its lease at the current epoch — after a controller restart, say —
+//!   before acknowledging anything for it;
 //! - follows the routing tables, applies each new version through the
 //!   driver and acknowledges it;
-//! - demotes the instant the primary lease's holder deadline passes without
-//!   a renewal (a guard task per lease, independent of everything else), so
-//!   it stops acting before the coordinator could promote anyone else.
+//! - fences the database the instant the primary lease's holder deadline
+//!   passes without a renewal (a guard task per lease, independent of
+//!   everything else), so it stops acting before the coordinator could
+//!   promote anyone else.
 
 use crate::{Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus, RoutingTable};
 use interlock_proto::v1::controller_client::ControllerClient;
@@ -29,25 +36,70 @@ use tokio::sync::{mpsc, watch};
 const RECHECK: Duration = Duration::from_millis(500);
 
 /// The database side of a region controller.
+///
+/// Every call that changes a role returns whether it happened: the
+/// controller acknowledges only what did, and falls back from a failed
+/// [`demote`](ReplicaDriver::demote) to [`fence`](ReplicaDriver::fence).
 pub trait ReplicaDriver: Send + Sync + 'static {
-    /// The current status of every replica this controller runs.
+    /// The current status of every replica this controller runs. A replica
+    /// whose database cannot be reached is reported unhealthy (and is never
+    /// promoted).
     fn status(&self) -> Vec<ReplicaStatus>;
     /// The other regions this controller can reach right now.
     fn reachable_regions(&self) -> Vec<String>;
+    /// Whether `replica`'s database accepts writes as a primary right now,
+    /// whoever made it one. `Err` (cannot tell) is taken as yes.
+    fn is_primary(&self, replica: &str) -> impl Future<Output = Result<bool, String>> + Send;
     /// Start acting as primary of `replica` at `epoch`; writes carry `token`
     /// where the storage can check it. Called only while the primary lease
-    /// is held. Must mark the replica as acting before it returns.
+    /// is held; a database that already is primary only records the new
+    /// epoch and token. Must mark the replica as acting before it returns.
     fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send;
-    /// Stop acting as primary of `replica`, now: when this returns nothing
-    /// more is written as primary. Idempotent.
-    fn demote(&self, replica: &str, reason: &str);
+    /// Stop acting as primary of `replica`, gracefully: `Ok` means nothing
+    /// more is written as primary. Idempotent. `Err` means it may still
+    /// accept writes; the controller then fences it.
+    fn demote(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Make sure, by force, that `replica` accepts no writes, and verify it
+    /// (the database process is gone, or restarted in a mode no session can
+    /// override — a read-only session default is not a fence). `Ok` only
+    /// once verified.
+    fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// Apply a routing table (weights per region, basis points summing to
     /// 10 000) to the region's load balancers. Called for every new version;
     /// the controller acknowledges the version once this returns Ok.
-    fn apply_routing(&self, table: &RoutingTable) -> Result<(), String> {
+    fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {
         let _ = table;
-        Ok(())
+        std::future::ready(Ok(()))
     }
+}
+
+/// Deliberate bugs for the simulation's mutation tests, which show that its
+/// invariants catch them. Leave at the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ControllerMutations {
+    /// Take a failed demote for a done one: no fence, and the role change is
+    /// acknowledged.
+    pub trust_failed_demote: bool,
+}
+
+/// Stops `replica` acting as primary: a graceful demote, then a fence if
+/// that failed. `Err` only if both failed — it may still accept writes.
+async fn stop<D: ReplicaDriver>(
+    driver: &D,
+    replica: &str,
+    reason: &str,
+    mutations: ControllerMutations,
+) -> Result<(), String> {
+    let demoted = driver.demote(replica, reason).await;
+    let Err(e) = demoted else { return Ok(()) };
+    if mutations.trust_failed_demote {
+        return Ok(());
+    }
+    tracing::warn!(replica, "demote failed ({e}); fencing");
+    driver
+        .fence(replica, &format!("{reason}; demote failed: {e}"))
+        .await
+        .map_err(|f| format!("demote: {e}; fence: {f}"))
 }
 
 /// Who the controller is.
@@ -58,6 +110,7 @@ pub struct ControllerConfig {
     pub identity: String,
     pub replicas: Vec<String>,
     pub lease: LeaseOptions,
+    pub mutations: ControllerMutations,
 }
 
 /// A running region controller.
@@ -84,6 +137,7 @@ impl RegionController {
                 replica: replica.clone(),
                 lease: config.lease.clone(),
                 driver: driver.clone(),
+                mutations: config.mutations,
                 acting: None,
             };
             tokio::spawn(actor.run(rx));
@@ -142,7 +196,7 @@ async fn follow_routing<D: ReplicaDriver>(client: Client, id: String, driver: Ar
             if applied.get(&table.service) >= Some(&table.version) {
                 continue;
             }
-            if let Err(e) = driver.apply_routing(&table) {
+            if let Err(e) = driver.apply_routing(&table).await {
                 tracing::warn!(service = table.service, "applying routing version {}: {e}", table.version);
                 continue;
             }
@@ -226,6 +280,8 @@ async fn heartbeats<D: ReplicaDriver>(client: Client, id: String, driver: Arc<D>
 struct Acting {
     epoch: u64,
     token: u64,
+    /// false: the promotion failed, and the replica is being stopped.
+    promoted: bool,
     /// Demotes at the holder deadline; owns the lease keeper.
     guard: tokio::task::JoinHandle<()>,
 }
@@ -236,6 +292,7 @@ struct ReplicaActor<D> {
     replica: String,
     lease: LeaseOptions,
     driver: Arc<D>,
+    mutations: ControllerMutations,
     acting: Option<Acting>,
 }
 
@@ -253,10 +310,34 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
         }
     }
 
-    fn stop_acting(&mut self, reason: &str) {
-        if let Some(acting) = self.acting.take() {
-            acting.guard.abort();
-            self.driver.demote(&self.replica, reason);
+    /// Makes sure the database does not act as primary: the one this
+    /// controller promoted, or one that acts as primary without it (after a
+    /// restart). `false` if it could not be stopped: then nothing is
+    /// acknowledged and it is tried again. The coordinator frees a demoted
+    /// primary's lease on the acknowledgement or at the lease's deadline,
+    /// when the guard fences again; a database that even a fence cannot stop
+    /// by then is past what a coordinator can do (writers that check the
+    /// fencing token are the last line).
+    async fn stop_acting(&mut self, reason: &str) -> bool {
+        let acting = self.acting.as_ref().is_some_and(|a| !a.guard.is_finished());
+        let stray = !acting && self.driver.is_primary(&self.replica).await.unwrap_or(true);
+        if !acting && !stray {
+            self.acting = None;
+            return true;
+        }
+        let reason =
+            if stray { format!("{reason}; it acts as primary without a lease held here") } else { reason.into() };
+        match stop(self.driver.as_ref(), &self.replica, &reason, self.mutations).await {
+            Ok(()) => {
+                if let Some(acting) = self.acting.take() {
+                    acting.guard.abort();
+                }
+                true
+            }
+            Err(e) => {
+                tracing::error!(replica = self.replica, "cannot stop acting as primary: {e}; retrying");
+                false
+            }
         }
     }
 
@@ -279,16 +360,19 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
 
     async fn reconcile(&mut self, a: &ReplicaAssignment) {
         if a.role != "PRIMARY" {
-            self.stop_acting(&format!("assigned {} at epoch {}", a.role, a.epoch));
-            if !a.acknowledged {
+            if self.stop_acting(&format!("assigned {} at epoch {}", a.role, a.epoch)).await && !a.acknowledged {
                 self.acknowledge(a).await;
             }
             return;
         }
-        let current = self.acting.as_ref().filter(|x| !x.guard.is_finished());
+        let current = self.acting.as_ref().filter(|x| x.promoted && !x.guard.is_finished());
         let same = current.is_some_and(|x| x.epoch == a.epoch && (a.lease_token == 0 || x.token == a.lease_token));
         if !same {
-            self.stop_acting(&format!("primary lease or epoch changed (epoch {})", a.epoch));
+            // What acted under another lease or epoch (or failed to promote)
+            // stops first.
+            if self.acting.is_some() && !self.stop_acting(&format!("epoch {} replaces it", a.epoch)).await {
+                return;
+            }
             let keeper = if a.lease_token != 0 {
                 LeaseKeeper::adopt(&self.client, &a.primary_lease_key, a.lease_token, self.lease.clone()).await
             } else {
@@ -297,30 +381,36 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
                 LeaseKeeper::acquire(&self.client, &a.primary_lease_key, &self.replica, ttl, self.lease.clone()).await
             };
             let mut keeper = match keeper {
-                Ok(k) => k,
-                Err(e) => {
-                    tracing::debug!(replica = self.replica, "primary lease: {e}");
+                Ok(k) if k.is_held() => k,
+                other => {
+                    if let Err(e) = other {
+                        tracing::debug!(replica = self.replica, "primary lease: {e}");
+                    }
+                    // Not under the lease: a database acting as primary anyway
+                    // (left so by a controller that restarted) must stop.
+                    self.stop_acting("the primary lease is not held here").await;
                     return;
                 }
             };
             let token = keeper.token();
-            if !keeper.is_held() {
-                return;
-            }
             // The guard runs before promotion starts, so that a deadline that
-            // passes during the promotion demotes it too.
+            // passes during the promotion stops it too.
+            // At the deadline there is no time for a graceful demote: fence.
             let (driver, replica) = (self.driver.clone(), self.replica.clone());
             let guard = tokio::spawn(async move {
-                let reason = keeper.lost().await;
-                driver.demote(&replica, &format!("primary lease lost: {reason}"));
+                let reason = format!("primary lease lost: {}", keeper.lost().await);
+                while let Err(e) = driver.fence(&replica, &reason).await {
+                    tracing::error!(replica, "the primary lease is lost and the fence failed: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             });
-            if let Err(e) = self.driver.promote(&self.replica, a.epoch, token).await {
+            let promoted = self.driver.promote(&self.replica, a.epoch, token).await;
+            self.acting = Some(Acting { epoch: a.epoch, token, promoted: promoted.is_ok(), guard });
+            if let Err(e) = promoted {
                 tracing::warn!(replica = self.replica, "promote failed: {e}");
-                guard.abort();
-                self.driver.demote(&self.replica, "promote failed");
+                self.stop_acting("promote failed").await;
                 return;
             }
-            self.acting = Some(Acting { epoch: a.epoch, token, guard });
         }
         if !a.acknowledged {
             self.acknowledge(a).await;

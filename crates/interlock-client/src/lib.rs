@@ -39,7 +39,7 @@ mod error;
 mod lease_keeper;
 mod watch;
 
-pub use controller::{ControllerConfig, RegionController, ReplicaDriver};
+pub use controller::{ControllerConfig, ControllerMutations, RegionController, ReplicaDriver};
 pub use error::ClientError;
 pub use interlock_tls::{Pem, Tls, TlsFiles};
 pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};

@@ -13,15 +13,12 @@
 //! a higher position if its region returns.
 //! Transport (real TCP or simulated) is the caller's.
 
+use crate::probes::{parse_probe, probe_header, Probed, Reachability};
 use interlock_client::{ReplicaDriver, ReplicaStatus, RoutingTable};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio::time::Instant;
-
-/// First line of a probe answer.
-const PROBE_HEADER: &str = "interlock-probe v1";
 
 /// A replica started or stopped acting as primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,7 +46,7 @@ type Observer = Box<dyn Fn(&ActingChange) + Send + Sync>;
 /// The demo database of one controller: its replicas, keyed by id.
 pub struct DemoDatabase {
     region: String,
-    reachable_window: Duration,
+    reachable: Reachability,
     inner: Mutex<Inner>,
     observer: Observer,
 }
@@ -58,8 +55,8 @@ struct Inner {
     /// Routing applied to "the load balancers": service -> (version, weights).
     routing: BTreeMap<String, (u64, BTreeMap<String, u32>)>,
     replicas: BTreeMap<String, DemoReplica>,
-    /// Region -> when a probe of it last succeeded.
-    reachable: BTreeMap<String, Instant>,
+    /// Graceful demotes fail (see [`DemoDatabase::refuse_demotes`]).
+    refuse_demotes: bool,
 }
 
 impl DemoDatabase {
@@ -75,8 +72,8 @@ impl DemoDatabase {
             replicas.into_iter().map(|(id, shard)| (id, DemoReplica { shard, position: 0, acting: None })).collect();
         DemoDatabase {
             region: region.to_string(),
-            reachable_window,
-            inner: Mutex::new(Inner { routing: BTreeMap::new(), replicas, reachable: BTreeMap::new() }),
+            reachable: Reachability::new(region, reachable_window),
+            inner: Mutex::new(Inner { routing: BTreeMap::new(), replicas, refuse_demotes: false }),
             observer: Box::new(observer),
         }
     }
@@ -124,7 +121,7 @@ impl DemoDatabase {
     /// The answer to a probe from another controller.
     pub fn probe_reply(&self) -> String {
         let inner = self.lock();
-        let mut out = format!("{PROBE_HEADER} {}\n", self.region);
+        let mut out = probe_header(&self.region);
         // Every replica serves what it has: a demoted primary's last writes
         // still reach the replicas that lag behind it (as WAL would).
         for r in inner.replicas.values() {
@@ -137,15 +134,9 @@ impl DemoDatabase {
     /// our replicas of its primaries' shards catch up. Malformed answers are
     /// ignored (returns false).
     pub fn apply_probe(&self, reply: &str) -> bool {
-        let mut lines = reply.lines();
-        let Some(region) = lines.next().and_then(|l| l.strip_prefix(PROBE_HEADER)).map(str::trim) else {
-            return false;
-        };
-        if region.is_empty() {
-            return false;
-        }
+        let Some((region, lines)) = parse_probe(reply) else { return false };
+        self.reachable.saw(region);
         let mut inner = self.lock();
-        inner.reachable.insert(region.to_string(), Instant::now());
         for line in lines {
             let Some((shard, position)) = line.split_once(' ') else { continue };
             let Ok(position) = position.trim().parse::<u64>() else { continue };
@@ -154,6 +145,16 @@ impl DemoDatabase {
             }
         }
         true
+    }
+}
+
+impl Probed for DemoDatabase {
+    fn probe_reply(&self) -> String {
+        DemoDatabase::probe_reply(self)
+    }
+
+    fn apply_probe(&self, reply: &str) -> bool {
+        DemoDatabase::apply_probe(self, reply)
     }
 }
 
@@ -167,18 +168,14 @@ impl ReplicaDriver for DemoDatabase {
     }
 
     fn reachable_regions(&self) -> Vec<String> {
-        let now = Instant::now();
-        self.lock()
-            .reachable
-            .iter()
-            .filter(|(region, at)| {
-                **region != self.region && now.saturating_duration_since(**at) <= self.reachable_window
-            })
-            .map(|(region, _)| region.clone())
-            .collect()
+        self.reachable.regions()
     }
 
     fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send {
+        // Already primary under another epoch or token: that ends here.
+        if self.acting(replica).is_some_and(|now| now != (epoch, token)) {
+            self.stop(replica, &format!("promoted again at epoch {epoch}"));
+        }
         let change = {
             let mut inner = self.lock();
             match inner.replicas.get_mut(replica) {
@@ -203,13 +200,35 @@ impl ReplicaDriver for DemoDatabase {
         std::future::ready(change.map(|_| ()))
     }
 
-    fn apply_routing(&self, table: &RoutingTable) -> Result<(), String> {
+    fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {
         let weights = table.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
         self.lock().routing.insert(table.service.clone(), (table.version, weights));
-        Ok(())
+        std::future::ready(Ok(()))
     }
 
-    fn demote(&self, replica: &str, reason: &str) {
+    fn is_primary(&self, replica: &str) -> impl Future<Output = Result<bool, String>> + Send {
+        std::future::ready(Ok(self.acting(replica).is_some()))
+    }
+
+    fn demote(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let result = if self.lock().refuse_demotes && self.acting(replica).is_some() {
+            Err("the database refuses a graceful demote".to_string())
+        } else {
+            self.stop(replica, reason);
+            Ok(())
+        };
+        std::future::ready(result)
+    }
+
+    fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
+        self.stop(replica, &format!("fenced: {reason}"));
+        std::future::ready(Ok(()))
+    }
+}
+
+impl DemoDatabase {
+    /// Stops `replica` acting as primary (if it did) and tells the observer.
+    fn stop(&self, replica: &str, reason: &str) {
         let change = {
             let mut inner = self.lock();
             inner.replicas.get_mut(replica).and_then(|r| {
@@ -227,6 +246,13 @@ impl ReplicaDriver for DemoDatabase {
         if let Some(change) = change {
             (self.observer)(&change);
         }
+    }
+
+    /// From now on graceful demotes fail while a replica acts as primary
+    /// (`true`), as a database that hangs on a clean shutdown would; only a
+    /// fence stops it. For the simulation.
+    pub fn refuse_demotes(&self, refuse: bool) {
+        self.lock().refuse_demotes = refuse;
     }
 }
 
@@ -251,9 +277,21 @@ mod tests {
         assert_eq!(us.reachable_regions(), vec!["eu".to_string()]);
         assert!(!us.apply_probe("garbage\norders/0 99"), "malformed answers change nothing");
         assert_eq!(us.position("o-us"), Some(5));
-        eu.demote("o-eu", "test");
-        eu.demote("o-eu", "again: idempotent");
+        eu.demote("o-eu", "test").await.expect("demote");
+        eu.demote("o-eu", "again: idempotent").await.expect("demote");
         let log = changes.lock().unwrap_or_else(|p| p.into_inner()).clone();
         assert_eq!(log.iter().map(|c| (c.acting, c.position)).collect::<Vec<_>>(), vec![(true, 0), (false, 5)]);
+    }
+
+    #[tokio::test]
+    async fn a_database_that_refuses_demotes_is_stopped_only_by_a_fence() {
+        let db = DemoDatabase::new("eu", [("o-eu".into(), "orders/0".into())], Duration::from_secs(1), |_| {});
+        db.refuse_demotes(true);
+        db.promote("o-eu", 1, 7).await.expect("promote");
+        assert!(db.demote("o-eu", "switchover").await.is_err());
+        assert_eq!(db.is_primary("o-eu").await, Ok(true), "a failed demote leaves it acting");
+        db.fence("o-eu", "switchover").await.expect("fence");
+        assert_eq!(db.is_primary("o-eu").await, Ok(false));
+        assert!(db.demote("o-eu", "again").await.is_ok(), "nothing to demote: done");
     }
 }

@@ -1,8 +1,11 @@
 //! The databases a region controller drives, each a
 //! [`interlock_client::ReplicaDriver`]:
 //! - [`demo`]: a stand-in database for `interlockd dev`, the simulation and
-//!   the tests.
+//!   the tests;
+//! - [`exec`]: hook programs, for any database (MySQL, Redis, your own
+//!   tooling).
 //!
-//! PostgreSQL and `exec` hooks come next (see the issues).
+//! PostgreSQL comes next (see the issues).
 
 pub mod demo;
+pub mod exec;
