@@ -117,3 +117,32 @@ async fn hooks_promote_with_the_token_and_a_role_change_is_acknowledged_only_onc
     assert!(is_primary(&cluster, "eu-west", "o0-eu"));
     drop(eu);
 }
+
+/// A controller that restarts finds its database acting as primary while
+/// the coordinator says another replica is: it stops it (here the demote is
+/// refused, so it fences) before it acknowledges anything for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_controller_stops_a_database_that_is_primary_without_its_lease() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let client = cluster.client();
+    client.apply_topology(&topology(), false).await.expect("apply topology");
+    let _eu = exec_agent(&cluster, "eu-west");
+    eventually("o0-eu promoted and acknowledged", Duration::from_secs(30), || settled_on(&client, "o0-eu")).await;
+
+    // us-east's database was left acting as primary (by a controller that died).
+    let us_dir = hook_dir(&cluster, "us-east");
+    std::fs::create_dir_all(&us_dir).expect("dir");
+    std::fs::write(us_dir.join("o0-us.primary"), "1 1\n").expect("stray primary");
+    std::fs::write(us_dir.join("refuse-demote"), "").expect("refuse-demote");
+    let us = exec_agent(&cluster, "us-east");
+    eventually("the stray primary is fenced", Duration::from_secs(30), || async {
+        !is_primary(&cluster, "us-east", "o0-us")
+    })
+    .await;
+    assert!(actions(&cluster, "us-east").contains(" fence o0-us"), "{}", us.log());
+    eventually("o0-us acknowledged as a replica", Duration::from_secs(30), || async {
+        client.replicas().await.is_ok_and(|r| r.iter().any(|r| r.id == "o0-us" && r.acked_role == "REPLICA"))
+    })
+    .await;
+    assert!(is_primary(&cluster, "eu-west", "o0-eu"), "the real primary is untouched");
+}
