@@ -282,7 +282,7 @@ struct Acting {
     token: u64,
     /// false: the promotion failed, and the replica is being stopped.
     promoted: bool,
-    /// Demotes at the holder deadline; owns the lease keeper.
+    /// Fences at the holder deadline; owns the lease keeper.
     guard: tokio::task::JoinHandle<()>,
 }
 
@@ -394,8 +394,8 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
             };
             let token = keeper.token();
             // The guard runs before promotion starts, so that a deadline that
-            // passes during the promotion stops it too.
-            // At the deadline there is no time for a graceful demote: fence.
+            // passes during the promotion stops it too. At the deadline there
+            // is no time for a graceful demote: it fences.
             let (driver, replica) = (self.driver.clone(), self.replica.clone());
             let guard = tokio::spawn(async move {
                 let reason = format!("primary lease lost: {}", keeper.lost().await);
