@@ -6,7 +6,7 @@
 //!
 //! | action | when | must |
 //! |---|---|---|
-//! | `status` | every `status_every_ms`, and before a stray primary is judged | print the status JSON below |
+//! | `status` | every `status_every_ms`, and after every demote and fence | print the status JSON below |
 //! | `promote` | under the primary lease | make the replica accept writes as primary at this epoch; record the token where writers can check it |
 //! | `demote` | assigned another role | stop accepting writes, gracefully |
 //! | `fence` | a demote failed, or the lease's deadline passed | stop it accepting writes by force |
@@ -191,9 +191,14 @@ impl ExecDriver {
         }
     }
 
-    /// Whether the latest fresh status says `replica` is primary.
-    async fn fresh_primary(&self, replica: &str) -> Result<bool, String> {
-        self.refresh().await?;
+    /// Whether `status` says `replica` is primary: the last answer if it is
+    /// younger than `status_every_ms` and `fresh` is not asked for, else a
+    /// new one.
+    async fn says_primary(&self, replica: &str, fresh: bool) -> Result<bool, String> {
+        let every = Duration::from_millis(self.config.status_every_ms);
+        if fresh || self.known().at.is_none_or(|at| at.elapsed() > every) {
+            self.refresh().await?;
+        }
         let known = self.known();
         let answer =
             known.replicas.get(replica).ok_or_else(|| format!("status: replica {replica} is not in the answer"))?;
@@ -205,7 +210,7 @@ impl ExecDriver {
         let shard = self.replicas.get(replica).ok_or_else(|| format!("replica {replica} is not run here"))?;
         let input = HookInput { action, replica, shard, epoch, token, reason, ..Default::default() };
         self.run(&input).await?;
-        if action != "promote" && self.fresh_primary(replica).await? {
+        if action != "promote" && self.says_primary(replica, true).await? {
             return Err(format!("the {action} hook exited 0 but status still says {replica} is primary"));
         }
         Ok(())
@@ -235,12 +240,17 @@ impl ExecDriver {
             .kill_on_drop(true);
         let mut child = command.spawn().map_err(|e| format!("{action}: cannot run {program}: {e}"))?;
         let pid = child.id();
-        if let Some(mut pipe) = child.stdin.take() {
-            // A hook that does not read its input is fine.
-            let _ = pipe.write_all(&stdin).await;
-        }
+        let pipe = child.stdin.take();
+        let finished = async move {
+            if let Some(mut pipe) = pipe {
+                // A hook that does not read its input is fine; closing the
+                // pipe tells one that does where the input ends.
+                let _ = pipe.write_all(&stdin).await;
+            }
+            child.wait_with_output().await
+        };
         let timeout = Duration::from_millis(self.config.timeout_ms);
-        let output = match tokio::time::timeout(timeout, child.wait_with_output()).await {
+        let output = match tokio::time::timeout(timeout, finished).await {
             Ok(output) => output.map_err(|e| format!("{action}: {e}"))?,
             Err(_) => {
                 if let Some(pid) = pid {
@@ -295,7 +305,7 @@ impl ReplicaDriver for ExecDriver {
     }
 
     fn is_primary(&self, replica: &str) -> impl Future<Output = Result<bool, String>> + Send {
-        self.fresh_primary(replica)
+        self.says_primary(replica, false)
     }
 
     fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send {
