@@ -16,6 +16,7 @@
 #   REPLICA.primary   exists while REPLICA accepts writes; holds "EPOCH TOKEN"
 #                     (a real database keeps these in a table its writers check)
 #   REPLICA.position  its replication position (0 if absent)
+#   REPLICA.follows   "PRIMARY ADDRESS" this standby replicates from
 #   actions.log       one line per call: unix ms, action, replica
 #   refuse-demote     if present, a graceful demote fails (the agent then fences)
 #   hang-fence        if present, a fence hangs (the agent kills it at timeout_ms)
@@ -60,6 +61,11 @@ fence)
     while [ -f "$state/hang-fence" ]; do sleep 0.1; done
     rm -f "$state/$replica.primary"
     echo "fenced $replica: $INTERLOCK_REASON" >&2
+    ;;
+follow)
+    # A standby replicates from the primary's database at this address.
+    echo "$INTERLOCK_PRIMARY $INTERLOCK_PRIMARY_ADDRESS" > "$state/$replica.follows"
+    echo "$replica follows $INTERLOCK_PRIMARY at $INTERLOCK_PRIMARY_ADDRESS" >&2
     ;;
 routing)
     # The table arrives on stdin as {"routing": {"service", "version", "weights"}}.

@@ -15,9 +15,24 @@ pub struct SimClock {
     pub offset_ms: i64,
 }
 
-/// True simulated time since the start, in ms.
+thread_local! {
+    /// The true time the driver works at, outside every host (see [`at`]).
+    static DRIVER_NOW: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// True simulated time since the start, in ms: on a host, turmoil's; in the
+/// driver (faults applied between steps), the time given to [`at`].
 pub fn true_ms() -> u64 {
-    turmoil::sim_elapsed().map_or(0, |d| d.as_millis() as u64)
+    turmoil::sim_elapsed().map(|d| d.as_millis() as u64).or_else(|| DRIVER_NOW.with(|n| n.get())).unwrap_or(0)
+}
+
+/// Runs `f` (in the driver, outside every host) with [`true_ms`] at `now`,
+/// so that what it records (a database dying) carries the right time.
+pub fn at<T>(now: u64, f: impl FnOnce() -> T) -> T {
+    DRIVER_NOW.with(|n| n.set(Some(now)));
+    let out = f();
+    DRIVER_NOW.with(|n| n.set(None));
+    out
 }
 
 impl Clock for SimClock {

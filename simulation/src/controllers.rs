@@ -58,6 +58,7 @@ pub fn topology(no_witnesses: bool) -> Topology {
                         id: replica_name(k, r),
                         region: REGIONS[r].to_string(),
                         priority: [100, 90, 50][rank],
+                        address: String::new(),
                     }
                 })
                 .collect(),
@@ -169,6 +170,7 @@ pub async fn controller(
         identity: format!("controller:{}", REGIONS[r]),
         replicas: (0..SHARDS).map(|k| replica_name(k, r)).collect(),
         lease: LeaseOptions::default(),
+        give_up_after: ControllerConfig::GIVE_UP_AFTER,
         mutations,
     };
     RegionController::run(client, config, db).await?;

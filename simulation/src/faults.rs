@@ -31,6 +31,10 @@ pub enum Fault {
     /// regions' controllers still reach it: a partial partition that must
     /// not be taken for a region loss.
     ControllerCut(usize),
+    /// The database server under a current primary dies while its region
+    /// (coordinator, controller, network) lives; it restarts when the fault
+    /// ends — as a primary again, unless it was fenced meanwhile.
+    PrimaryDatabaseDown,
 }
 
 impl fmt::Display for Fault {
@@ -46,6 +50,7 @@ impl fmt::Display for Fault {
             Fault::DelayBurst(a, b) => write!(f, "hold traffic between n{} and n{}", a + 1, b + 1),
             Fault::CutCurrentHolder => write!(f, "cut the current lease holder from the coordinators"),
             Fault::ControllerCut(r) => write!(f, "cut controller c-{} from the coordinators", REGIONS[*r]),
+            Fault::PrimaryDatabaseDown => write!(f, "the database server under a current primary dies"),
         }
     }
 }
@@ -74,7 +79,7 @@ pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) 
         let mut duration = rng.gen_range(2_000..12_000);
         let r = rng.gen_range(0..REGIONS.len());
         let other = (r + 1 + rng.gen_range(0..REGIONS.len() - 1)) % REGIONS.len();
-        let fault = match rng.gen_range(0..11) {
+        let fault = match rng.gen_range(0..12) {
             0 => Fault::IsolateRegion(r),
             1 => Fault::CutHolder(r),
             2 => Fault::OneWay(r, other),
@@ -91,6 +96,10 @@ pub fn plan(rng: &mut impl Rng, from_ms: u64, until_ms: u64, lease_ttl_ms: u64) 
                 Fault::CutCurrentHolder
             }
             9 => Fault::ControllerCut(r),
+            10 => {
+                duration = rng.gen_range(4_000..20_000);
+                Fault::PrimaryDatabaseDown
+            }
             _ => {
                 // A flapping region: isolated and reconnected in short bursts.
                 let end = (t + duration).min(until_ms);

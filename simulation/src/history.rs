@@ -89,6 +89,9 @@ pub struct History {
     pub acting: Vec<Acting>,
     /// Regions cut off by a fault.
     pub cuts: Vec<Cut>,
+    /// Database servers that died under a primary while their region lived
+    /// (`region` is the database's).
+    pub db_downs: Vec<Cut>,
     /// (true ms seen, region) of every `region.lost` event.
     pub lost_declared: Vec<(u64, usize)>,
     /// Routing tables as last read by the observer: service -> version.

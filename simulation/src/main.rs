@@ -35,6 +35,11 @@ struct Cli {
     /// revoke-frees-at-once.
     #[arg(long)]
     mutation: Option<String>,
+    /// Pin the lease TTL (seconds) instead of drawing it from the seed
+    /// (3, 5, 10 or 20). A long TTL widens the clock-drift window that the
+    /// holder-no-drift mutation needs.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
+    lease_ttl_s: Option<u64>,
     /// Seeds run in parallel (one thread each).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -74,12 +79,15 @@ fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Runs one seed in a fresh child process: process-wide state (tokio's task
 /// ids, for one) would otherwise carry from one run into the next and make a
 /// seed's trace depend on what ran before it.
-fn run_in_process(seed: u64, mutation: Option<Mutation>) -> Result<Report, String> {
+fn run_in_process(seed: u64, mutation: Option<Mutation>, lease_ttl_s: Option<u64>) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut command = std::process::Command::new(exe);
     command.args(["--worker", "--seed", &seed.to_string()]);
     if let Some(m) = mutation {
         command.args(["--mutation", m.name()]);
+    }
+    if let Some(ttl) = lease_ttl_s {
+        command.args(["--lease-ttl-s", &ttl.to_string()]);
     }
     let output = command.stderr(std::process::Stdio::inherit()).output().map_err(|e| e.to_string())?;
     if !output.status.success() {
@@ -90,9 +98,9 @@ fn run_in_process(seed: u64, mutation: Option<Mutation>) -> Result<Report, Strin
 
 /// Failover times over every run: region cut off -> every shard it held
 /// has a primary acting elsewhere (cuts that healed first are counted apart).
-fn failover_stats(reports: &[Report]) -> serde_json::Value {
-    let mut times: Vec<u64> = reports.iter().flat_map(|r| r.failovers.iter().flatten().copied()).collect();
-    let healed_first = reports.iter().flat_map(|r| &r.failovers).filter(|f| f.is_none()).count();
+fn failover_stats(reports: &[Report], of: impl Fn(&Report) -> &[Option<u64>]) -> serde_json::Value {
+    let mut times: Vec<u64> = reports.iter().flat_map(|r| of(r).iter().flatten().copied()).collect();
+    let healed_first = reports.iter().flat_map(&of).filter(|f| f.is_none()).count();
     times.sort_unstable();
     let at = |q: f64| times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
     serde_json::json!({
@@ -101,9 +109,10 @@ fn failover_stats(reports: &[Report]) -> serde_json::Value {
     })
 }
 
-fn reproduce(seed: u64, mutation: Option<Mutation>) -> String {
+fn reproduce(seed: u64, mutation: Option<Mutation>, lease_ttl_s: Option<u64>) -> String {
     let m = mutation.map(|m| format!(" --mutation {}", m.name())).unwrap_or_default();
-    format!("cargo run -p interlock-simulation --bin interlock-sim -- --seed {seed}{m} --trace")
+    let ttl = lease_ttl_s.map(|t| format!(" --lease-ttl-s {t}")).unwrap_or_default();
+    format!("cargo run -p interlock-simulation --bin interlock-sim -- --seed {seed}{m}{ttl} --trace")
 }
 
 fn main() -> std::process::ExitCode {
@@ -134,7 +143,8 @@ fn main() -> std::process::ExitCode {
     };
     if cli.worker {
         // One seed in this fresh process: no state left by another run.
-        let report = on_big_stack(move || run(&RunConfig { seed: seeds.start, mutation }));
+        let lease_ttl_s = cli.lease_ttl_s;
+        let report = on_big_stack(move || run(&RunConfig { seed: seeds.start, mutation, lease_ttl_s }));
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
         return std::process::ExitCode::SUCCESS;
     }
@@ -148,7 +158,7 @@ fn main() -> std::process::ExitCode {
                 if seed >= seeds.end || stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let report = match run_in_process(seed, mutation) {
+                let report = match run_in_process(seed, mutation, cli.lease_ttl_s) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("seed {seed}: the worker failed: {e}");
@@ -187,7 +197,8 @@ fn main() -> std::process::ExitCode {
     let failures: Vec<u64> = reports.iter().filter(|r| !r.violations.is_empty()).map(|r| r.seed).collect();
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     let simulated_s: f64 = reports.iter().map(|r| r.simulated_ms as f64 / 1000.0).sum();
-    let failover = failover_stats(&reports);
+    let failover = failover_stats(&reports, |r| &r.failovers);
+    let dead_primary = failover_stats(&reports, |r| &r.dead_primary_failovers);
     if cli.json {
         let value = serde_json::json!({
             "scenario": cli.scenario,
@@ -202,6 +213,7 @@ fn main() -> std::process::ExitCode {
             "acknowledged_writes": reports.iter().map(|r| r.acked_writes).sum::<usize>(),
             "region_loss_declarations": reports.iter().map(|r| r.lost_declared).sum::<usize>(),
             "failover_ms": failover,
+            "dead_primary_failover_ms": dead_primary,
             "digests": reports.iter().map(|r| format!("{:016x}", r.digest)).collect::<Vec<_>>(),
         });
         println!("{value}");
@@ -214,8 +226,9 @@ fn main() -> std::process::ExitCode {
             failures.len()
         );
         println!("region cut off -> its shards' primaries acting elsewhere: {failover}");
+        println!("primary's database dead, region alive -> primaries acting elsewhere: {dead_primary}");
         for seed in &failures {
-            println!("  reproduce: {}", reproduce(*seed, mutation));
+            println!("  reproduce: {}", reproduce(*seed, mutation, cli.lease_ttl_s));
         }
     }
     if failures.is_empty() {

@@ -67,16 +67,21 @@ pub enum Mutation {
     /// fences nor holds back its acknowledgement, so a database that would
     /// not stop keeps acting beside the next primary.
     TrustFailedDemote,
+    /// A region controller gives up a dead primary's lease without fencing
+    /// it: when the database restarts it is a primary again, beside the one
+    /// promoted in its place.
+    GiveUpUnfenced,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 6] = [
+    pub const ALL: [Mutation; 7] = [
         Mutation::SkipKeepaliveConfirmation,
         Mutation::NoResetOnNewTerm,
         Mutation::HolderNoDrift,
         Mutation::NoWitnesses,
         Mutation::RevokeFreesAtOnce,
         Mutation::TrustFailedDemote,
+        Mutation::GiveUpUnfenced,
     ];
 
     pub fn name(self) -> &'static str {
@@ -87,6 +92,7 @@ impl Mutation {
             Mutation::NoWitnesses => "no-witnesses",
             Mutation::RevokeFreesAtOnce => "revoke-frees-at-once",
             Mutation::TrustFailedDemote => "trust-failed-demote",
+            Mutation::GiveUpUnfenced => "give-up-unfenced",
         }
     }
 
@@ -100,6 +106,9 @@ impl Mutation {
 pub struct RunConfig {
     pub seed: u64,
     pub mutation: Option<Mutation>,
+    /// Overrides the lease TTL drawn from the seed (the draw still happens,
+    /// so the rest of the run's randomness is unchanged).
+    pub lease_ttl_s: Option<u64>,
 }
 
 /// The outcome of one seed.
@@ -111,6 +120,10 @@ pub struct Report {
     /// back first).
     #[serde(default)]
     pub failovers: Vec<Option<u64>>,
+    /// The same for each database that died under a primary while its
+    /// region lived (None: it restarted first).
+    #[serde(default)]
+    pub dead_primary_failovers: Vec<Option<u64>>,
     /// Region-loss declarations seen.
     #[serde(default)]
     pub lost_declared: usize,
@@ -163,7 +176,8 @@ pub fn run(config: &RunConfig) -> Report {
         .rng_seed(config.seed)
         .build();
     let shared = Shared::default();
-    let lease_ttl = Duration::from_secs(LEASE_TTLS_S[rng.gen_range(0..LEASE_TTLS_S.len())]);
+    let drawn = LEASE_TTLS_S[rng.gen_range(0..LEASE_TTLS_S.len())];
+    let lease_ttl = Duration::from_secs(config.lease_ttl_s.unwrap_or(drawn));
     shared.lock().note(0, format!("lease ttl {lease_ttl:?}"));
 
     let mutations = LeaseMutations {
@@ -215,8 +229,10 @@ pub fn run(config: &RunConfig) -> Report {
         dbs[r].refuse_demotes(true);
         shared.lock().note(0, format!("the database of {} refuses graceful demotes", REGIONS[r]));
     }
-    let controller_mutations =
-        ControllerMutations { trust_failed_demote: config.mutation == Some(Mutation::TrustFailedDemote) };
+    let controller_mutations = ControllerMutations {
+        trust_failed_demote: config.mutation == Some(Mutation::TrustFailedDemote),
+        give_up_unfenced: config.mutation == Some(Mutation::GiveUpUnfenced),
+    };
     for (r, db) in dbs.iter().enumerate() {
         let (endpoints, db) = (endpoints.clone(), db.clone());
         let tls = pki.tls(&controllers::controller_name(r));
@@ -266,7 +282,8 @@ pub fn run(config: &RunConfig) -> Report {
 
     let history = shared.take();
     let mut violations = crate::invariants::check_all(&history, LIVENESS_BOUND_MS);
-    let failovers = crate::invariants::failover_times(&history);
+    let failovers = crate::invariants::failover_times(&history.cuts, &history.acting);
+    let dead_primary_failovers = crate::invariants::failover_times(&history.db_downs, &history.acting);
     let applied: Vec<(String, BTreeMap<String, u64>)> = dbs
         .iter()
         .enumerate()
@@ -279,6 +296,7 @@ pub fn run(config: &RunConfig) -> Report {
     Report {
         seed: config.seed,
         failovers,
+        dead_primary_failovers,
         lost_declared: history.lost_declared.len(),
         digest: history.digest(),
         terms: history.leaders_by_term.len(),
@@ -308,6 +326,13 @@ fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, db
             if started[k] && !ended[k] && now >= s.until_ms {
                 ended[k] = true;
                 heal(sim, &hosts, &mut crashed);
+                if s.fault == Fault::PrimaryDatabaseDown {
+                    crate::clock::at(now, || {
+                        for (r, db) in dbs.iter().enumerate() {
+                            (0..controllers::SHARDS).for_each(|k| db.restart(&controllers::replica_name(k, r)));
+                        }
+                    });
+                }
                 shared.lock().note(now, format!("healed {}", s.fault));
             }
         }
@@ -386,6 +411,20 @@ fn apply(
         Fault::ControllerCut(r) => {
             for n in 0..REGIONS.len() {
                 sim.partition(controllers::controller_name(*r).as_str(), node_name(n).as_str());
+            }
+        }
+        Fault::PrimaryDatabaseDown => {
+            let region = shared.lock().acting.iter().rev().find(|a| a.until_ms.is_none()).map(|a| a.region);
+            if let Some(r) = region {
+                let primaries = dbs[r].primaries();
+                shared.lock().note(now, format!("the database server of {} dies", REGIONS[r]));
+                shared.lock().db_downs.push(crate::history::Cut {
+                    region: r,
+                    from_ms: now,
+                    until_ms: scheduled.until_ms,
+                    primaries,
+                });
+                crate::clock::at(now, || (0..controllers::SHARDS).for_each(|k| dbs[r].fail(&controllers::replica_name(k, r))));
             }
         }
         Fault::RegionLoss(r) => {

@@ -42,7 +42,12 @@ fn pinned_seeds_hold_every_invariant() {
 }
 
 fn caught(mutation: &str) {
-    let report = sim(&["--seeds", "0..200", "--jobs", "2", "--mutation", mutation, "--stop-at-first"]);
+    caught_with(mutation, &[]);
+}
+
+fn caught_with(mutation: &str, extra: &[&str]) {
+    let args = [&["--seeds", "0..200", "--jobs", "2", "--mutation", mutation, "--stop-at-first"], extra].concat();
+    let report = sim(&args);
     let failures = report["failures"].as_array().map_or(0, Vec::len);
     assert!(failures > 0, "{mutation}: no violation within 200 seeds, the checkers would miss this bug: {report}");
 }
@@ -59,7 +64,8 @@ fn a_new_leader_that_does_not_reset_lease_deadlines_is_caught() {
 
 #[test]
 fn a_holder_deadline_without_the_drift_term_is_caught() {
-    caught("holder-no-drift");
+    // The drift window is widest with the longest TTL (2% of 20 s).
+    caught_with("holder-no-drift", &["--lease-ttl-s", "20"]);
 }
 
 #[test]
@@ -75,4 +81,9 @@ fn a_revoke_that_frees_a_primary_lease_at_once_is_caught() {
 #[test]
 fn a_controller_that_trusts_a_failed_demote_is_caught() {
     caught("trust-failed-demote");
+}
+
+#[test]
+fn giving_up_a_dead_primary_without_fencing_it_is_caught() {
+    caught("give-up-unfenced");
 }

@@ -6,7 +6,7 @@
 //! as failed — the switchover waits, and there is never a second primary.
 
 use interlock_client::Client;
-use interlock_tests::{eventually, ClusterOptions, TestAgent, TestCluster};
+use interlock_tests::{bin, eventually, ClusterOptions, TestAgent, TestCluster, OPERATOR};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -17,8 +17,8 @@ fn topology() -> interlock_client::Topology {
             "id": "0",
             "max_lag_on_failover": 1000,
             "replicas": [
-                {"id": "o0-eu", "region": "eu-west", "priority": 100},
-                {"id": "o0-us", "region": "us-east", "priority": 90}
+                {"id": "o0-eu", "region": "eu-west", "priority": 100, "address": "db-eu.test:5432"},
+                {"id": "o0-us", "region": "us-east", "priority": 90, "address": "db-us.test:5432"}
             ]
         }]}],
         // Long enough that a demoted primary's lease outlasts the hung fence below.
@@ -53,6 +53,18 @@ async fn shard(client: &Client) -> interlock_client::Shard {
     client.shards().await.expect("shards").into_iter().next().expect("one shard")
 }
 
+/// Where `interlockctl get shards -o json` says shard 0's primary answers.
+fn primary_address(cluster: &TestCluster) -> String {
+    let out = std::process::Command::new(bin("interlockctl"))
+        .args(["--endpoints", &cluster.endpoints().join(","), "get", "shards", "-o", "json"])
+        .envs(cluster.ctl_env(OPERATOR))
+        .output()
+        .expect("interlockctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    value["shards"][0]["primary_address"].as_str().unwrap_or_default().to_string()
+}
+
 /// Whether shard 0's primary is `replica`, acknowledged.
 async fn settled_on(client: &Client, replica: &str) -> bool {
     client.shards().await.is_ok_and(|s| s.iter().any(|s| s.primary == replica && s.pending.is_empty()))
@@ -71,6 +83,7 @@ async fn hooks_promote_with_the_token_and_a_role_change_is_acknowledged_only_onc
     let lease = client.lease_get("shard/orders/0/primary").await.expect("primary lease");
     let recorded = std::fs::read_to_string(hook_dir(&cluster, "eu-west").join("o0-eu.primary")).expect("primary file");
     assert_eq!(recorded.trim(), format!("{} {}", s.epoch, lease.token), "the hook got the epoch and the token");
+    assert_eq!(primary_address(&cluster), "db-eu.test:5432", "clients find the primary");
 
     let us = exec_agent(&cluster, "us-east");
     eventually("both replicas report healthy", Duration::from_secs(30), || async {
@@ -84,6 +97,12 @@ async fn hooks_promote_with_the_token_and_a_role_change_is_acknowledged_only_onc
     assert!(settled_on(&client, "o0-us").await);
     assert!(!is_primary(&cluster, "eu-west", "o0-eu"), "the old primary stopped");
     assert!(is_primary(&cluster, "us-east", "o0-us"));
+    assert_eq!(primary_address(&cluster), "db-us.test:5432");
+    let follows = hook_dir(&cluster, "eu-west").join("o0-eu.follows");
+    eventually("the old primary follows the new one", Duration::from_secs(10), || async {
+        std::fs::read_to_string(&follows).is_ok_and(|f| f.trim() == "o0-us db-us.test:5432")
+    })
+    .await;
     let log = actions(&cluster, "eu-west");
     let demote = log.find(" demote o0-eu").expect("a demote was tried");
     assert!(log[demote..].contains(" fence o0-eu"), "then a fence:\n{log}");

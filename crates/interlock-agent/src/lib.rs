@@ -1,11 +1,12 @@
 //! The reference region controller, run as `interlockd agent`: the SDK's
 //! [`RegionController`] with a database driver behind it (the
-//! [`DemoDatabase`], or hook programs through [`drivers::exec`]).
+//! [`DemoDatabase`], PostgreSQL through [`drivers::postgres`], or hook
+//! programs through [`drivers::exec`]).
 //!
 //! Map of the crate:
 //! - this file: the agent's config and [`run`];
 //! - [`drivers`]: the databases it can drive ([`drivers::demo`],
-//!   [`drivers::exec`]);
+//!   [`drivers::postgres`], [`drivers::exec`]);
 //! - [`probes`]: agents probing each other across regions, for witness
 //!   reports (and, for the demo database, replication).
 //!
@@ -25,6 +26,7 @@ pub mod probes;
 
 use drivers::demo::{ActingChange, DemoDatabase};
 use drivers::exec::{ExecConfig, ExecDriver};
+use drivers::postgres::{PostgresConfig, PostgresDriver};
 use interlock_client::{Client, ControllerConfig, LeaseOptions, RegionController};
 use probes::{probe_peers, serve_probes, Reachability};
 use serde::Deserialize;
@@ -59,7 +61,17 @@ pub struct AgentArgs {
     ///   timeout_ms = 10000         # a hook still running is killed: failed
     ///   status_every_ms = 1000
     ///
-    /// The hook gets the action (status, promote, demote, fence, routing) as
+    /// or, for PostgreSQL streaming replication (docs/postgresql.md):
+    ///
+    ///   driver = "postgres"
+    ///   [postgres]
+    ///   bin_dir = "/usr/lib/postgresql/15/bin"
+    ///   os_user = "postgres"       # pg_ctl, pg_rewind run as this user
+    ///   [postgres.instances.orders-0-eu]
+    ///   data_dir = "/var/lib/postgresql/15/orders"
+    ///   port = 5432
+    ///
+    /// The hook gets the action (status, promote, demote, fence, follow, routing) as
     /// its last argument, JSON on stdin and INTERLOCK_* variables; exit 0 is
     /// done. deploy/hooks/files.sh is a complete example.
     #[arg(long, verbatim_doc_comment)]
@@ -89,13 +101,16 @@ pub struct AgentConfig {
     /// (demo driver).
     #[serde(default = "default_write_every_ms")]
     pub write_every_ms: u64,
-    /// The database driver: "demo" (default) or "exec" (hook programs,
+    /// The database driver: "demo" (default), "postgres" or "exec" (hook programs,
     /// configured in `[exec]`).
     #[serde(default)]
     pub driver: Option<String>,
     /// The hooks of the exec driver.
     #[serde(default)]
     pub exec: Option<ExecConfig>,
+    /// The instances of the postgres driver.
+    #[serde(default)]
+    pub postgres: Option<PostgresConfig>,
     /// "on" (default: tls_ca, tls_cert and tls_key are required) or "off".
     #[serde(default)]
     pub tls: Option<String>,
@@ -132,15 +147,28 @@ impl AgentConfig {
 
     /// Which driver runs the replicas, or what is wrong with its settings.
     pub fn driver(&self) -> anyhow::Result<Driver> {
-        match (self.driver.as_deref().unwrap_or("demo"), &self.exec) {
-            ("demo", None) => Ok(Driver::Demo),
-            ("demo", Some(_)) => anyhow::bail!("exec: only with driver = \"exec\""),
-            ("exec", Some(exec)) => {
+        let driver = self.driver.as_deref().unwrap_or("demo");
+        if self.exec.is_some() && driver != "exec" {
+            anyhow::bail!("exec: only with driver = \"exec\"");
+        }
+        if self.postgres.is_some() && driver != "postgres" {
+            anyhow::bail!("postgres: only with driver = \"postgres\"");
+        }
+        match (driver, &self.exec, &self.postgres) {
+            ("demo", _, _) => Ok(Driver::Demo),
+            ("exec", Some(exec), _) => {
                 exec.validate().map_err(anyhow::Error::msg)?;
                 Ok(Driver::Exec(exec.clone()))
             }
-            ("exec", None) => anyhow::bail!("exec: driver = \"exec\" needs an [exec] section with command"),
-            (other, _) => anyhow::bail!("driver: {other:?} is not \"demo\" or \"exec\""),
+            ("exec", None, _) => anyhow::bail!("exec: driver = \"exec\" needs an [exec] section with command"),
+            ("postgres", _, Some(pg)) => {
+                pg.validate().map_err(anyhow::Error::msg)?;
+                Ok(Driver::Postgres(pg.clone()))
+            }
+            ("postgres", _, None) => {
+                anyhow::bail!("postgres: driver = \"postgres\" needs a [postgres] section with instances")
+            }
+            (other, _, _) => anyhow::bail!("driver: {other:?} is not \"demo\", \"exec\" or \"postgres\""),
         }
     }
 
@@ -169,6 +197,7 @@ impl AgentConfig {
 pub enum Driver {
     Demo,
     Exec(ExecConfig),
+    Postgres(PostgresConfig),
 }
 
 /// One JSON line of the acting log.
@@ -215,6 +244,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         identity: format!("controller:{}", config.region),
         replicas: replicas.iter().map(|(r, _)| r.clone()).collect(),
         lease: LeaseOptions::default(),
+        give_up_after: ControllerConfig::GIVE_UP_AFTER,
         mutations: Default::default(),
     };
     match config.driver()? {
@@ -231,6 +261,14 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             tokio::spawn(serve_probes(listener, reachable.clone()));
             tokio::spawn(probe_peers(client.clone(), config.region.clone(), reachable));
             tokio::spawn(driver.clone().poll_status());
+            RegionController::run(client, controller, driver).await?;
+        }
+        Driver::Postgres(pg) => {
+            let reachable = Arc::new(Reachability::new(&config.region, REACHABLE_WINDOW));
+            let driver = Arc::new(PostgresDriver::new(pg, replicas, reachable.clone()).map_err(anyhow::Error::msg)?);
+            tokio::spawn(serve_probes(listener, reachable.clone()));
+            tokio::spawn(probe_peers(client.clone(), config.region.clone(), reachable));
+            tokio::spawn(driver.clone().run());
             RegionController::run(client, controller, driver).await?;
         }
     }
@@ -324,6 +362,9 @@ mod tests {
         assert!(matches!(config.driver(), Ok(Driver::Exec(e)) if e.timeout_ms == 10_000 && e.status_every_ms == 1_000));
         let cases = [
             (format!("{BASE}driver = \"mysql\"\n"), "driver: \"mysql\""),
+            (format!("{BASE}driver = \"postgres\"\n"), "postgres: driver = \"postgres\" needs"),
+            (format!("{BASE}[postgres]\ninstances = {{}}\n"), "postgres: only with driver"),
+            (format!("{BASE}driver = \"postgres\"\n[postgres]\ninstances = {{}}\n"), "postgres.instances"),
             (format!("{BASE}driver = \"exec\"\n"), "exec: driver = \"exec\" needs"),
             (format!("{BASE}[exec]\ncommand = [\"/bin/true\"]\n"), "exec: only with driver"),
             (format!("{BASE}driver = \"exec\"\n[exec]\ncommand = []\n"), "exec.command"),

@@ -150,6 +150,7 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
             let shards = client.shards().await?;
             let value = json!({"shards": shards.iter().map(|s| json!({
                 "service": s.service, "id": s.id, "epoch": s.epoch, "primary": s.primary,
+                "primary_address": s.primary_address,
                 "max_lag_on_failover": s.max_lag_on_failover, "replicas": s.replicas,
                 "pending": s.pending, "switchover_to": s.switchover_to, "awaiting_operator": s.awaiting_operator,
                 "status": s.status,
@@ -176,7 +177,7 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
             let replicas = client.replicas().await?;
             let value = json!({"replicas": replicas.iter().map(|r| json!({
                 "id": r.id, "service": r.service, "shard": r.shard, "region": r.region,
-                "priority": r.priority, "role": r.role, "controller": r.controller,
+                "priority": r.priority, "address": r.address, "role": r.role, "controller": r.controller,
                 "acked_role": r.acked_role, "acked_epoch": r.acked_epoch,
                 "position": r.position, "lag": r.lag, "healthy": r.healthy,
             })).collect::<Vec<_>>()});

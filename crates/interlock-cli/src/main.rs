@@ -94,7 +94,8 @@ enum Cmd {
     ///         - id: "0"
     ///           max_lag_on_failover: 1000
     ///           replicas:
-    ///             - { id: orders-0-eu, region: eu-west, priority: 100 }
+    ///             - { id: orders-0-eu, region: eu-west, priority: 100,
+    ///                 address: "db-0-eu.internal:5432" }   # optional: its database
     ///
     /// Every problem is reported with its field, and one refuses the whole file.
     #[command(verbatim_doc_comment)]

@@ -15,6 +15,8 @@
 //! - stops a database that acts as primary without this controller holding
 //!   its lease at the current epoch — after a controller restart, say —
 //!   before acknowledging anything for it;
+//! - makes each standby follow the shard's primary when its address changes
+//!   (`ReplicaDriver::follow`);
 //! - follows the routing tables, applies each new version through the
 //!   driver and acknowledges it;
 //! - fences the database the instant the primary lease's holder deadline
@@ -64,6 +66,14 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     /// override — a read-only session default is not a fence). `Ok` only
     /// once verified.
     fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send;
+    /// Make `replica`, a standby, replicate from the shard's primary
+    /// `primary` whose database answers at `address`. Called when the
+    /// primary's address changes while `replica` is a REPLICA; an `Err` is
+    /// retried. Default: nothing to do (replication is set up elsewhere).
+    fn follow(&self, replica: &str, primary: &str, address: &str) -> impl Future<Output = Result<(), String>> + Send {
+        let _ = (replica, primary, address);
+        std::future::ready(Ok(()))
+    }
     /// Apply a routing table (weights per region, basis points summing to
     /// 10 000) to the region's load balancers. Called for every new version;
     /// the controller acknowledges the version once this returns Ok.
@@ -80,6 +90,9 @@ pub struct ControllerMutations {
     /// Take a failed demote for a done one: no fence, and the role change is
     /// acknowledged.
     pub trust_failed_demote: bool,
+    /// Give up the primary lease of a dead primary without fencing it first
+    /// (a restart then brings it back as a primary).
+    pub give_up_unfenced: bool,
 }
 
 /// Stops `replica` acting as primary: a graceful demote, then a fence if
@@ -110,7 +123,17 @@ pub struct ControllerConfig {
     pub identity: String,
     pub replicas: Vec<String>,
     pub lease: LeaseOptions,
+    /// How long a primary's database may be reported unhealthy (down,
+    /// unreachable) before the controller fences it and gives its primary
+    /// lease back, so that the coordinator promotes a standby. The driver may
+    /// restart the database within this bound.
+    pub give_up_after: Duration,
     pub mutations: ControllerMutations,
+}
+
+impl ControllerConfig {
+    /// The default [`ControllerConfig::give_up_after`].
+    pub const GIVE_UP_AFTER: Duration = Duration::from_secs(3);
 }
 
 /// A running region controller.
@@ -136,9 +159,11 @@ impl RegionController {
                 controller_id: config.id.clone(),
                 replica: replica.clone(),
                 lease: config.lease.clone(),
+                give_up_after: config.give_up_after,
                 driver: driver.clone(),
                 mutations: config.mutations,
                 acting: None,
+                following: None,
             };
             tokio::spawn(actor.run(rx));
         }
@@ -282,7 +307,12 @@ struct Acting {
     token: u64,
     /// false: the promotion failed, and the replica is being stopped.
     promoted: bool,
-    /// Fences at the holder deadline; owns the lease keeper.
+    /// Since when the database has been reported unhealthy.
+    down_since: Option<tokio::time::Instant>,
+    /// Tells the guard to fence and give the lease back (with the reason).
+    give_up: Option<tokio::sync::oneshot::Sender<String>>,
+    /// Fences at the holder deadline or when told to give up; owns the
+    /// lease keeper.
     guard: tokio::task::JoinHandle<()>,
 }
 
@@ -291,9 +321,12 @@ struct ReplicaActor<D> {
     controller_id: String,
     replica: String,
     lease: LeaseOptions,
+    give_up_after: Duration,
     driver: Arc<D>,
     mutations: ControllerMutations,
     acting: Option<Acting>,
+    /// The primary address this standby was last made to follow.
+    following: Option<String>,
 }
 
 impl<D: ReplicaDriver> ReplicaActor<D> {
@@ -345,6 +378,30 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
         self.driver.status().into_iter().find(|s| s.replica_id == self.replica).map_or(0, |s| s.position)
     }
 
+    fn healthy(&self) -> bool {
+        self.driver.status().into_iter().any(|s| s.replica_id == self.replica && s.healthy)
+    }
+
+    /// A primary whose database stays unhealthy past `give_up_after` is
+    /// fenced and its lease given back (by the guard), so that the
+    /// coordinator can promote a standby: a dead primary in a live region.
+    fn watch_health(&mut self) {
+        let healthy = self.healthy();
+        let Some(acting) = self.acting.as_mut() else { return };
+        if healthy {
+            acting.down_since = None;
+            return;
+        }
+        let since = *acting.down_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() >= self.give_up_after {
+            if let Some(give_up) = acting.give_up.take() {
+                let reason = format!("the database has been unhealthy for {} ms", since.elapsed().as_millis());
+                tracing::warn!(replica = self.replica, "{reason}: fencing it and giving up the primary lease");
+                let _ = give_up.send(reason);
+            }
+        }
+    }
+
     async fn acknowledge(&self, a: &ReplicaAssignment) {
         let request = AcknowledgeRequest {
             controller_id: self.controller_id.clone(),
@@ -358,19 +415,44 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
         }
     }
 
-    async fn reconcile(&mut self, a: &ReplicaAssignment) {
-        if a.role != "PRIMARY" {
-            if self.stop_acting(&format!("assigned {} at epoch {}", a.role, a.epoch)).await && !a.acknowledged {
-                self.acknowledge(a).await;
-            }
+    /// A REPLICA follows the shard's primary, once per new primary address.
+    async fn follow(&mut self, a: &ReplicaAssignment) {
+        let address = &a.primary_address;
+        if a.role != "REPLICA" || address.is_empty() || a.primary == self.replica {
             return;
         }
+        if self.following.as_ref() == Some(address) {
+            return;
+        }
+        match self.driver.follow(&self.replica, &a.primary, address).await {
+            Ok(()) => self.following = Some(address.clone()),
+            Err(e) => tracing::warn!(replica = self.replica, "following {} at {address}: {e}; retrying", a.primary),
+        }
+    }
+
+    async fn reconcile(&mut self, a: &ReplicaAssignment) {
+        if a.role != "PRIMARY" {
+            if !self.stop_acting(&format!("assigned {} at epoch {}", a.role, a.epoch)).await {
+                return;
+            }
+            if !a.acknowledged {
+                self.acknowledge(a).await;
+            }
+            self.follow(a).await;
+            return;
+        }
+        self.following = None;
         let current = self.acting.as_ref().filter(|x| x.promoted && !x.guard.is_finished());
         let same = current.is_some_and(|x| x.epoch == a.epoch && (a.lease_token == 0 || x.token == a.lease_token));
         if !same {
             // What acted under another lease or epoch (or failed to promote)
             // stops first.
             if self.acting.is_some() && !self.stop_acting(&format!("epoch {} replaces it", a.epoch)).await {
+                return;
+            }
+            // An unhealthy database is not made primary (and a primary that
+            // was given up is not taken back) until it is healthy again.
+            if !self.healthy() {
                 return;
             }
             let keeper = if a.lease_token != 0 {
@@ -397,21 +479,43 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
             // passes during the promotion stops it too. At the deadline there
             // is no time for a graceful demote: it fences.
             let (driver, replica) = (self.driver.clone(), self.replica.clone());
+            let (give_up, given_up) = tokio::sync::oneshot::channel::<String>();
+            let unfenced = self.mutations.give_up_unfenced;
             let guard = tokio::spawn(async move {
-                let reason = format!("primary lease lost: {}", keeper.lost().await);
-                while let Err(e) = driver.fence(&replica, &reason).await {
-                    tracing::error!(replica, "the primary lease is lost and the fence failed: {e}; retrying");
+                let (reason, giving_up) = tokio::select! {
+                    lost = keeper.lost() => (format!("primary lease lost: {lost}"), false),
+                    Ok(why) = given_up => (why, true),
+                };
+                while !(giving_up && unfenced) {
+                    match driver.fence(&replica, &reason).await {
+                        Ok(()) => break,
+                        Err(e) => tracing::error!(replica, "{reason}, and the fence failed: {e}; retrying"),
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                // Fenced: the lease can go back at once instead of at its TTL.
+                if giving_up {
+                    if let Err(e) = keeper.release().await {
+                        tracing::warn!(replica, "giving the primary lease back: {e}; it expires at its TTL");
+                    }
                 }
             });
             let promoted = self.driver.promote(&self.replica, a.epoch, token).await;
-            self.acting = Some(Acting { epoch: a.epoch, token, promoted: promoted.is_ok(), guard });
+            self.acting = Some(Acting {
+                epoch: a.epoch,
+                token,
+                promoted: promoted.is_ok(),
+                down_since: None,
+                give_up: Some(give_up),
+                guard,
+            });
             if let Err(e) = promoted {
                 tracing::warn!(replica = self.replica, "promote failed: {e}");
                 self.stop_acting("promote failed").await;
                 return;
             }
         }
+        self.watch_health();
         if !a.acknowledged {
             self.acknowledge(a).await;
         }

@@ -78,6 +78,13 @@ impl Effects {
 }
 
 impl State {
+    /// The database address of shard `shard_key`'s primary; empty if it has
+    /// none or its address is not declared.
+    pub fn primary_address(&self, shard_key: &str) -> String {
+        let primary = self.shards.get(shard_key).and_then(|s| s.primary.as_deref());
+        primary.and_then(|p| self.replicas.get(p)).map(|r| r.address.clone()).unwrap_or_default()
+    }
+
     /// Records that a log entry without application payload (a blank entry
     /// or a membership change) was applied at `index`.
     pub fn apply_marker(&mut self, index: u64) {

@@ -178,6 +178,17 @@ pub fn validate_id(value: &str, field: &str) -> Result<(), InvalidArgument> {
     }
 }
 
+/// Checks a `HOST:PORT` to dial: a host, and a port in 1..65535.
+pub fn validate_host_port(addr: &str, field: &str) -> Result<(), InvalidArgument> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(InvalidArgument::new(field, format!("{addr:?} is not HOST:PORT")));
+    };
+    if host.is_empty() || host.contains(char::is_whitespace) || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(InvalidArgument::new(field, format!("{addr:?} is not HOST:PORT with a port in 1..65535")));
+    }
+    Ok(())
+}
+
 /// Checks a `service/shard` key.
 pub fn validate_shard_key(key: &str) -> Result<(), InvalidArgument> {
     match key.split_once('/') {

@@ -49,6 +49,7 @@ impl From<&Topology> for v1::Topology {
                                     id: r.id.clone(),
                                     region: r.region.clone(),
                                     priority: r.priority,
+                                    address: r.address.clone(),
                                 })
                                 .collect(),
                         })
@@ -116,7 +117,12 @@ impl From<v1::Topology> for Topology {
                             replicas: h
                                 .replicas
                                 .into_iter()
-                                .map(|r| ReplicaSpec { id: r.id, region: r.region, priority: r.priority })
+                                .map(|r| ReplicaSpec {
+                                    id: r.id,
+                                    region: r.region,
+                                    priority: r.priority,
+                                    address: r.address,
+                                })
                                 .collect(),
                         })
                         .collect(),
@@ -151,8 +157,10 @@ impl From<&Shard> for v1::Shard {
             pending: s.pending.as_ref().map(|p| p.replica.clone()).unwrap_or_default(),
             switchover_to: s.switchover.as_ref().map(|sw| sw.to.clone()).unwrap_or_default(),
             awaiting_operator: s.awaiting_operator.clone().unwrap_or_default(),
-            // The leader's verdict needs its observations: the service fills it in.
+            // The leader's verdict needs its observations, the primary's
+            // address the replicas: the service fills them in.
             status: String::new(),
+            primary_address: String::new(),
         }
     }
 }
@@ -165,6 +173,7 @@ impl From<&Replica> for v1::Replica {
             shard: r.shard.clone(),
             region: r.region.clone(),
             priority: r.priority,
+            address: r.address.clone(),
             role: role_name(r.role).to_string(),
             controller: r.controller.clone().unwrap_or_default(),
             acked_role: r.acked.map(|(role, _)| role_name(role).to_string()).unwrap_or_default(),

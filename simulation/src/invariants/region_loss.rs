@@ -4,12 +4,17 @@
 //! change; and no promotion goes beyond the RPO bound.
 
 use crate::controllers::MAX_LAG;
-use crate::history::History;
+use crate::history::{Acting, Cut, History};
 use crate::world::REGIONS;
 
 /// A declaration may be seen this long after its cut healed (detection,
 /// commit and the observer's watch all take time).
 pub const DECLARATION_SLACK_MS: u64 = 10_000;
+
+/// A dead primary's replacement acts within this of the database's death:
+/// the controller's give-up bound (3 s), the lease release, the planner and
+/// the promotion, and a shard cooldown (5 s) that may still run.
+pub const DEAD_PRIMARY_BOUND_MS: u64 = 12_000;
 
 pub fn check(history: &History) -> Vec<String> {
     let mut violations = Vec::new();
@@ -21,9 +26,28 @@ pub fn check(history: &History) -> Vec<String> {
                 .push(format!("false region loss: {} declared LOST at {at} ms while it was not cut off", REGIONS[*r]));
         }
     }
-    // RPO: a primary that takes over a shard from a cut-off region starts at
-    // most MAX_LAG behind what the old primary had written when the cut began.
-    for cut in &history.cuts {
+    // A primary whose database died while its region lived is replaced
+    // within the bound, when the database stays down that long and every
+    // other region is ACTIVE (none was declared lost: in the simulation a
+    // region that returns stays RECOVERING, whose replicas are no candidates).
+    for (down, took) in history.db_downs.iter().zip(failover_times(&history.db_downs, &history.acting)) {
+        let candidates = !history.lost_declared.iter().any(|(at, r)| *r != down.region && *at <= down.until_ms);
+        let long = down.until_ms - down.from_ms >= DEAD_PRIMARY_BOUND_MS;
+        if candidates && long && !down.primaries.is_empty() && took.is_none_or(|t| t > DEAD_PRIMARY_BOUND_MS) {
+            violations.push(format!(
+                "dead primary: the database of {} died at {} ms and stayed down until {} ms, but its shards {:?} had no \
+                 primary elsewhere within {DEAD_PRIMARY_BOUND_MS} ms",
+                REGIONS[down.region],
+                down.from_ms,
+                down.until_ms,
+                down.primaries.iter().map(|p| &p.1).collect::<Vec<_>>()
+            ));
+        }
+    }
+    // RPO: a primary that takes over a shard from a cut-off region (or a
+    // dead database) starts at most MAX_LAG behind what the old primary had
+    // written when the cut began.
+    for cut in history.cuts.iter().chain(&history.db_downs) {
         for (old, shard, written) in &cut.primaries {
             let next = history
                 .acting
@@ -43,19 +67,16 @@ pub fn check(history: &History) -> Vec<String> {
     violations
 }
 
-/// For each cut of a region that held primaries: how long until every one
-/// of those shards had a primary acting in another region (None: the cut
-/// ended first).
-pub fn failover_times(history: &History) -> Vec<Option<u64>> {
-    history
-        .cuts
-        .iter()
+/// For each cut (of a region, or of a database) that held primaries: how
+/// long until every one of those shards had a primary acting in another
+/// region (None: the cut ended first).
+pub fn failover_times(cuts: &[Cut], acting: &[Acting]) -> Vec<Option<u64>> {
+    cuts.iter()
         .filter(|c| !c.primaries.is_empty())
         .map(|cut| {
             let mut latest = 0;
             for (_, shard, _) in &cut.primaries {
-                let next = history
-                    .acting
+                let next = acting
                     .iter()
                     .filter(|a| a.shard == *shard && a.region != cut.region && a.from_ms >= cut.from_ms)
                     .map(|a| a.from_ms)

@@ -33,12 +33,18 @@ pub struct ActingChange {
     pub reason: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct DemoReplica {
     shard: String,
     position: u64,
     /// (epoch, token) while acting as primary.
     acting: Option<(u64, u64)>,
+    /// The database process is down ([`DemoDatabase::fail`]).
+    down: bool,
+    /// What a down primary comes back as when it restarts: a primary
+    /// process that dies and restarts is a primary again (crash recovery),
+    /// unless it was fenced while down (as a standby.signal file would).
+    restarts_as: Option<(u64, u64)>,
 }
 
 type Observer = Box<dyn Fn(&ActingChange) + Send + Sync>;
@@ -69,7 +75,7 @@ impl DemoDatabase {
         observer: impl Fn(&ActingChange) + Send + Sync + 'static,
     ) -> Self {
         let replicas =
-            replicas.into_iter().map(|(id, shard)| (id, DemoReplica { shard, position: 0, acting: None })).collect();
+            replicas.into_iter().map(|(id, shard)| (id, DemoReplica { shard, position: 0, ..DemoReplica::default() })).collect();
         DemoDatabase {
             region: region.to_string(),
             reachable: Reachability::new(region, reachable_window),
@@ -106,11 +112,51 @@ impl DemoDatabase {
         acting.map(|(id, r)| (id.clone(), r.shard.clone(), r.position)).collect()
     }
 
-    /// The process died: nothing acts any more, and nobody is told (the
-    /// caller records it). Positions survive, like data on disk.
+    /// The whole controller (and its databases) died: nothing acts any more,
+    /// and nobody is told (the caller records it). Positions survive, like
+    /// data on disk.
     pub fn crash(&self) {
         for r in self.lock().replicas.values_mut() {
             r.acting = None;
+        }
+    }
+
+    /// `replica`'s database process dies (the rest of the controller lives):
+    /// it is unhealthy, accepts nothing, and a primary stops acting — until
+    /// [`DemoDatabase::restart`].
+    pub fn fail(&self, replica: &str) {
+        let was = {
+            let mut inner = self.lock();
+            let Some(r) = inner.replicas.get_mut(replica) else { return };
+            r.down = true;
+            r.restarts_as = r.acting;
+            r.acting
+        };
+        if was.is_some() {
+            self.stop(replica, "the database process died");
+        }
+    }
+
+    /// `replica`'s database process starts again: as the primary it was,
+    /// unless it was fenced while down.
+    pub fn restart(&self, replica: &str) {
+        let change = {
+            let mut inner = self.lock();
+            let Some(r) = inner.replicas.get_mut(replica).filter(|r| r.down) else { return };
+            r.down = false;
+            r.acting = r.restarts_as.take();
+            r.acting.map(|(epoch, token)| ActingChange {
+                replica: replica.to_string(),
+                shard: r.shard.clone(),
+                epoch,
+                token,
+                acting: true,
+                position: r.position,
+                reason: "restarted as the primary it was (never fenced)".to_string(),
+            })
+        };
+        if let Some(change) = change {
+            (self.observer)(&change);
         }
     }
 
@@ -124,7 +170,7 @@ impl DemoDatabase {
         let mut out = probe_header(&self.region);
         // Every replica serves what it has: a demoted primary's last writes
         // still reach the replicas that lag behind it (as WAL would).
-        for r in inner.replicas.values() {
+        for r in inner.replicas.values().filter(|r| !r.down) {
             out.push_str(&format!("{} {}\n", r.shard, r.position));
         }
         out
@@ -140,7 +186,7 @@ impl DemoDatabase {
         for line in lines {
             let Some((shard, position)) = line.split_once(' ') else { continue };
             let Ok(position) = position.trim().parse::<u64>() else { continue };
-            for r in inner.replicas.values_mut().filter(|r| r.shard == shard && r.acting.is_none()) {
+            for r in inner.replicas.values_mut().filter(|r| r.shard == shard && r.acting.is_none() && !r.down) {
                 r.position = r.position.max(position);
             }
         }
@@ -163,7 +209,7 @@ impl ReplicaDriver for DemoDatabase {
         self.lock()
             .replicas
             .iter()
-            .map(|(id, r)| ReplicaStatus { replica_id: id.clone(), position: r.position, lag: 0, healthy: true })
+            .map(|(id, r)| ReplicaStatus { replica_id: id.clone(), position: r.position, lag: 0, healthy: !r.down })
             .collect()
     }
 
@@ -179,6 +225,7 @@ impl ReplicaDriver for DemoDatabase {
         let change = {
             let mut inner = self.lock();
             match inner.replicas.get_mut(replica) {
+                Some(r) if r.down => Err(format!("replica {replica}: the database is down")),
                 Some(r) => {
                     r.acting = Some((epoch, token));
                     Ok(ActingChange {
@@ -221,6 +268,9 @@ impl ReplicaDriver for DemoDatabase {
     }
 
     fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
+        if let Some(r) = self.lock().replicas.get_mut(replica) {
+            r.restarts_as = None;
+        }
         self.stop(replica, &format!("fenced: {reason}"));
         std::future::ready(Ok(()))
     }
@@ -293,5 +343,22 @@ mod tests {
         db.fence("o-eu", "switchover").await.expect("fence");
         assert_eq!(db.is_primary("o-eu").await, Ok(false));
         assert!(db.demote("o-eu", "again").await.is_ok(), "nothing to demote: done");
+    }
+
+    #[tokio::test]
+    async fn a_dead_primary_restarts_as_primary_unless_fenced_while_down() {
+        let db = DemoDatabase::new("eu", [("o-eu".into(), "orders/0".into())], Duration::from_secs(1), |_| {});
+        db.promote("o-eu", 1, 7).await.expect("promote");
+        db.fail("o-eu");
+        assert!(!db.status()[0].healthy);
+        assert_eq!(db.is_primary("o-eu").await, Ok(false), "a dead process accepts nothing");
+        assert!(db.promote("o-eu", 2, 8).await.is_err(), "a dead database is not promoted");
+        db.restart("o-eu");
+        assert_eq!(db.acting("o-eu"), Some((1, 7)), "crash recovery: the primary it was");
+        db.fail("o-eu");
+        db.fence("o-eu", "given up").await.expect("fence");
+        db.restart("o-eu");
+        assert!(db.status()[0].healthy);
+        assert_eq!(db.acting("o-eu"), None, "fenced while down: it comes back as a standby");
     }
 }

@@ -10,14 +10,16 @@
 //! | `promote` | under the primary lease | make the replica accept writes as primary at this epoch; record the token where writers can check it |
 //! | `demote` | assigned another role | stop accepting writes, gracefully |
 //! | `fence` | a demote failed, or the lease's deadline passed | stop it accepting writes by force |
+//! | `follow` | a standby's primary has a new address | replicate from `INTERLOCK_PRIMARY_ADDRESS` |
 //! | `routing` | a new routing table | apply the weights to the load balancers |
 //!
 //! Input: a JSON object on stdin (`action`, `replica`, `shard`, `epoch`,
 //! `token`, `reason`; for `status` the `replicas`, for `routing` the table
 //! as `routing`: `service`, `version`, `weights`), and the same in the environment
 //! (`INTERLOCK_ACTION`, `INTERLOCK_REPLICA`, `INTERLOCK_SHARD`,
-//! `INTERLOCK_EPOCH`, `INTERLOCK_TOKEN`, `INTERLOCK_REASON`, and for
-//! `status` `INTERLOCK_REPLICAS`, comma-separated). `deploy/hooks/files.sh`
+//! `INTERLOCK_EPOCH`, `INTERLOCK_TOKEN`, `INTERLOCK_REASON`; for `status`
+//! `INTERLOCK_REPLICAS`, comma-separated; for `follow` `INTERLOCK_PRIMARY`
+//! and `INTERLOCK_PRIMARY_ADDRESS`). `deploy/hooks/files.sh`
 //! is a complete example.
 //!
 //! Rules: exit 0 is done, anything else failed (the last stderr line is the
@@ -97,6 +99,11 @@ struct HookInput<'a> {
     replicas: Vec<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     routing: Option<RoutingInput>,
+    /// For `follow`: the primary and its database address.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    primary: &'a str,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    primary_address: &'a str,
 }
 
 /// A routing table, as the `routing` hook gets it.
@@ -232,6 +239,8 @@ impl ExecDriver {
             .env("INTERLOCK_TOKEN", input.token.to_string())
             .env("INTERLOCK_REASON", input.reason)
             .env("INTERLOCK_REPLICAS", input.replicas.join(","))
+            .env("INTERLOCK_PRIMARY", input.primary)
+            .env("INTERLOCK_PRIMARY_ADDRESS", input.primary_address)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -318,6 +327,13 @@ impl ReplicaDriver for ExecDriver {
 
     fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
         self.change("fence", replica, 0, 0, reason)
+    }
+
+    async fn follow(&self, replica: &str, primary: &str, address: &str) -> Result<(), String> {
+        let shard = self.replicas.get(replica).ok_or_else(|| format!("replica {replica} is not run here"))?;
+        let input =
+            HookInput { action: "follow", replica, shard, primary, primary_address: address, ..Default::default() };
+        self.run(&input).await.map(|_| ())
     }
 
     fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {

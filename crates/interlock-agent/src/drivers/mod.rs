@@ -3,9 +3,9 @@
 //! - [`demo`]: a stand-in database for `interlockd dev`, the simulation and
 //!   the tests;
 //! - [`exec`]: hook programs, for any database (MySQL, Redis, your own
-//!   tooling).
-//!
-//! PostgreSQL comes next (see the issues).
+//!   tooling);
+//! - [`postgres`]: PostgreSQL streaming replication, built in.
 
 pub mod demo;
 pub mod exec;
+pub mod postgres;

@@ -212,7 +212,9 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
         Some(p) => {
             let region = state.replicas.get(p).map(|r| r.region.as_str()).unwrap_or_default();
             if state.regions.get(region).is_some_and(|r| r.state == RegionState::Lost) {
-                Some(p.as_str())
+                Some((p.as_str(), format!("primary {p} is in a lost region")))
+            } else if !lease_held && reported_down(state, obs, p) {
+                Some((p.as_str(), format!("primary {p} is down: its controller reports it unhealthy, lease given up")))
             } else {
                 return None; // it has a primary in a region that is not lost
             }
@@ -233,9 +235,9 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
             return await_operator(key, shard, reason);
         }
     }
-    let why = match failed_primary {
-        Some(p) => format!("primary {p} is in a lost region"),
-        None => "the shard has no primary".to_string(),
+    let (failed_primary, why) = match failed_primary {
+        Some((p, why)) => (Some(p), why),
+        None => (None, "the shard has no primary".to_string()),
     };
     match choose_candidate(state, obs, shard, failed_primary) {
         Ok(candidate) => Some(Command::Promote {
@@ -249,6 +251,15 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
         Err(_) if shard.epoch == 0 => None,
         Err(reasons) => await_operator(key, shard, format!("{why}; no candidate within the rules: {reasons}")),
     }
+}
+
+/// Whether `primary`'s own controller, heard now, reports its database
+/// unhealthy: a primary that died while its region lives. (Its controller
+/// fences it before it gives the lease back; the planner acts only once the
+/// lease is gone.)
+fn reported_down(state: &State, obs: &Observations, primary: &str) -> bool {
+    let heard = state.replicas.get(primary).and_then(|r| r.controller.as_deref()).is_some_and(|c| !obs.suspected(state, c));
+    heard && obs.report(state, primary).is_some_and(|r| !r.healthy)
 }
 
 /// Asks for an operator decision, unless the shard already waits for one for
@@ -354,6 +365,37 @@ mod tests {
         assert_eq!(w.state.shards["orders/0"].epoch, 2);
         assert_eq!(w.state.replicas["orders-0-eu"].role, ReplicaRole::Fenced);
         assert_eq!(w.state.leases[&primary_lease_key("orders/0")].holder, "orders-0-ap");
+    }
+
+    #[test]
+    fn a_dead_primary_in_a_live_region_is_replaced_once_its_controller_gave_the_lease_up() {
+        let dead = |obs: &mut Observations| {
+            if let Some(r) = obs.controllers.get_mut("c-eu").and_then(|v| v.replicas.get_mut("orders-0-eu")) {
+                r.healthy = false;
+            }
+        };
+        let promotes = |w: &World, obs: &Observations| {
+            kinds(&plan(&w.state, obs)).into_iter().filter(|k| k.starts_with("promote")).collect::<Vec<_>>()
+        };
+        let mut w = World::new();
+        let mut obs = observe([50, 40, 45], &[], &[]);
+        dead(&mut obs);
+        assert!(promotes(&w, &obs).is_empty(), "the controller still holds the lease: it may restart it");
+        w.expire_primary_lease();
+        let healthy = observe([50, 40, 45], &[], &[]);
+        assert!(promotes(&w, &healthy).is_empty(), "lease gone but reported healthy: its controller takes it back");
+        let mut unheard = observe([50, 40, 45], &["c-eu"], &[]);
+        dead(&mut unheard);
+        assert!(promotes(&w, &unheard).is_empty(), "its controller unheard: only a region loss decides");
+        assert_eq!(promotes(&w, &obs), vec!["promote orders-0-ap in orders/0 after epoch 1 (Automatic)"]);
+        let plan = plan(&w.state, &obs);
+        for command in plan.commands {
+            assert!(matches!(w.apply(command), Response::Applied { .. }));
+        }
+        assert_eq!(w.state.replicas["orders-0-eu"].role, ReplicaRole::Fenced);
+        // It confirms it is fenced and rejoins as a replica: its region lives.
+        w.apply(ack("orders-0-eu", 2, ReplicaRole::Fenced));
+        assert_eq!(w.state.replicas["orders-0-eu"].role, ReplicaRole::Replica);
     }
 
     #[test]

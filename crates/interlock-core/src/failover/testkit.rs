@@ -32,7 +32,12 @@ impl World {
                     replicas: REGIONS
                         .iter()
                         .zip([100, 50, 10])
-                        .map(|(r, p)| ReplicaSpec { id: format!("orders-0-{r}"), region: r.to_string(), priority: p })
+                        .map(|(r, p)| ReplicaSpec {
+                            id: format!("orders-0-{r}"),
+                            region: r.to_string(),
+                            priority: p,
+                            address: String::new(),
+                        })
                         .collect(),
                 }],
             }],

@@ -84,6 +84,8 @@ pub struct Replica {
     pub shard: String,
     pub region: String,
     pub priority: u32,
+    /// Its database's `HOST:PORT` from the topology (empty: not declared).
+    pub address: String,
     pub role: ReplicaRole,
     /// The controller that registered it, if any.
     pub controller: Option<String>,

@@ -154,6 +154,10 @@ pub struct ReplicaSpec {
     /// Promotion priority, 0 (never) to 100.
     #[serde(default = "default_priority")]
     pub priority: u32,
+    /// Where its database answers (`HOST:PORT`), for clients looking for the
+    /// primary and standbys told whom to follow; empty: not declared.
+    #[serde(default)]
+    pub address: String,
 }
 
 impl Topology {

@@ -257,7 +257,12 @@ mod tests {
                         id: "0".into(),
                         max_lag_on_failover: 0,
                         cooldown_seconds: 0,
-                        replicas: vec![ReplicaSpec { id: "w-eu".into(), region: "eu".into(), priority: 1 }],
+                        replicas: vec![ReplicaSpec {
+                            id: "w-eu".into(),
+                            region: "eu".into(),
+                            priority: 1,
+                            address: String::new(),
+                        }],
                     }],
                 }],
                 ..Topology::default()

@@ -62,6 +62,7 @@ pub(crate) fn apply(state: &mut State, desired: &Topology, fx: &mut Effects) -> 
                         shard: spec.id.clone(),
                         region: r.region.clone(),
                         priority: r.priority,
+                        address: r.address.clone(),
                         role: previous.map_or(ReplicaRole::Replica, |p| p.role),
                         controller: previous.and_then(|p| p.controller.clone()),
                         acked: previous.and_then(|p| p.acked),

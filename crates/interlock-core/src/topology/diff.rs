@@ -80,6 +80,9 @@ pub fn diff(state: &State, desired: &Topology) -> (Vec<String>, Option<(Refusal,
                 if old.priority != replica.priority {
                     lines.push(format!("~ replica {id}: priority {} -> {}", old.priority, replica.priority));
                 }
+                if old.address != replica.address {
+                    lines.push(format!("~ replica {id}: address {:?} -> {:?}", old.address, replica.address));
+                }
             }
         }
     }

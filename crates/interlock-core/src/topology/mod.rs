@@ -16,7 +16,7 @@ pub(crate) mod tests {
     use crate::model::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
 
     pub(crate) fn replica(id: &str, region: &str, priority: u32) -> ReplicaSpec {
-        ReplicaSpec { id: id.into(), region: region.into(), priority }
+        ReplicaSpec { id: id.into(), region: region.into(), priority, address: String::new() }
     }
 
     pub(crate) fn sample() -> Topology {

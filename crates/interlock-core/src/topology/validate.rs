@@ -4,7 +4,7 @@
 
 use crate::lease::{TTL_MAX_MS, TTL_MIN_MS};
 use crate::model::{FailoverPolicy, RoutingPolicy, Topology, CAPACITY_MAX, PRIORITY_MAX, SHARDS_MAX};
-use crate::vocab::{validate_id, InvalidArgument, TOTAL_BPS};
+use crate::vocab::{validate_host_port, validate_id, InvalidArgument, TOTAL_BPS};
 use std::collections::BTreeSet;
 
 /// Every problem in the file, each naming its field. Empty means valid.
@@ -71,6 +71,9 @@ pub fn validate(topology: &Topology) -> Vec<InvalidArgument> {
                         format!("{field}.region"),
                         format!("unknown region {:?}: declare it under regions", replica.region),
                     )));
+                }
+                if !replica.address.is_empty() {
+                    push(validate_host_port(&replica.address, &format!("{field}.address")));
                 }
                 if replica.priority > PRIORITY_MAX {
                     push(Err(InvalidArgument::new(
@@ -144,13 +147,19 @@ mod tests {
         let mut t = sample();
         t.regions.push(RegionSpec { id: "eu-west".into(), capacity: 0 });
         let shard = &mut t.services[0].shards[0];
-        shard.replicas.push(ReplicaSpec { id: "orders-0-eu".into(), region: "mars".into(), priority: 101 });
+        shard.replicas.push(ReplicaSpec {
+            id: "orders-0-eu".into(),
+            region: "mars".into(),
+            priority: 101,
+            address: "db-1".into(),
+        });
         let fields: Vec<(String, String)> = validate(&t).into_iter().map(|e| (e.field, e.reason)).collect();
         let expect = [
             ("regions[2].id", "duplicate region id"),
             ("regions[2].capacity", "out of range"),
             ("services[0].shards[0].replicas[2].id", "duplicate replica id"),
             ("services[0].shards[0].replicas[2].region", "unknown region \"mars\""),
+            ("services[0].shards[0].replicas[2].address", "\"db-1\" is not HOST:PORT"),
             ("services[0].shards[0].replicas[2].priority", "101 is out of range"),
         ];
         assert_eq!(fields.len(), expect.len(), "{fields:?}");

@@ -422,6 +422,7 @@ impl Admin for AdminService {
             .iter()
             .map(|(key, shard)| interlock_proto::v1::Shard {
                 status: policy::shard_status(s, &obs, key, shard),
+                primary_address: s.primary_address(key),
                 ..shard.into()
             })
             .collect();

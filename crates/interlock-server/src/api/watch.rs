@@ -62,7 +62,7 @@ pub fn assignment(state: &State, id: &str) -> Assignment {
                 .filter_map(|r| state.replicas.get(r))
                 .map(|r| {
                     let key = shard_key(&r.service, &r.shard);
-                    let epoch = state.shards.get(&key).map_or(0, |s| s.epoch);
+                    let (epoch, primary) = state.shards.get(&key).map_or((0, None), |s| (s.epoch, s.primary.clone()));
                     let lease_key = primary_lease_key(&key);
                     let lease = state.leases.get(&lease_key).filter(|l| l.holder == r.id);
                     ReplicaAssignment {
@@ -75,6 +75,8 @@ pub fn assignment(state: &State, id: &str) -> Assignment {
                         lease_token: if r.role == ReplicaRole::Primary { lease.map_or(0, |l| l.token) } else { 0 },
                         acknowledged: r.acked == Some((r.role, epoch)),
                         lease_ttl_ms: state.topology.failover.primary_lease_ttl_ms,
+                        primary: primary.unwrap_or_default(),
+                        primary_address: state.primary_address(&key),
                     }
                 })
                 .collect()

@@ -312,13 +312,7 @@ pub fn duration(value: &str, field: &str) -> Result<Duration, ConfigError> {
 
 /// Checks that `addr` looks like HOST:PORT (a name is allowed: it is dialled, not bound).
 pub fn validate_dial_addr(addr: &str, field: &str) -> Result<(), ConfigError> {
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        return Err(ConfigError::new(field, format!("{addr:?} is not HOST:PORT")));
-    };
-    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err(ConfigError::new(field, format!("{addr:?} is not HOST:PORT with a port in 1..65535")));
-    }
-    Ok(())
+    interlock_core::vocab::validate_host_port(addr, field).map_err(|e| ConfigError::new(field, e.reason))
 }
 
 /// Checks a region name: lowercase letters, digits and dashes, 1 to 63 characters.
