@@ -432,8 +432,20 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
 
     async fn reconcile(&mut self, a: &ReplicaAssignment) {
         if a.role != "PRIMARY" {
+            // Before the shard's first election (epoch 0) no primary lease was
+            // ever granted: a database that already acts as primary is left
+            // alone — the election picks it (best position) and adopts it.
+            // (Nor is anything acknowledged for it.)
+            if a.epoch == 0 && self.acting.is_none() && self.driver.is_primary(&self.replica).await.unwrap_or(true) {
+                return;
+            }
             if !self.stop_acting(&format!("assigned {} at epoch {}", a.role, a.epoch)).await {
                 return;
+            }
+            // A standby that is down follows again (its driver restarts,
+            // rewinds or clones it).
+            if !self.healthy() {
+                self.following = None;
             }
             if !a.acknowledged {
                 self.acknowledge(a).await;

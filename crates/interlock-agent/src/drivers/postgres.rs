@@ -133,6 +133,9 @@ pub struct PostgresDriver {
     shards: BTreeMap<String, String>,
     reachable: Arc<Reachability>,
     known: Mutex<BTreeMap<String, Observed>>,
+    /// One role operation at a time per instance: the controller's guard
+    /// may fence while its actor demotes.
+    ops: BTreeMap<String, tokio::sync::Mutex<()>>,
     /// (uid, gid) the tools run as; None: as the agent.
     run_as: Option<(u32, u32)>,
 }
@@ -151,11 +154,13 @@ impl PostgresDriver {
             }
         }
         let run_as = run_as(config.os_user.as_deref())?;
+        let ops = replicas.iter().map(|(id, _)| (id.clone(), tokio::sync::Mutex::new(()))).collect();
         Ok(PostgresDriver {
             config,
             shards: replicas.into_iter().collect(),
             reachable,
             known: Mutex::new(BTreeMap::new()),
+            ops,
             run_as,
         })
     }
@@ -164,6 +169,14 @@ impl PostgresDriver {
         self.config.instances.get(replica).filter(|_| self.shards.contains_key(replica)).ok_or_else(|| {
             format!("replica {replica} is not run by this agent")
         })
+    }
+
+    /// Waits for the instance's turn for a role operation.
+    async fn turn(&self, replica: &str) -> Result<tokio::sync::MutexGuard<'_, ()>, String> {
+        match self.ops.get(replica) {
+            Some(m) => Ok(m.lock().await),
+            None => Err(format!("replica {replica} is not run by this agent")),
+        }
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Observed>> {
@@ -229,20 +242,33 @@ impl PostgresDriver {
 
     async fn connect(&self, replica: &str) -> Result<tokio_postgres::Client, String> {
         let i = self.instance(replica)?;
+        self.connect_at(&i.host, i.port).await
+    }
+
+    async fn connect_at(&self, host: &str, port: u16) -> Result<tokio_postgres::Client, String> {
         let mut config = tokio_postgres::Config::new();
         config
-            .host(&i.host)
-            .port(i.port)
+            .host(host)
+            .port(port)
             .user(&self.config.db_user)
             .dbname("postgres")
             .application_name("interlock-agent")
             .connect_timeout(Duration::from_secs(2));
         let (client, connection) = tokio::time::timeout(Duration::from_secs(3), config.connect(tokio_postgres::NoTls))
             .await
-            .map_err(|_| format!("connecting to {}:{}: timed out", i.host, i.port))?
-            .map_err(|e| format!("connecting to {}:{}: {e}", i.host, i.port))?;
+            .map_err(|_| format!("connecting to {host}:{port}: timed out"))?
+            .map_err(|e| format!("connecting to {host}:{port}: {e}"))?;
         tokio::spawn(connection);
         Ok(client)
+    }
+
+    /// Whether the instance at `address` (host:port) is in recovery.
+    async fn source_in_recovery(&self, address: &str) -> Result<bool, String> {
+        let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("address {address:?}: not host:port"))?;
+        let port: u16 = port.parse().map_err(|_| format!("address {address:?}: bad port"))?;
+        let client = self.connect_at(host, port).await?;
+        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?;
+        row.try_get(0).map_err(|e| e.to_string())
     }
 
     /// Runs one of PostgreSQL's tools as the database's OS user, under the
@@ -294,6 +320,16 @@ impl PostgresDriver {
         self.chown(&file)
     }
 
+    /// An empty data directory, owned by the OS user, mode 0700 (PostgreSQL
+    /// refuses any other).
+    fn create_data_dir(&self, i: &InstanceConfig) -> Result<(), String> {
+        let dir = &i.data_dir;
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o700);
+        std::fs::set_permissions(dir, mode).map_err(|e| format!("chmod 0700 {}: {e}", dir.display()))?;
+        self.chown(dir)
+    }
+
     fn chown(&self, file: &Path) -> Result<(), String> {
         if let Some((uid, gid)) = self.run_as {
             let (uid, gid) = (nix::unistd::Uid::from_raw(uid), nix::unistd::Gid::from_raw(gid));
@@ -336,6 +372,41 @@ impl PostgresDriver {
         Ok(())
     }
 
+    /// Creates `replica`'s instance from nothing — `initdb` with data
+    /// checksums (for pg_rewind) and trust authentication, `settings`
+    /// appended to its postgresql.conf — and starts it as a primary. For
+    /// `interlockd dev --postgres`, the tests and the benchmark; the other
+    /// instances are then cloned from it by [`ReplicaDriver::follow`].
+    pub async fn initialise(&self, replica: &str, settings: &str) -> Result<(), String> {
+        let i = self.instance(replica)?;
+        self.create_data_dir(i)?;
+        let args = ["-D", &path(&i.data_dir), "-U", &self.config.db_user, "--auth=trust", "--data-checksums"];
+        let args: Vec<String> = args.iter().chain(&["--locale=C", "-E", "UTF8"]).map(|a| a.to_string()).collect();
+        self.tool("initdb", &args).await?;
+        let conf = i.data_dir.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).map_err(|e| format!("reading {}: {e}", conf.display()))?;
+        text.push_str("\n# interlock\n");
+        text.push_str(settings);
+        text.push('\n');
+        std::fs::write(&conf, text).map_err(|e| format!("writing {}: {e}", conf.display()))?;
+        self.start(i).await
+    }
+
+    /// Stops every instance now (`pg_ctl stop -m immediate`), blocking: for
+    /// whoever created them ([`PostgresDriver::initialise`]) when it is
+    /// done. The agent itself never stops its databases on exit.
+    pub fn stop_all_blocking(&self) {
+        for i in self.config.instances.values().filter(|i| postmaster(i).is_some()) {
+            let mut command = std::process::Command::new(self.config.bin_dir.join("pg_ctl"));
+            command.args(["stop", "-m", "immediate", "-w", "-D", &path(&i.data_dir)]).current_dir("/");
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::process::CommandExt::uid(&mut command, uid);
+                std::os::unix::process::CommandExt::gid(&mut command, gid);
+            }
+            let _ = command.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).status();
+        }
+    }
+
     /// A stopped (or never created) instance becomes a standby of the
     /// primary at `host:port`: cloned if empty, rewound if it diverged.
     async fn rejoin(&self, replica: &str, address: &str) -> Result<(), String> {
@@ -344,17 +415,23 @@ impl PostgresDriver {
         let source = format!("host={host} port={port} user={} dbname=postgres", self.config.db_user);
         if i.data_dir.join("PG_VERSION").exists() {
             self.kill(i).await?;
+            // pg_rewind first completes crash recovery in single-user mode,
+            // which refuses standby mode: the signal goes back right after.
+            let _ = std::fs::remove_file(i.data_dir.join("standby.signal"));
             let args = ["--target-pgdata".to_string(), path(&i.data_dir), format!("--source-server={source}")];
-            self.tool("pg_rewind", &args).await?;
+            let rewound = self.tool("pg_rewind", &args).await;
+            self.standby_signal(i)?;
+            rewound?;
         } else {
-            std::fs::create_dir_all(&i.data_dir).map_err(|e| format!("creating {}: {e}", i.data_dir.display()))?;
-            self.chown(&i.data_dir)?;
+            self.create_data_dir(i)?;
             let args = ["-D", &path(&i.data_dir), "-d", &source, "-X", "stream", "-c", "fast"].map(String::from);
             self.tool("pg_basebackup", &args).await?;
         }
         self.standby_signal(i)?;
         self.write_conninfo(i, replica, address)?;
-        self.start(i).await
+        self.start(i).await?;
+        self.refresh(replica).await;
+        Ok(())
     }
 }
 
@@ -387,6 +464,7 @@ impl ReplicaDriver for PostgresDriver {
 
     fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send {
         async move {
+            let _turn = self.turn(replica).await?;
             let client = self.connect(replica).await?;
             let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?;
             if row.try_get::<_, bool>(0).map_err(|e| e.to_string())? {
@@ -420,6 +498,7 @@ impl ReplicaDriver for PostgresDriver {
 
     fn demote(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
         async move {
+            let _turn = self.turn(replica).await?;
             let i = self.instance(replica)?;
             tracing::info!(replica, "demoting: {reason}");
             if postmaster(i).is_some() && self.observe(replica).await?.primary {
@@ -440,6 +519,7 @@ impl ReplicaDriver for PostgresDriver {
 
     fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
         async move {
+            let _turn = self.turn(replica).await?;
             let i = self.instance(replica)?;
             tracing::warn!(replica, "fencing: {reason}");
             self.standby_signal(i)?;
@@ -451,8 +531,17 @@ impl ReplicaDriver for PostgresDriver {
 
     fn follow(&self, replica: &str, primary: &str, address: &str) -> impl Future<Output = Result<(), String>> + Send {
         async move {
+            let _turn = self.turn(replica).await?;
             let i = self.instance(replica)?;
             tracing::info!(replica, "following {primary} at {address}");
+            // Not before the new primary is out of recovery: rewound against
+            // a standby still on the old timeline, this instance would keep
+            // WAL of its own (crash recovery writes some) past the fork.
+            match self.source_in_recovery(address).await {
+                Ok(false) => {}
+                Ok(true) => return Err(format!("{primary} is not promoted yet")),
+                Err(e) => return Err(format!("{primary}: {e}")),
+            }
             if postmaster(i).is_none() {
                 return self.rejoin(replica, address).await;
             }
@@ -558,6 +647,7 @@ mod tests {
             shards: BTreeMap::new(),
             reachable: Arc::new(Reachability::new("eu", Duration::from_secs(1))),
             known: Mutex::new(BTreeMap::new()),
+            ops: BTreeMap::new(),
             run_as: None,
         };
         let i = InstanceConfig {
