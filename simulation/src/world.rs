@@ -424,7 +424,9 @@ fn apply(
                     until_ms: scheduled.until_ms,
                     primaries,
                 });
-                crate::clock::at(now, || (0..controllers::SHARDS).for_each(|k| dbs[r].fail(&controllers::replica_name(k, r))));
+                crate::clock::at(now, || {
+                    (0..controllers::SHARDS).for_each(|k| dbs[r].fail(&controllers::replica_name(k, r)))
+                });
             }
         }
         Fault::RegionLoss(r) => {

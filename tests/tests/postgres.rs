@@ -67,7 +67,8 @@ impl Instances {
     }
 
     fn agent(&self, cluster: &TestCluster, k: usize) -> TestAgent {
-        let section = Instances::section(&self.root, &self.ports, &[IDS[k]]).replace("[instances.", "[postgres.instances.");
+        let section =
+            Instances::section(&self.root, &self.ports, &[IDS[k]]).replace("[instances.", "[postgres.instances.");
         TestAgent::start_with(cluster, REGIONS[k], &format!("driver = \"postgres\"\n[postgres]\n{section}"))
     }
 
@@ -88,9 +89,8 @@ impl Drop for Instances {
         if std::thread::panicking() {
             // What the agents and the servers said, for the failure report.
             let dir = self.root.parent().map(Path::to_path_buf).unwrap_or_default();
-            let logs = (0..3).flat_map(|k| {
-                [dir.join(format!("ctl-{}.log", REGIONS[k])), self.root.join(format!("{}.log", IDS[k]))]
-            });
+            let logs = (0..3)
+                .flat_map(|k| [dir.join(format!("ctl-{}.log", REGIONS[k])), self.root.join(format!("{}.log", IDS[k]))]);
             for log in logs {
                 let text = std::fs::read_to_string(&log).unwrap_or_default();
                 let lines: Vec<&str> = text.lines().filter(|l| !l.contains("openraft")).collect();
@@ -154,7 +154,8 @@ async fn writer(client: Client, acked: Acked, stop: Arc<AtomicBool>) {
         let Some((c, address)) = &db else { continue };
         n += 1;
         let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&n];
-        match tokio::time::timeout(Duration::from_secs(2), c.execute("INSERT INTO seq (n) VALUES ($1)", &params)).await {
+        match tokio::time::timeout(Duration::from_secs(2), c.execute("INSERT INTO seq (n) VALUES ($1)", &params)).await
+        {
             Ok(Ok(_)) => acked.lock().expect("acked").push((n, Instant::now(), address.clone())),
             _ => db = None,
         }
@@ -175,7 +176,8 @@ async fn sampler(addresses: Vec<String>, doubles: Arc<Mutex<Vec<String>>>, stop:
                 *session = connect(a, Duration::from_millis(200)).await.ok();
             }
             let Some(c) = session.as_ref() else { continue };
-            let answer = tokio::time::timeout(Duration::from_millis(300), c.query_one("SELECT pg_is_in_recovery()", &[]));
+            let answer =
+                tokio::time::timeout(Duration::from_millis(300), c.query_one("SELECT pg_is_in_recovery()", &[]));
             match answer.await {
                 Ok(Ok(row)) if !row.get::<_, bool>(0) => writable.push(a.clone()),
                 Ok(Ok(_)) => {}
@@ -199,7 +201,10 @@ async fn shard(client: &Client) -> interlock_client::Shard {
 /// `after`; returns (primary index, epoch).
 async fn promoted_after(client: &Client, after: u64, within: Duration) -> (usize, u64) {
     eventually(&format!("a primary acknowledged after epoch {after}"), within, || async {
-        client.shards().await.is_ok_and(|s| s.iter().any(|s| s.epoch > after && s.pending.is_empty() && !s.primary.is_empty()))
+        client
+            .shards()
+            .await
+            .is_ok_and(|s| s.iter().any(|s| s.epoch > after && s.pending.is_empty() && !s.primary.is_empty()))
     })
     .await;
     let s = shard(client).await;
@@ -257,7 +262,8 @@ async fn all_healthy(client: &Client) {
 /// The fencing table on the primary ends with (epoch, its replica).
 async fn fencing_records(instances: &Instances, primary: usize, epoch: u64) {
     let c = connect(&instances.address(primary), Duration::from_secs(2)).await.expect("connect");
-    let rows = c.query("SELECT epoch, token, replica FROM interlock.fencing ORDER BY epoch", &[]).await.expect("fencing");
+    let rows =
+        c.query("SELECT epoch, token, replica FROM interlock.fencing ORDER BY epoch", &[]).await.expect("fencing");
     let last = rows.last().expect("a fencing record");
     assert_eq!((last.get::<_, i64>(0) as u64, last.get::<_, String>(2)), (epoch, IDS[primary].to_string()));
     let tokens: Vec<i64> = rows.iter().map(|r| r.get(1)).collect();

@@ -498,12 +498,11 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
                     lost = keeper.lost() => (format!("primary lease lost: {lost}"), false),
                     Ok(why) = given_up => (why, true),
                 };
-                while !(giving_up && unfenced) {
-                    match driver.fence(&replica, &reason).await {
-                        Ok(()) => break,
-                        Err(e) => tracing::error!(replica, "{reason}, and the fence failed: {e}; retrying"),
+                if !(giving_up && unfenced) {
+                    while let Err(e) = driver.fence(&replica, &reason).await {
+                        tracing::error!(replica, "{reason}, and the fence failed: {e}; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 // Fenced: the lease can go back at once instead of at its TTL.
                 if giving_up {

@@ -74,8 +74,10 @@ impl DemoDatabase {
         reachable_window: Duration,
         observer: impl Fn(&ActingChange) + Send + Sync + 'static,
     ) -> Self {
-        let replicas =
-            replicas.into_iter().map(|(id, shard)| (id, DemoReplica { shard, position: 0, ..DemoReplica::default() })).collect();
+        let replicas = replicas
+            .into_iter()
+            .map(|(id, shard)| (id, DemoReplica { shard, position: 0, ..DemoReplica::default() }))
+            .collect();
         DemoDatabase {
             region: region.to_string(),
             reachable: Reachability::new(region, reachable_window),

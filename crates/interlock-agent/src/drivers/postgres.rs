@@ -27,7 +27,6 @@ use crate::probes::Reachability;
 use interlock_client::{ReplicaDriver, ReplicaStatus};
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -111,7 +110,10 @@ impl PostgresConfig {
                 return Err(format!("postgres.instances.{id}.port: 0 is not a port"));
             }
             if !i.data_dir.is_absolute() {
-                return Err(format!("postgres.instances.{id}.data_dir: {} is not an absolute path", i.data_dir.display()));
+                return Err(format!(
+                    "postgres.instances.{id}.data_dir: {} is not an absolute path",
+                    i.data_dir.display()
+                ));
             }
         }
         Ok(())
@@ -166,9 +168,11 @@ impl PostgresDriver {
     }
 
     fn instance(&self, replica: &str) -> Result<&InstanceConfig, String> {
-        self.config.instances.get(replica).filter(|_| self.shards.contains_key(replica)).ok_or_else(|| {
-            format!("replica {replica} is not run by this agent")
-        })
+        self.config
+            .instances
+            .get(replica)
+            .filter(|_| self.shards.contains_key(replica))
+            .ok_or_else(|| format!("replica {replica} is not run by this agent"))
     }
 
     /// Waits for the instance's turn for a role operation.
@@ -341,15 +345,13 @@ impl PostgresDriver {
     /// Points the instance at `address` (host:port) in
     /// `postgresql.auto.conf`, read at the next start or reload.
     fn write_conninfo(&self, i: &InstanceConfig, replica: &str, address: &str) -> Result<(), String> {
-        let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("primary address {address:?}: not host:port"))?;
+        let (host, port) =
+            address.rsplit_once(':').ok_or_else(|| format!("primary address {address:?}: not host:port"))?;
         let conninfo = format!("host={host} port={port} user={} application_name={replica}", self.config.db_user);
         let file = i.data_dir.join("postgresql.auto.conf");
         let old = std::fs::read_to_string(&file).unwrap_or_default();
-        let mut text: String = old
-            .lines()
-            .filter(|l| !l.trim_start().starts_with("primary_conninfo"))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let mut text: String =
+            old.lines().filter(|l| !l.trim_start().starts_with("primary_conninfo")).map(|l| format!("{l}\n")).collect();
         text.push_str(&format!("primary_conninfo = '{}'\n", conninfo.replace('\'', "''")));
         std::fs::write(&file, text).map_err(|e| format!("writing {}: {e}", file.display()))?;
         self.chown(&file)
@@ -411,7 +413,8 @@ impl PostgresDriver {
     /// primary at `host:port`: cloned if empty, rewound if it diverged.
     async fn rejoin(&self, replica: &str, address: &str) -> Result<(), String> {
         let i = self.instance(replica)?;
-        let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("primary address {address:?}: not host:port"))?;
+        let (host, port) =
+            address.rsplit_once(':').ok_or_else(|| format!("primary address {address:?}: not host:port"))?;
         let source = format!("host={host} port={port} user={} dbname=postgres", self.config.db_user);
         if i.data_dir.join("PG_VERSION").exists() {
             self.kill(i).await?;
@@ -451,109 +454,99 @@ impl ReplicaDriver for PostgresDriver {
         self.reachable.regions()
     }
 
-    fn is_primary(&self, replica: &str) -> impl Future<Output = Result<bool, String>> + Send {
-        async move {
-            let i = self.instance(replica)?;
-            if postmaster(i).is_none() {
-                return Ok(false);
-            }
-            let o = self.observe(replica).await?;
-            Ok(o.primary)
+    async fn is_primary(&self, replica: &str) -> Result<bool, String> {
+        let i = self.instance(replica)?;
+        if postmaster(i).is_none() {
+            return Ok(false);
         }
+        let o = self.observe(replica).await?;
+        Ok(o.primary)
     }
 
-    fn promote(&self, replica: &str, epoch: u64, token: u64) -> impl Future<Output = Result<(), String>> + Send {
-        async move {
-            let _turn = self.turn(replica).await?;
-            let client = self.connect(replica).await?;
-            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?;
-            if row.try_get::<_, bool>(0).map_err(|e| e.to_string())? {
-                let row = client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| e.to_string())?;
-                if !row.try_get::<_, bool>(0).map_err(|e| e.to_string())? {
-                    return Err("pg_promote: not promoted within 60 s".into());
-                }
+    async fn promote(&self, replica: &str, epoch: u64, token: u64) -> Result<(), String> {
+        let _turn = self.turn(replica).await?;
+        let client = self.connect(replica).await?;
+        let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await.map_err(|e| e.to_string())?;
+        if row.try_get::<_, bool>(0).map_err(|e| e.to_string())? {
+            let row = client.query_one("SELECT pg_promote(true, 60)", &[]).await.map_err(|e| e.to_string())?;
+            if !row.try_get::<_, bool>(0).map_err(|e| e.to_string())? {
+                return Err("pg_promote: not promoted within 60 s".into());
             }
-            // The fencing record, for writers that check it. Committed
-            // locally: a synchronous standby may still be repointing.
-            let (epoch, token) = (epoch as i64, token as i64);
-            let record = "SET synchronous_commit = local;
-                 CREATE SCHEMA IF NOT EXISTS interlock;
-                 CREATE TABLE IF NOT EXISTS interlock.fencing (
-                     epoch bigint PRIMARY KEY, token bigint NOT NULL, replica text NOT NULL,
-                     promoted_at timestamptz NOT NULL DEFAULT now());";
-            client.batch_execute(record).await.map_err(|e| format!("interlock.fencing: {e}"))?;
-            client
-                .execute(
-                    "INSERT INTO interlock.fencing (epoch, token, replica) VALUES ($1, $2, $3) \
-                     ON CONFLICT (epoch) DO UPDATE SET token = EXCLUDED.token, replica = EXCLUDED.replica",
-                    &[&epoch, &token, &replica],
-                )
-                .await
-                .map_err(|e| format!("interlock.fencing: {e}"))?;
-            tracing::info!(replica, epoch, token, "promoted");
-            self.refresh(replica).await;
-            Ok(())
         }
+        // The fencing record, for writers that check it. Committed
+        // locally: a synchronous standby may still be repointing.
+        let (epoch, token) = (epoch as i64, token as i64);
+        let record = "SET synchronous_commit = local;
+             CREATE SCHEMA IF NOT EXISTS interlock;
+             CREATE TABLE IF NOT EXISTS interlock.fencing (
+                 epoch bigint PRIMARY KEY, token bigint NOT NULL, replica text NOT NULL,
+                 promoted_at timestamptz NOT NULL DEFAULT now());";
+        client.batch_execute(record).await.map_err(|e| format!("interlock.fencing: {e}"))?;
+        client
+            .execute(
+                "INSERT INTO interlock.fencing (epoch, token, replica) VALUES ($1, $2, $3) \
+                 ON CONFLICT (epoch) DO UPDATE SET token = EXCLUDED.token, replica = EXCLUDED.replica",
+                &[&epoch, &token, &replica],
+            )
+            .await
+            .map_err(|e| format!("interlock.fencing: {e}"))?;
+        tracing::info!(replica, epoch, token, "promoted");
+        self.refresh(replica).await;
+        Ok(())
     }
 
-    fn demote(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
-        async move {
-            let _turn = self.turn(replica).await?;
-            let i = self.instance(replica)?;
-            tracing::info!(replica, "demoting: {reason}");
-            if postmaster(i).is_some() && self.observe(replica).await?.primary {
-                self.stop(i, "fast", (self.config.timeout_ms / 1000).max(1)).await?;
-            }
-            self.standby_signal(i)?;
-            if postmaster(i).is_none() {
-                if let Err(e) = self.start(i).await {
-                    tracing::warn!(replica, "starting it again as a standby: {e}");
-                }
-            }
-            if postmaster(i).is_some() && self.refresh(replica).await.primary {
-                return Err("it still acts as primary".into());
-            }
-            Ok(())
+    async fn demote(&self, replica: &str, reason: &str) -> Result<(), String> {
+        let _turn = self.turn(replica).await?;
+        let i = self.instance(replica)?;
+        tracing::info!(replica, "demoting: {reason}");
+        if postmaster(i).is_some() && self.observe(replica).await?.primary {
+            self.stop(i, "fast", (self.config.timeout_ms / 1000).max(1)).await?;
         }
+        self.standby_signal(i)?;
+        if postmaster(i).is_none() {
+            if let Err(e) = self.start(i).await {
+                tracing::warn!(replica, "starting it again as a standby: {e}");
+            }
+        }
+        if postmaster(i).is_some() && self.refresh(replica).await.primary {
+            return Err("it still acts as primary".into());
+        }
+        Ok(())
     }
 
-    fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send {
-        async move {
-            let _turn = self.turn(replica).await?;
-            let i = self.instance(replica)?;
-            tracing::warn!(replica, "fencing: {reason}");
-            self.standby_signal(i)?;
-            self.kill(i).await?;
-            self.refresh(replica).await;
-            Ok(())
-        }
+    async fn fence(&self, replica: &str, reason: &str) -> Result<(), String> {
+        let _turn = self.turn(replica).await?;
+        let i = self.instance(replica)?;
+        tracing::warn!(replica, "fencing: {reason}");
+        self.standby_signal(i)?;
+        self.kill(i).await?;
+        self.refresh(replica).await;
+        Ok(())
     }
 
-    fn follow(&self, replica: &str, primary: &str, address: &str) -> impl Future<Output = Result<(), String>> + Send {
-        async move {
-            let _turn = self.turn(replica).await?;
-            let i = self.instance(replica)?;
-            tracing::info!(replica, "following {primary} at {address}");
-            // Not before the new primary is out of recovery: rewound against
-            // a standby still on the old timeline, this instance would keep
-            // WAL of its own (crash recovery writes some) past the fork.
-            match self.source_in_recovery(address).await {
-                Ok(false) => {}
-                Ok(true) => return Err(format!("{primary} is not promoted yet")),
-                Err(e) => return Err(format!("{primary}: {e}")),
-            }
-            if postmaster(i).is_none() {
-                return self.rejoin(replica, address).await;
-            }
-            let o = self.observe(replica).await?;
-            if o.primary {
-                return Err("it acts as primary: it must be fenced before it follows".into());
-            }
-            self.write_conninfo(i, replica, address)?;
-            let client = self.connect(replica).await?;
-            client.query_one("SELECT pg_reload_conf()", &[]).await.map_err(|e| format!("pg_reload_conf: {e}"))?;
-            Ok(())
+    async fn follow(&self, replica: &str, primary: &str, address: &str) -> Result<(), String> {
+        let _turn = self.turn(replica).await?;
+        let i = self.instance(replica)?;
+        tracing::info!(replica, "following {primary} at {address}");
+        // Not before the new primary is out of recovery: rewound against
+        // a standby still on the old timeline, this instance would keep
+        // WAL of its own (crash recovery writes some) past the fork.
+        match self.source_in_recovery(address).await {
+            Ok(false) => {}
+            Ok(true) => return Err(format!("{primary} is not promoted yet")),
+            Err(e) => return Err(format!("{primary}: {e}")),
         }
+        if postmaster(i).is_none() {
+            return self.rejoin(replica, address).await;
+        }
+        let o = self.observe(replica).await?;
+        if o.primary {
+            return Err("it acts as primary: it must be fenced before it follows".into());
+        }
+        self.write_conninfo(i, replica, address)?;
+        let client = self.connect(replica).await?;
+        client.query_one("SELECT pg_reload_conf()", &[]).await.map_err(|e| format!("pg_reload_conf: {e}"))?;
+        Ok(())
     }
 }
 
@@ -603,16 +596,15 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_by_key() {
-        let base = |f: &dyn Fn(&mut PostgresConfig)| {
-            let mut c: PostgresConfig = toml::from_str(
-                "[instances.orders-0-eu]\ndata_dir = \"/var/lib/pg/eu\"\nport = 5432\n",
-            )
-            .expect("parse");
+        let base = |f: &dyn Fn(&mut PostgresConfig)| -> Result<(), String> {
+            let mut c: PostgresConfig =
+                toml::from_str("[instances.orders-0-eu]\ndata_dir = \"/var/lib/pg/eu\"\nport = 5432\n").expect("parse");
             f(&mut c);
             c.validate()
         };
         assert_eq!(base(&|_| {}), Ok(()));
-        let cases: [(&dyn Fn(&mut PostgresConfig), &str); 4] = [
+        type Change<'a> = &'a dyn Fn(&mut PostgresConfig);
+        let cases: [(Change<'_>, &str); 4] = [
             (&|c| c.instances.clear(), "postgres.instances: at least one"),
             (&|c| c.status_every_ms = 10, "postgres.status_every_ms"),
             (&|c| c.timeout_ms = 10, "postgres.timeout_ms"),

@@ -258,7 +258,8 @@ fn plan_shard(state: &State, obs: &Observations, key: &str, shard: &Shard) -> Op
 /// fences it before it gives the lease back; the planner acts only once the
 /// lease is gone.)
 fn reported_down(state: &State, obs: &Observations, primary: &str) -> bool {
-    let heard = state.replicas.get(primary).and_then(|r| r.controller.as_deref()).is_some_and(|c| !obs.suspected(state, c));
+    let heard =
+        state.replicas.get(primary).and_then(|r| r.controller.as_deref()).is_some_and(|c| !obs.suspected(state, c));
     heard && obs.report(state, primary).is_some_and(|r| !r.healthy)
 }
 
