@@ -9,7 +9,7 @@
 //! | promote | `pg_promote(true, 60)`, then records (epoch, token) in `interlock.fencing` | the instance is out of recovery |
 //! | demote | `pg_ctl stop -m fast`, `standby.signal`, started again as a standby | the postmaster is gone or in recovery |
 //! | fence | `standby.signal`, `pg_ctl stop -m immediate`, SIGKILL if that hangs | the postmaster process is gone |
-//! | follow | repoints `primary_conninfo`; a stopped instance is rewound (`pg_rewind`), an empty one cloned (`pg_basebackup`), then started as a standby | started as a standby of the new primary |
+//! | follow | a running standby: repoints `primary_conninfo` and reloads; a stopped instance that was a primary is rewound (`pg_rewind`), an empty one cloned (`pg_basebackup`); then started as a standby | the new primary is out of recovery, and this instance runs as its standby |
 //!
 //! Per-instance settings (port, socket directory, listen address) are
 //! given on the `postgres` command line, never in the data directory:
@@ -19,9 +19,11 @@
 //! `max_lag_on_failover` is in bytes too. `pg_rewind` needs
 //! `wal_log_hints = on` or data checksums (`initdb --data-checksums`).
 //!
-//! On start the driver starts every initialised instance that is not
-//! running — always as a standby (it writes `standby.signal` first): which
-//! instance is primary is the coordinator's to say, under the primary lease.
+//! On start the driver starts every stopped instance that was a standby
+//! (its control file says "in recovery"), as a standby. One that was a
+//! primary stays stopped — it may hold WAL no other instance got — until
+//! the coordinator names a primary for it to follow: then it is rewound.
+//! Which instance is primary is the coordinator's to say, under the lease.
 
 use crate::probes::Reachability;
 use interlock_client::{ReplicaDriver, ReplicaStatus};
@@ -204,13 +206,25 @@ impl PostgresDriver {
         }
     }
 
+    /// A stopped standby starts again as a standby. A stopped instance that
+    /// was a primary stays stopped: it may hold WAL the next primary never
+    /// got, and rejoins only through [`PostgresDriver::rejoin`] (pg_rewind).
     async fn start_stopped_as_standby(&self, replica: &str) -> Result<(), String> {
         let i = self.instance(replica)?;
-        if !i.data_dir.join("PG_VERSION").exists() || postmaster(i).is_some() {
+        if !i.data_dir.join("PG_VERSION").exists() || postmaster(i).is_some() || self.was_primary(i).await? {
             return Ok(());
         }
         self.standby_signal(i)?;
         self.start(i).await
+    }
+
+    /// Whether a stopped instance was last a primary, from its control file
+    /// (`pg_controldata`): "in production" or "shut down", not "… in
+    /// recovery". Unknown counts as a primary.
+    async fn was_primary(&self, i: &InstanceConfig) -> Result<bool, String> {
+        let out = self.quiet_tool("pg_controldata", &["-D".to_string(), path(&i.data_dir)]).await?;
+        let state = out.lines().find_map(|l| l.strip_prefix("Database cluster state:")).map(str::trim);
+        Ok(!state.is_some_and(|s| s.contains("recovery")))
     }
 
     /// Reads the instance's status now and remembers it.
@@ -278,6 +292,15 @@ impl PostgresDriver {
     /// Runs one of PostgreSQL's tools as the database's OS user, under the
     /// timeout; its output goes into the agent's log.
     async fn tool(&self, program: &str, args: &[String]) -> Result<String, String> {
+        self.run_tool(program, args, true).await
+    }
+
+    /// [`PostgresDriver::tool`], logging its output only if it fails.
+    async fn quiet_tool(&self, program: &str, args: &[String]) -> Result<String, String> {
+        self.run_tool(program, args, false).await
+    }
+
+    async fn run_tool(&self, program: &str, args: &[String], log: bool) -> Result<String, String> {
         let mut command = tokio::process::Command::new(self.config.bin_dir.join(program));
         command.args(args).current_dir("/").kill_on_drop(true).stdin(std::process::Stdio::null());
         if let Some((uid, gid)) = self.run_as {
@@ -290,8 +313,10 @@ impl PostgresDriver {
             Ok(Ok(o)) => o,
         };
         let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            tracing::info!("{program}: {line}");
+        if log || !output.status.success() {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                tracing::info!("{program}: {line}");
+            }
         }
         if output.status.success() {
             Ok(text)
@@ -417,14 +442,23 @@ impl PostgresDriver {
             address.rsplit_once(':').ok_or_else(|| format!("primary address {address:?}: not host:port"))?;
         let source = format!("host={host} port={port} user={} dbname=postgres", self.config.db_user);
         if i.data_dir.join("PG_VERSION").exists() {
-            self.kill(i).await?;
-            // pg_rewind first completes crash recovery in single-user mode,
-            // which refuses standby mode: the signal goes back right after.
-            let _ = std::fs::remove_file(i.data_dir.join("standby.signal"));
-            let args = ["--target-pgdata".to_string(), path(&i.data_dir), format!("--source-server={source}")];
-            let rewound = self.tool("pg_rewind", &args).await;
-            self.standby_signal(i)?;
-            rewound?;
+            // A clean stop: an instance stopped by force is crash-recovered
+            // below, which writes WAL of its own.
+            if postmaster(i).is_some() && self.stop(i, "fast", 10).await.is_err() {
+                self.kill(i).await?;
+            }
+            self.kill(i).await?; // and wait until the postmaster is gone
+                                 // A former standby needs no rewind (it never wrote WAL; it follows
+                                 // the new timeline). A former primary is rewound. pg_rewind first
+                                 // completes crash recovery in single-user mode, which refuses
+                                 // standby mode: the signal goes back right after.
+            if self.was_primary(i).await? {
+                let _ = std::fs::remove_file(i.data_dir.join("standby.signal"));
+                let args = ["--target-pgdata".to_string(), path(&i.data_dir), format!("--source-server={source}")];
+                let rewound = self.tool("pg_rewind", &args).await;
+                self.standby_signal(i)?;
+                rewound?;
+            }
         } else {
             self.create_data_dir(i)?;
             let args = ["-D", &path(&i.data_dir), "-d", &source, "-X", "stream", "-c", "fast"].map(String::from);

@@ -27,6 +27,12 @@ pub struct DevArgs {
     /// Directory for the node configs, data, logs and the `endpoints` file.
     #[arg(long, default_value = ".interlock-dev", env = "INTERLOCK_DEV_DIR")]
     pub data_dir: PathBuf,
+    /// Run real PostgreSQL 15 instances instead of the demo database: one
+    /// primary and two synchronous streaming standbys, one per region, in
+    /// shard pg/0 (needs Debian's postgresql-15; as root they run as the
+    /// postgres user). Use its own --data-dir.
+    #[arg(long)]
+    pub postgres: bool,
 }
 
 /// `n` different loopback ports the OS says are free (all held until the
@@ -132,6 +138,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> = configs.iter().filter_map(|(_, _, k)| k.grpc_listen.clone()).collect();
     std::fs::write(dir.join("endpoints"), endpoints.join(",")).context("writing the endpoints file")?;
 
+    let pg = match args.postgres {
+        true => Some(super::dev_postgres::DevPostgres::prepare(dir).await?),
+        false => None,
+    };
     let mut children: Vec<Proc> = Vec::new();
     for (id, path, _) in &configs {
         children.push(spawn(dir, &format!("node-{id}"), "run", path)?);
@@ -153,20 +163,47 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Some(leader) => println!("Leader elected: node {leader}."),
         None => println!("No leader yet after 20 s; see the node logs in {}.", dir.display()),
     }
-    match apply_demo_topology(&client).await {
+    let topology = match &pg {
+        Some(pg) => pg.topology()?,
+        None => serde_saphyr::from_str(DEMO_TOPOLOGY).context("the demo topology")?,
+    };
+    match apply_topology_once(&client, &topology).await {
+        Ok(true) if pg.is_some() => {
+            println!("Applied the PostgreSQL topology: service pg, shard 0, an instance per region.")
+        }
         Ok(true) => println!("Applied the demo topology (deploy/examples/topology.yaml): service orders, 2 shards."),
         Ok(false) => println!("A topology is already applied; keeping it."),
-        Err(e) => println!("Could not apply the demo topology: {e:#}"),
+        Err(e) => println!("Could not apply the topology: {e:#}"),
     }
     for region in DEV_REGIONS {
-        let path = agent_config(dir, region, &endpoints)?;
+        let extra = pg.as_ref().map(|pg| pg.agent_section(region)).unwrap_or_default();
+        let path = agent_config(dir, region, &endpoints, &extra)?;
         let proc = spawn(dir, &format!("agent-{region}"), "agent", &path)?;
         println!(
-            "  agent {region:<9} pid {:<7} (demo region controller)  log {}",
+            "  agent {region:<9} pid {:<7} ({} region controller)  log {}",
             proc.child.as_ref().and_then(Child::id).unwrap_or(0),
+            if pg.is_some() { "postgres" } else { "demo" },
             dir.join(format!("agent-{region}.log")).display()
         );
         children.push(proc);
+    }
+    if let Some(pg) = &pg {
+        println!(
+            "\nPostgreSQL instances (user postgres, no password, logs next to their data in {}/pg):",
+            dir.display()
+        );
+        for (replica, address) in pg.addresses() {
+            let (host, port) = address.rsplit_once(':').unwrap_or_default();
+            println!("  {replica}  {address}   psql -h {host} -p {port} -U postgres");
+        }
+        println!(
+            "The first is the primary; the others are cloned from it and stream from it. Try:\n  \
+             interlockctl get shards -o json    # primary_address: where to write\n  \
+             kill -9 $(head -1 {0}/pg/pg-0-eu/postmaster.pid)   # the primary's postmaster dies: a standby is\n  \
+             interlockctl get shards            # promoted within seconds; the old one is rewound and follows\n  \
+             interlockctl switchover pg/0 --to pg-0-ap",
+            dir.display()
+        );
     }
     let endpoints_file = dir.join("endpoints");
     println!(
@@ -197,6 +234,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     println!("Stopping the dev cluster...");
     stop_children(&mut children).await;
+    if let Some(pg) = &pg {
+        pg.stop();
+    }
     Ok(())
 }
 
@@ -227,23 +267,26 @@ fn spawn(dir: &Path, name: &str, subcommand: &'static str, config: &Path) -> any
 /// The demo topology, shipped with the binary.
 const DEMO_TOPOLOGY: &str = include_str!("../../../../deploy/examples/topology.yaml");
 
-/// Applies the demo topology unless one is applied already.
-async fn apply_demo_topology(client: &interlock_client::Client) -> anyhow::Result<bool> {
+/// Applies `topology` unless one is applied already.
+async fn apply_topology_once(
+    client: &interlock_client::Client,
+    topology: &interlock_core::Topology,
+) -> anyhow::Result<bool> {
     if !client.regions().await?.is_empty() {
         return Ok(false);
     }
-    let topology: interlock_core::Topology = serde_saphyr::from_str(DEMO_TOPOLOGY).context("the demo topology")?;
-    client.apply_topology(&topology, false).await?;
+    client.apply_topology(topology, false).await?;
     Ok(true)
 }
 
 /// Writes the agent config for `region` (probe port chosen by the OS).
-fn agent_config(dir: &Path, region: &str, endpoints: &[String]) -> anyhow::Result<PathBuf> {
+/// `extra`: the driver's keys and tables, appended (none: the demo database).
+fn agent_config(dir: &Path, region: &str, endpoints: &[String], extra: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join(format!("agent-{region}.toml"));
     let text = format!(
-        "# Generated by `interlockd dev`: the demo region controller of {region}.\n\
+        "# Generated by `interlockd dev`: the region controller of {region}.\n\
          id = \"ctl-{region}\"\nregion = \"{region}\"\nendpoints = {:?}\nprobe_listen = \"127.0.0.1:0\"\n\
-         acting_log = {:?}\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n",
+         acting_log = {:?}\ntls_ca = {:?}\ntls_cert = {:?}\ntls_key = {:?}\n{extra}",
         endpoints,
         dir.join(format!("agent-{region}.acting.jsonl")).display().to_string(),
         tls_dir(dir).join("ca.pem").display().to_string(),

@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dev;
+pub mod dev_postgres;
 mod health;
 mod identity;
 

@@ -1,0 +1,120 @@
+//! `interlockd dev`, the README's first command, as a newcomer runs it:
+//! three nodes and three agents come up with nothing to configure, every
+//! shard gets a primary, and SIGTERM stops every process it started —
+//! with `--postgres`, three real PostgreSQL instances too.
+
+use interlock_client::{Client, ClientOptions, Tls, TlsFiles};
+use interlock_tests::{bin, eventually};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+struct Dev {
+    child: Child,
+}
+
+impl Dev {
+    fn start(dir: &Path, extra: &[&str]) -> Dev {
+        let log = std::fs::File::create(dir.join("dev.out")).expect("log");
+        let child = Command::new(bin("interlockd"))
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn interlockd dev");
+        Dev { child }
+    }
+
+    /// SIGTERM, and wait for it to stop everything.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+/// A client speaking as the dev cluster's operator alice, once it wrote
+/// its endpoints file.
+async fn client(dir: &Path) -> Client {
+    eventually("the endpoints file", Duration::from_secs(30), || async { dir.join("endpoints").exists() }).await;
+    let endpoints: Vec<String> =
+        std::fs::read_to_string(dir.join("endpoints")).expect("endpoints").split(',').map(String::from).collect();
+    let tls = dir.join("tls");
+    let files =
+        TlsFiles { ca: tls.join("ca.pem"), cert: tls.join("alice.pem"), key: tls.join("alice.key"), peer_ca: None };
+    let options = ClientOptions { tls: Some(Tls::from_files(&files).expect("tls")), ..ClientOptions::default() };
+    Client::with_options(endpoints, options).expect("client")
+}
+
+async fn every_shard_has_a_primary(client: &Client, shards: usize) {
+    eventually(&format!("{shards} shards with an acknowledged primary"), Duration::from_secs(90), || async {
+        client
+            .shards()
+            .await
+            .is_ok_and(|s| s.len() == shards && s.iter().all(|s| !s.primary.is_empty() && s.pending.is_empty()))
+    })
+    .await;
+}
+
+/// Processes whose command line mentions `dir` (what dev started there).
+fn processes_under(dir: &Path) -> Vec<String> {
+    let needle = dir.display().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) {
+            found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interlockd_dev_comes_up_with_primaries_and_stops_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut dev = Dev::start(dir.path(), &[]);
+    let client = client(dir.path()).await;
+    every_shard_has_a_primary(&client, 2).await;
+    assert!(dev.stop().success(), "{}", std::fs::read_to_string(dir.path().join("dev.out")).unwrap_or_default());
+    let left = processes_under(dir.path());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interlockd_dev_postgres_runs_a_primary_and_two_streaming_standbys() {
+    if !Path::new("/usr/lib/postgresql/15/bin/initdb").exists() {
+        assert!(std::env::var_os("CI").is_none(), "PostgreSQL 15 is not installed: .ci/run installs it");
+        eprintln!("SKIPPED: PostgreSQL 15 is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The postgres user must reach the data directory.
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+    let mut dev = Dev::start(dir.path(), &["--postgres"]);
+    let client = client(dir.path()).await;
+    every_shard_has_a_primary(&client, 1).await;
+    eventually("every instance reported healthy", Duration::from_secs(90), || async {
+        client.replicas().await.is_ok_and(|r| r.len() == 3 && r.iter().all(|r| r.healthy == Some(true)))
+    })
+    .await;
+    let shard = client.shards().await.expect("shards").remove(0);
+    assert!(shard.primary_address.starts_with("127.0.0.1:"), "{shard:?}");
+    let postmasters = processes_under(dir.path()).into_iter().filter(|p| p.contains("bin/postgres")).count();
+    assert_eq!(postmasters, 3, "three PostgreSQL instances");
+    assert!(dev.stop().success(), "{}", std::fs::read_to_string(dir.path().join("dev.out")).unwrap_or_default());
+    let left = processes_under(dir.path());
+    assert!(left.is_empty(), "left running: {left:?}");
+}
