@@ -21,16 +21,19 @@ use output::{print_members, print_status, Format, Printer};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
-/// Where `interlockd dev` writes its endpoints; used when no endpoint is given.
-const DEV_ENDPOINTS_FILE: &str = ".interlock-dev/endpoints";
-/// Where `interlockd dev` writes its throwaway CA and certificates; the CLI
-/// uses `ca.pem` and the first operator's (`alice`) when none is given.
-const DEV_TLS_DIR: &str = ".interlock-dev/tls";
+/// The directory `interlockd dev` writes to: INTERLOCK_DEV_DIR (the variable
+/// `interlockd dev --data-dir` reads too), else `.interlock-dev`. Its
+/// `endpoints` file is used when no endpoint is given; from its `tls/` the
+/// CLI uses `ca.pem` and the first operator's (`alice`) when none is given.
+fn dev_dir() -> std::path::PathBuf {
+    std::env::var_os("INTERLOCK_DEV_DIR").map_or_else(|| ".interlock-dev".into(), std::path::PathBuf::from)
+}
 
 /// Operate an Interlock cluster.
 ///
 /// Endpoints come from --endpoints, else INTERLOCK_ENDPOINTS, else the file
-/// .interlock-dev/endpoints that `interlockd dev` writes in the current directory.
+/// .interlock-dev/endpoints that `interlockd dev` writes in the current directory
+/// (or in $INTERLOCK_DEV_DIR).
 ///
 /// Exit codes: 0 ok, 1 failed, 2 usage or invalid argument, 3 unreachable or
 /// no leader, 4 refused by a safety rule or precondition.
@@ -247,7 +250,7 @@ fn tls(cli: &Cli) -> Result<Option<interlock_client::Tls>, Failure> {
     if cli.tls == "off" {
         return Ok(None);
     }
-    let dev = std::path::Path::new(DEV_TLS_DIR);
+    let dev = dev_dir().join("tls");
     let files = match (&cli.cacert, &cli.cert, &cli.tls_key) {
         (Some(ca), Some(cert), Some(key)) => {
             interlock_client::TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone(), peer_ca: None }
@@ -261,7 +264,8 @@ fn tls(cli: &Cli) -> Result<Option<interlock_client::Tls>, Failure> {
         (None, None, None) => {
             return Err(Failure::usage(format!(
                 "no TLS material: pass --cacert, --cert and --key (or INTERLOCK_CACERT, INTERLOCK_CERT, \
-                 INTERLOCK_KEY), run where `interlockd dev` wrote {DEV_TLS_DIR}, or --tls off for a plaintext cluster"
+                 INTERLOCK_KEY), run where `interlockd dev` wrote {}, or --tls off for a plaintext cluster",
+                dev.display()
             )))
         }
         _ => return Err(Failure::usage("--cacert, --cert and --key go together".to_string())),
@@ -273,13 +277,15 @@ fn endpoints(cli: &Cli) -> Result<Vec<String>, Failure> {
     if !cli.endpoints.is_empty() {
         return Ok(cli.endpoints.clone());
     }
-    match std::fs::read_to_string(DEV_ENDPOINTS_FILE) {
+    let file = dev_dir().join("endpoints");
+    match std::fs::read_to_string(&file) {
         Ok(text) => Ok(text.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
         Err(_) => Err(Failure {
             code: 2,
             message: format!(
                 "no endpoints: pass --endpoints HOST:PORT,... or set INTERLOCK_ENDPOINTS \
-                 (or run `interlockd dev` here, which writes {DEV_ENDPOINTS_FILE})"
+                 (or run `interlockd dev` here, which writes {})",
+                file.display()
             ),
         }),
     }

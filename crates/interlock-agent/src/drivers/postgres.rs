@@ -45,9 +45,14 @@ pub struct PostgresConfig {
     /// runs as root, else the agent's own user).
     #[serde(default)]
     pub os_user: Option<String>,
-    /// The database user for queries and replication (trust or .pgpass).
+    /// The database user for queries and replication.
     #[serde(default = "default_db_user")]
     pub db_user: String,
+    /// Its password for the agent's own queries (none: trust, or peer
+    /// authentication). pg_rewind and pg_basebackup read the OS user's
+    /// ~/.pgpass, as every libpq tool does.
+    #[serde(default)]
+    pub db_password: Option<String>,
     /// How often each instance's status is read.
     #[serde(default = "default_status_every_ms")]
     pub status_every_ms: u64,
@@ -272,6 +277,9 @@ impl PostgresDriver {
             .dbname("postgres")
             .application_name("interlock-agent")
             .connect_timeout(Duration::from_secs(2));
+        if let Some(password) = &self.config.db_password {
+            config.password(password);
+        }
         let (client, connection) = tokio::time::timeout(Duration::from_secs(3), config.connect(tokio_postgres::NoTls))
             .await
             .map_err(|_| format!("connecting to {host}:{port}: timed out"))?
@@ -664,6 +672,7 @@ mod tests {
             bin_dir: default_bin_dir(),
             os_user: None,
             db_user: "postgres".into(),
+            db_password: None,
             status_every_ms: 1000,
             timeout_ms: 30_000,
             instances: BTreeMap::new(),
