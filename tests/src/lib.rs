@@ -7,6 +7,7 @@
 //! The binaries must be built first (`cargo build --bins`, which the README's
 //! test command does); [`bin`] finds them next to the test executable.
 
+pub mod postgres;
 use interlock_client::{Client, ClientOptions, ClusterStatus, KeyValue, Tls, TlsFiles};
 use interlock_tls::dev::Authority;
 use std::collections::BTreeMap;

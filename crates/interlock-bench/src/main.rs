@@ -84,6 +84,23 @@ enum Workload {
         #[arg(long)]
         quick: bool,
     },
+    /// PostgreSQL failover beside Patroni 3.0.2 + etcd 3.4 on the same
+    /// machine: three PostgreSQL 15 instances (synchronous commit to one
+    /// standby), a writer inserting sequence numbers, kill -9 of the
+    /// primary's postmaster and its agent (or patroni); --rounds rounds per
+    /// system, each followed by a planned switchover back. Patroni runs at
+    /// its defaults (ttl 30, loop_wait 10, retry_timeout 10) and at the
+    /// fastest its documentation allows (ttl 10, loop_wait 1, retry_timeout
+    /// 4: loop_wait + 2 × retry_timeout <= ttl). Needs postgresql-15,
+    /// patroni and etcd-server from Debian, and root (PostgreSQL runs as
+    /// the postgres user).
+    PgFailover {
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        /// Which systems, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "interlock,patroni-defaults,patroni-fast")]
+        systems: Vec<String>,
+    },
     /// One change (a lease grant) -> every watcher of "events" notified;
     /// latency from sending the change to each watcher receiving it.
     Watch {
@@ -137,6 +154,7 @@ fn print_ratios(rows: &[Row]) {
 
 #[cfg(feature = "etcd")]
 mod etcd;
+mod postgres;
 mod workloads;
 
 /// One measured level.
@@ -281,6 +299,27 @@ async fn main() -> anyhow::Result<()> {
         }
         Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],
         Workload::Routing { controllers, changes } => workloads::routing(&cluster, controllers, changes).await?,
+        Workload::PgFailover { rounds, systems } => {
+            let mut rows = Vec::new();
+            for system in systems {
+                let measured = match system.as_str() {
+                    "interlock" => postgres::interlock(&mut cluster, rounds).await?,
+                    "patroni-defaults" | "patroni-fast" => {
+                        let timing = if system == "patroni-fast" {
+                            postgres::PatroniTiming::FAST
+                        } else {
+                            postgres::PatroniTiming::DEFAULTS
+                        };
+                        let dir = tempfile::tempdir()?;
+                        postgres::patroni(&dir.path().join("patroni"), timing, rounds).await?
+                    }
+                    other => anyhow::bail!("--systems: unknown {other:?} (interlock, patroni-defaults, patroni-fast)"),
+                };
+                eprintln!("{system}: {} inserts acknowledged, {} lost", measured.acked, measured.lost);
+                rows.extend(measured.rows(&system));
+            }
+            rows
+        }
         Workload::Failover { rounds } => {
             let mut took = Vec::new();
             for _ in 0..rounds {
