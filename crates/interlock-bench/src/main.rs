@@ -311,7 +311,11 @@ async fn main() -> anyhow::Result<()> {
                             postgres::PatroniTiming::DEFAULTS
                         };
                         let dir = tempfile::tempdir()?;
-                        postgres::patroni(&dir.path().join("patroni"), timing, rounds).await?
+                        let measured = postgres::patroni(&dir.path().join("patroni"), timing, rounds).await;
+                        if measured.is_err() {
+                            eprintln!("kept for a look: {}", dir.keep().display());
+                        }
+                        measured?
                     }
                     other => anyhow::bail!("--systems: unknown {other:?} (interlock, patroni-defaults, patroni-fast)"),
                 };

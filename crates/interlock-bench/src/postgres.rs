@@ -282,18 +282,30 @@ impl Patroni {
         format!("127.0.0.1:{}", self.pg_ports[k])
     }
 
-    /// The member that accepts writes, once the other two stream from it.
+    /// The member that accepts writes, once the other two have streamed
+    /// from it for 5 s (right after a switchover the standbys may still be
+    /// repointing; a kill then would test something else).
     async fn settled(&self, within: Duration) -> anyhow::Result<usize> {
         let deadline = Instant::now() + within;
+        let mut steady: Option<(usize, Instant)> = None;
         loop {
+            let mut leader = None;
             for k in 0..3 {
                 let Ok(c) = connect(&self.address(k), Duration::from_millis(500)).await else { continue };
                 let q = "SELECT NOT pg_is_in_recovery(), (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')";
                 if let Ok(row) = c.query_one(q, &[]).await {
                     if row.get::<_, bool>(0) && row.get::<_, i64>(1) == 2 {
-                        return Ok(k);
+                        leader = Some(k);
                     }
                 }
+            }
+            steady = match (leader, steady) {
+                (Some(k), Some((s, since))) if s == k => Some((k, since)),
+                (Some(k), _) => Some((k, Instant::now())),
+                (None, _) => None,
+            };
+            if let Some((k, _)) = steady.filter(|(_, since)| since.elapsed() >= Duration::from_secs(5)) {
+                return Ok(k);
             }
             anyhow::ensure!(
                 Instant::now() < deadline,
@@ -316,7 +328,7 @@ impl Patroni {
 /// Patroni at `timing`: the same rounds as [`interlock`].
 pub async fn patroni(dir: &Path, timing: PatroniTiming, rounds: usize) -> anyhow::Result<Rounds> {
     let mut p = Patroni::start(dir, timing)?;
-    let result = patroni_rounds(&mut p, rounds).await;
+    let result = patroni_rounds(&mut p, timing, rounds).await;
     if result.is_err() {
         for k in 0..3 {
             let log = std::fs::read_to_string(p.dir.join(format!("pg{k}.patroni.log"))).unwrap_or_default();
@@ -329,7 +341,7 @@ pub async fn patroni(dir: &Path, timing: PatroniTiming, rounds: usize) -> anyhow
     result
 }
 
-async fn patroni_rounds(p: &mut Patroni, rounds: usize) -> anyhow::Result<Rounds> {
+async fn patroni_rounds(p: &mut Patroni, timing: PatroniTiming, rounds: usize) -> anyhow::Result<Rounds> {
     let leader = p.settled(Duration::from_secs(120)).await?;
     let c = connect(&p.address(leader), Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
     c.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY)").await?;
@@ -340,7 +352,11 @@ async fn patroni_rounds(p: &mut Patroni, rounds: usize) -> anyhow::Result<Rounds
     let mut out = Rounds::default();
     for round in 0..rounds {
         let leader = p.settled(Duration::from_secs(120)).await?;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Two of Patroni's loops, so that its record of the synchronous
+        // standby is current: killed sooner after a switchover, neither
+        // standby would promote itself ("not the healthiest node", found
+        // here) and the cluster waits for an operator.
+        tokio::time::sleep(Duration::from_secs(2 + 2 * timing.loop_wait)).await;
         let killed = Instant::now();
         p.members[leader] = Proc(None);
         if let Some(pid) = postmaster_pid(&p.dir.join(format!("pg{leader}"))) {
