@@ -68,8 +68,10 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     fn fence(&self, replica: &str, reason: &str) -> impl Future<Output = Result<(), String>> + Send;
     /// Make `replica`, a standby, replicate from the shard's primary
     /// `primary` whose database answers at `address`. Called when the
-    /// primary's address changes while `replica` is a REPLICA; an `Err` is
-    /// retried. Default: nothing to do (replication is set up elsewhere).
+    /// primary's address changes while `replica` is a REPLICA, and again
+    /// while `replica` is reported unhealthy (the driver can restart,
+    /// rewind or clone it); an `Err` is retried. Default: nothing to do
+    /// (replication is set up elsewhere).
     fn follow(&self, replica: &str, primary: &str, address: &str) -> impl Future<Output = Result<(), String>> + Send {
         let _ = (replica, primary, address);
         std::future::ready(Ok(()))
