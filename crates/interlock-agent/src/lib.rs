@@ -256,23 +256,28 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             RegionController::run(client, controller, db).await?;
         }
         Driver::Exec(exec) => {
-            let reachable = Arc::new(Reachability::new(&config.region, REACHABLE_WINDOW));
-            let driver = Arc::new(ExecDriver::new(exec, replicas, reachable.clone()).map_err(anyhow::Error::msg)?);
-            tokio::spawn(serve_probes(listener, reachable.clone()));
-            tokio::spawn(probe_peers(client.clone(), config.region.clone(), reachable));
+            let reachable = witness_probes(&client, &config, listener);
+            let driver = Arc::new(ExecDriver::new(exec, replicas, reachable).map_err(anyhow::Error::msg)?);
             tokio::spawn(driver.clone().poll_status());
             RegionController::run(client, controller, driver).await?;
         }
         Driver::Postgres(pg) => {
-            let reachable = Arc::new(Reachability::new(&config.region, REACHABLE_WINDOW));
-            let driver = Arc::new(PostgresDriver::new(pg, replicas, reachable.clone()).map_err(anyhow::Error::msg)?);
-            tokio::spawn(serve_probes(listener, reachable.clone()));
-            tokio::spawn(probe_peers(client.clone(), config.region.clone(), reachable));
+            let reachable = witness_probes(&client, &config, listener);
+            let driver = Arc::new(PostgresDriver::new(pg, replicas, reachable).map_err(anyhow::Error::msg)?);
             tokio::spawn(driver.clone().run());
             RegionController::run(client, controller, driver).await?;
         }
     }
     Ok(())
+}
+
+/// For a real database: probes to and from the other regions' agents, for
+/// the witness report only (the database replicates itself).
+fn witness_probes(client: &Client, config: &AgentConfig, listener: TcpListener) -> Arc<Reachability> {
+    let reachable = Arc::new(Reachability::new(&config.region, REACHABLE_WINDOW));
+    tokio::spawn(serve_probes(listener, reachable.clone()));
+    tokio::spawn(probe_peers(client.clone(), config.region.clone(), reachable.clone()));
+    reachable
 }
 
 /// The demo database, logging (and, with `acting_log`, recording) every

@@ -47,6 +47,21 @@ struct DemoReplica {
     restarts_as: Option<(u64, u64)>,
 }
 
+impl DemoReplica {
+    /// The change to tell the observer about this replica.
+    fn change(&self, replica: &str, epoch: u64, token: u64, acting: bool, reason: &str) -> ActingChange {
+        ActingChange {
+            replica: replica.to_string(),
+            shard: self.shard.clone(),
+            epoch,
+            token,
+            acting,
+            position: self.position,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 type Observer = Box<dyn Fn(&ActingChange) + Send + Sync>;
 
 /// The demo database of one controller: its replicas, keyed by id.
@@ -147,14 +162,8 @@ impl DemoDatabase {
             let Some(r) = inner.replicas.get_mut(replica).filter(|r| r.down) else { return };
             r.down = false;
             r.acting = r.restarts_as.take();
-            r.acting.map(|(epoch, token)| ActingChange {
-                replica: replica.to_string(),
-                shard: r.shard.clone(),
-                epoch,
-                token,
-                acting: true,
-                position: r.position,
-                reason: "restarted as the primary it was (never fenced)".to_string(),
+            r.acting.map(|(epoch, token)| {
+                r.change(replica, epoch, token, true, "restarted as the primary it was (never fenced)")
             })
         };
         if let Some(change) = change {
@@ -230,15 +239,7 @@ impl ReplicaDriver for DemoDatabase {
                 Some(r) if r.down => Err(format!("replica {replica}: the database is down")),
                 Some(r) => {
                     r.acting = Some((epoch, token));
-                    Ok(ActingChange {
-                        replica: replica.to_string(),
-                        shard: r.shard.clone(),
-                        epoch,
-                        token,
-                        acting: true,
-                        position: r.position,
-                        reason: "promoted".to_string(),
-                    })
+                    Ok(r.change(replica, epoch, token, true, "promoted"))
                 }
                 None => Err(format!("replica {replica} is not run here")),
             }
@@ -283,17 +284,10 @@ impl DemoDatabase {
     fn stop(&self, replica: &str, reason: &str) {
         let change = {
             let mut inner = self.lock();
-            inner.replicas.get_mut(replica).and_then(|r| {
-                r.acting.take().map(|(epoch, token)| ActingChange {
-                    replica: replica.to_string(),
-                    shard: r.shard.clone(),
-                    epoch,
-                    token,
-                    acting: false,
-                    position: r.position,
-                    reason: reason.to_string(),
-                })
-            })
+            inner
+                .replicas
+                .get_mut(replica)
+                .and_then(|r| r.acting.take().map(|(epoch, token)| r.change(replica, epoch, token, false, reason)))
         };
         if let Some(change) = change {
             (self.observer)(&change);
