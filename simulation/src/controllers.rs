@@ -62,6 +62,7 @@ pub fn topology(no_witnesses: bool) -> Topology {
                     }
                 })
                 .collect(),
+            backup: None,
         })
         .collect();
     Topology {
@@ -69,6 +70,7 @@ pub fn topology(no_witnesses: bool) -> Topology {
         services: vec![ServiceSpec { name: "orders".into(), shards }],
         failover: FailoverPolicy { witness_quorum: if no_witnesses { 0 } else { 1 }, ..FailoverPolicy::default() },
         routing: Default::default(),
+        backups: Default::default(),
     }
 }
 
@@ -171,6 +173,7 @@ pub async fn controller(
         replicas: (0..SHARDS).map(|k| replica_name(k, r)).collect(),
         lease: LeaseOptions::default(),
         give_up_after: ControllerConfig::GIVE_UP_AFTER,
+        backup_every: None,
         mutations,
     };
     RegionController::run(client, config, db).await?;

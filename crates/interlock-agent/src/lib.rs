@@ -101,6 +101,15 @@ pub struct AgentConfig {
     /// (demo driver).
     #[serde(default = "default_write_every_ms")]
     pub write_every_ms: u64,
+    /// Take a backup of each replica this agent runs as primary this often
+    /// (demo and postgres drivers; needs `backup_dir`). Absent: no backups.
+    #[serde(default)]
+    pub backup_every_seconds: Option<u64>,
+    /// Where backups go, and where restore tests read them (`file://` URIs):
+    /// a directory every region's agents can read. With it, the agent also
+    /// runs the restore tests the coordinator assigns it.
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
     /// The database driver: "demo" (default), "postgres" or "exec" (hook programs,
     /// configured in `[exec]`).
     #[serde(default)]
@@ -139,6 +148,15 @@ impl AgentConfig {
         }
         if config.write_every_ms == 0 {
             anyhow::bail!("write_every_ms: must be at least 1");
+        }
+        if config.backup_every_seconds == Some(0) {
+            anyhow::bail!("backup_every_seconds: must be at least 1 (leave it out for no backups)");
+        }
+        if config.backup_every_seconds.is_some() && config.backup_dir.is_none() {
+            anyhow::bail!("backup_dir: needed with backup_every_seconds (where the backups go)");
+        }
+        if config.backup_dir.as_ref().is_some_and(|d| !d.is_absolute()) {
+            anyhow::bail!("backup_dir: must be an absolute path (it becomes a file:// URI)");
         }
         config.tls_files()?;
         config.driver()?;
@@ -202,9 +220,8 @@ pub enum Driver {
 
 /// One JSON line of the acting log.
 fn acting_line(change: &ActingChange) -> String {
-    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     serde_json::json!({
-        "at_unix_ms": at as u64, "acting": change.acting, "replica": change.replica, "shard": change.shard,
+        "at_unix_ms": unix_ms(), "acting": change.acting, "replica": change.replica, "shard": change.shard,
         "epoch": change.epoch, "token": change.token, "position": change.position, "reason": change.reason,
     })
     .to_string()
@@ -245,6 +262,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         replicas: replicas.iter().map(|(r, _)| r.clone()).collect(),
         lease: LeaseOptions::default(),
         give_up_after: ControllerConfig::GIVE_UP_AFTER,
+        backup_every: config.backup_every_seconds.map(Duration::from_secs),
         mutations: Default::default(),
     };
     match config.driver()? {
@@ -294,7 +312,7 @@ fn demo_database(config: &AgentConfig, replicas: Vec<(String, String)>) -> anyho
         None => None,
     };
     let id = config.id.clone();
-    Ok(DemoDatabase::new(&config.region, replicas, REACHABLE_WINDOW, move |change| {
+    let db = DemoDatabase::new(&config.region, replicas, REACHABLE_WINDOW, move |change| {
         tracing::info!(
             agent = id,
             "{} {} epoch {} token {}: {}",
@@ -309,7 +327,16 @@ fn demo_database(config: &AgentConfig, replicas: Vec<(String, String)>) -> anyho
             let _ = writeln!(file, "{}", acting_line(change));
             let _ = file.flush();
         }
-    }))
+    });
+    Ok(match &config.backup_dir {
+        Some(dir) => db.with_backups(drivers::backups::BackupStore::Dir(dir.clone()), Arc::new(unix_ms)),
+        None => db,
+    })
+}
+
+/// This process's wall clock, in ms since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// (replica, SERVICE/SHARD) of every replica this agent runs.

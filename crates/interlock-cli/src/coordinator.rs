@@ -29,6 +29,13 @@ pub enum Kind {
     Routing,
     /// Two-person approval requests: pending, expired, approved.
     Approvals,
+    /// The backup catalogue: each backup, where it was taken, its restore
+    /// tests (where they ran, passed or why not), and each shard against its
+    /// RPO and RTO targets. NAME: a SERVICE or SERVICE/SHARD.
+    Backups,
+    /// Readiness to fail over, per shard and per region: one score (0-100)
+    /// with its parts (lag, restore, capacity, drill).
+    Readiness,
 }
 
 #[derive(Args)]
@@ -36,7 +43,7 @@ pub struct GetArgs {
     /// What to show.
     #[arg(value_enum)]
     kind: Kind,
-    /// For routing: only this service.
+    /// For routing: only this service; for backups: SERVICE or SERVICE/SHARD.
     pub name: Option<String>,
 }
 
@@ -232,6 +239,8 @@ pub async fn get(client: &Client, out: &Printer, args: &GetArgs) -> Result<(), F
         }
         Kind::Routing => crate::routing::get(client, out, args.name.as_deref()).await,
         Kind::Approvals => crate::security::approvals(client, out).await,
+        Kind::Backups => crate::backups::backups(client, out, args.name.as_deref()).await,
+        Kind::Readiness => crate::backups::readiness(client, out).await,
         Kind::Leases => {
             let leases = client.leases().await?;
             let value = json!({"leases": leases.iter().map(lease_json).collect::<Vec<_>>()});

@@ -8,6 +8,7 @@
 //! failover, maintenance, regions); `routing` (weights, drains); `output`
 //! (tables, JSON, YAML).
 
+mod backups;
 mod coordinator;
 mod failover;
 mod output;

@@ -12,6 +12,9 @@ use interlock_proto::v1::{
     LeaseRevokeRequest, LeaseRevokeResponse, ListRequest, MaintenanceRequest, Region, RegionRequest, RegisterRequest,
     Replica, RoutingStatus, SetRoutingRequest, Shard, SwitchoverRequest,
 };
+use interlock_proto::v1::{
+    GetBackupsRequest, ReadinessReport, ReportBackupRequest, RestoreResultRequest, ShardBackups,
+};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -345,5 +348,47 @@ impl Client {
         })
         .await
         .map(|_| ())
+    }
+
+    /// Reports a backup taken in the controller's region (safe to repeat: the
+    /// same backup reported again changes nothing).
+    pub async fn report_backup(&self, request: ReportBackupRequest) -> Result<u64, ClientError> {
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { ControllerClient::new(ch).report_backup(request).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// Reports the result of a restore test this controller holds (a repeat
+    /// is refused: the job is no longer running).
+    pub async fn report_restore_result(&self, request: RestoreResultRequest) -> Result<u64, ClientError> {
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { ControllerClient::new(ch).report_restore_result(request).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// The backup catalogue: every shard (`service` empty), a service's, or one shard's.
+    pub async fn backups(&self, service: &str, shard: &str) -> Result<Vec<ShardBackups>, ClientError> {
+        let request = GetBackupsRequest { service: service.into(), shard: shard.into() };
+        let list = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { AdminClient::new(ch).get_backups(request).await }
+            })
+            .await?;
+        Ok(list.shards)
+    }
+
+    /// Readiness per shard and per region.
+    pub async fn readiness(&self) -> Result<ReadinessReport, ClientError> {
+        self.call(Idempotence::Idempotent, |ch| async move { AdminClient::new(ch).get_readiness(ListRequest {}).await })
+            .await
     }
 }

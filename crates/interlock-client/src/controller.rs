@@ -22,12 +22,20 @@
 //! - fences the database the instant the primary lease's holder deadline
 //!   passes without a renewal (a guard task per lease, independent of
 //!   everything else), so it stops acting before the coordinator could
-//!   promote anyone else.
+//!   promote anyone else;
+//! - every `backup_every`, backs up each replica it runs that is the
+//!   acknowledged primary (`ReplicaDriver::backup`) and reports it;
+//! - runs the restore tests the coordinator assigns it
+//!   (`ReplicaDriver::restore_test`), timed, within their deadline, and
+//!   reports each result (a failure with its reason).
 
-use crate::{Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus, RoutingTable};
+use crate::{
+    Assignment, Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus, RestoreJob,
+    RoutingTable,
+};
 use interlock_proto::v1::controller_client::ControllerClient;
-use interlock_proto::v1::{AcknowledgeRequest, HeartbeatRequest};
-use std::collections::BTreeMap;
+use interlock_proto::v1::{AcknowledgeRequest, HeartbeatRequest, ReportBackupRequest, RestoreResultRequest};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +84,19 @@ pub trait ReplicaDriver: Send + Sync + 'static {
         let _ = (replica, primary, address);
         std::future::ready(Ok(()))
     }
+    /// Take a backup of `replica` (the shard's primary) and put it where the
+    /// restore tests of other regions can read it. Default: unsupported.
+    fn backup(&self, replica: &str) -> impl Future<Output = Result<BackupTaken, String>> + Send {
+        let _ = replica;
+        std::future::ready(Err("this driver takes no backups".to_string()))
+    }
+    /// Restore `job`'s backup into scratch space in this region, verify its
+    /// checksum, run the data check when the job names a table, and clean
+    /// up. `Err` is a failed test, with the reason. Default: unsupported.
+    fn restore_test(&self, job: &RestoreJob) -> impl Future<Output = Result<RestoreProof, String>> + Send {
+        let _ = job;
+        std::future::ready(Err("this driver cannot test restores".to_string()))
+    }
     /// Apply a routing table (weights per region, basis points summing to
     /// 10 000) to the region's load balancers. Called for every new version;
     /// the controller acknowledges the version once this returns Ok.
@@ -83,6 +104,30 @@ pub trait ReplicaDriver: Send + Sync + 'static {
         let _ = table;
         std::future::ready(Ok(()))
     }
+}
+
+/// A backup a driver took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupTaken {
+    /// An identifier (1-63 of a-z, 0-9, '-', '_', '.'), unique per shard.
+    pub id: String,
+    /// When the backup's data was consistent (the driver's wall clock).
+    pub taken_at_unix_ms: u64,
+    pub size_bytes: u64,
+    /// `sha256:` and 64 lowercase hex digits, over the stored bytes.
+    pub checksum: String,
+    /// A URI the restorers of other regions can read (`file:///…`).
+    pub location: String,
+}
+
+/// What a restore test proved (it passed: the backup restored and started).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreProof {
+    /// The restored bytes had the reported checksum (a driver that found a
+    /// mismatch fails the test instead).
+    pub checksum_match: bool,
+    /// The data check's answer: rows, and the newest sequence number.
+    pub data_check: Option<(u64, u64)>,
 }
 
 /// Deliberate bugs for the simulation's mutation tests, which show that its
@@ -130,6 +175,9 @@ pub struct ControllerConfig {
     /// lease back, so that the coordinator promotes a standby. The driver may
     /// restart the database within this bound.
     pub give_up_after: Duration,
+    /// How often to back up the replicas this controller runs as primary
+    /// (None: never; backups are taken elsewhere or not at all).
+    pub backup_every: Option<Duration>,
     pub mutations: ControllerMutations,
 }
 
@@ -169,15 +217,23 @@ impl RegionController {
             };
             tokio::spawn(actor.run(rx));
         }
+        let (latest, _) = watch::channel(None::<Assignment>);
+        if let Some(every) = config.backup_every {
+            tokio::spawn(backups(client.clone(), config.clone(), driver.clone(), latest.subscribe(), every));
+        }
+        let mut restores = Restores::default();
         let mut watcher = client.watch(&format!("controller/{}", config.id), 0);
         loop {
             match watcher.next().await {
                 Ok(message) => {
-                    for assignment in message.assignment.into_iter().flat_map(|a| a.replicas) {
-                        if let Some(tx) = actors.get(&assignment.replica_id) {
-                            tx.send_replace(Some(assignment));
+                    let Some(assignment) = message.assignment else { continue };
+                    restores.start(&client, &config.id, &driver, &assignment.restore_jobs);
+                    for replica in &assignment.replicas {
+                        if let Some(tx) = actors.get(&replica.replica_id) {
+                            tx.send_replace(Some(replica.clone()));
                         }
                     }
+                    latest.send_replace(Some(assignment));
                 }
                 Err(e) => {
                     tracing::debug!("assignment watch: {e}; retrying");
@@ -186,6 +242,109 @@ impl RegionController {
             }
         }
     }
+}
+
+/// Every `every`, backs up each replica this controller runs as the
+/// acknowledged primary, and reports the backup.
+async fn backups<D: ReplicaDriver>(
+    client: Client,
+    config: ControllerConfig,
+    driver: Arc<D>,
+    assignment: watch::Receiver<Option<Assignment>>,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        let primaries: Vec<ReplicaAssignment> = assignment
+            .borrow()
+            .iter()
+            .flat_map(|a| a.replicas.iter())
+            .filter(|r| r.role == "PRIMARY" && r.acknowledged)
+            .cloned()
+            .collect();
+        for r in primaries {
+            let taken = match driver.backup(&r.replica_id).await {
+                Ok(taken) => taken,
+                Err(e) => {
+                    tracing::warn!(replica = r.replica_id, "backup failed: {e}");
+                    continue;
+                }
+            };
+            let request = ReportBackupRequest {
+                controller_id: config.id.clone(),
+                service: r.service.clone(),
+                shard: r.shard.clone(),
+                backup_id: taken.id.clone(),
+                source_region: config.region.clone(),
+                taken_at_unix_ms: taken.taken_at_unix_ms,
+                size_bytes: taken.size_bytes,
+                checksum: taken.checksum,
+                location: taken.location,
+            };
+            match client.report_backup(request).await {
+                Ok(_) => tracing::info!(replica = r.replica_id, "backup {} reported", taken.id),
+                Err(e) => tracing::warn!(replica = r.replica_id, "reporting backup {}: {e}", taken.id),
+            }
+        }
+    }
+}
+
+/// The restore tests this controller has started (each once), forgotten
+/// once the coordinator no longer assigns them.
+#[derive(Default)]
+struct Restores {
+    started: BTreeSet<u64>,
+}
+
+impl Restores {
+    fn start<D: ReplicaDriver>(&mut self, client: &Client, controller: &str, driver: &Arc<D>, jobs: &[RestoreJob]) {
+        self.started.retain(|id| jobs.iter().any(|j| j.job_id == *id));
+        for job in jobs {
+            if !self.started.insert(job.job_id) {
+                continue;
+            }
+            let (client, controller, driver, job) =
+                (client.clone(), controller.to_string(), driver.clone(), job.clone());
+            tokio::spawn(async move {
+                let request = run_restore_test(driver.as_ref(), &controller, &job).await;
+                let passed = request.passed;
+                match client.report_restore_result(request).await {
+                    Ok(_) => {
+                        tracing::info!(job = job.job_id, passed, "restore test of backup {} reported", job.backup_id)
+                    }
+                    Err(e) => tracing::warn!(job = job.job_id, "reporting the restore test: {e}"),
+                }
+            });
+        }
+    }
+}
+
+/// Runs one restore test, timed; what to report.
+async fn run_restore_test<D: ReplicaDriver>(driver: &D, controller: &str, job: &RestoreJob) -> RestoreResultRequest {
+    tracing::info!(job = job.job_id, "testing a restore of backup {} of {}/{}", job.backup_id, job.service, job.shard);
+    let started = tokio::time::Instant::now();
+    let outcome = driver.restore_test(job).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let mut request = RestoreResultRequest {
+        controller_id: controller.to_string(),
+        job_id: job.job_id,
+        duration_ms,
+        ..Default::default()
+    };
+    match outcome {
+        Ok(proof) if proof.checksum_match => {
+            request.passed = true;
+            request.checksum_match = true;
+            if let Some((rows, newest)) = proof.data_check {
+                request.data_checked = true;
+                request.row_count = rows;
+                request.newest_sequence = newest;
+            }
+        }
+        Ok(_) => request.reason = "the restored bytes do not match the checksum".to_string(),
+        Err(e) => request.reason = if e.is_empty() { "failed without a reason".to_string() } else { e },
+    }
+    request
 }
 
 async fn register(client: &Client, config: &ControllerConfig) -> Result<(), ClientError> {

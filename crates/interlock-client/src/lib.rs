@@ -39,7 +39,9 @@ mod error;
 mod lease_keeper;
 mod watch;
 
-pub use controller::{ControllerConfig, ControllerMutations, RegionController, ReplicaDriver};
+pub use controller::{
+    BackupTaken, ControllerConfig, ControllerMutations, RegionController, ReplicaDriver, RestoreProof,
+};
 pub use error::ClientError;
 pub use interlock_tls::{Pem, Tls, TlsFiles};
 pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};
@@ -63,8 +65,8 @@ pub use interlock_core::Topology;
 pub use interlock_proto::v1::{
     AcknowledgeRequest, ApplyTopologyResponse, Approval, Assignment, AuditEntry, AuditList, ClusterStatus,
     ControllerInfo, Event, KeyValue, LeaseInfo, LeaseRevokeResponse, Member, MembershipResponse, NodeStatusResponse,
-    OperationResponse, Region, Replica, ReplicaAssignment, ReplicaStatus, RoutingAck, RoutingStatus, RoutingTable,
-    Shard, WatchResponse,
+    OperationResponse, ReadinessReport, Region, Replica, ReplicaAssignment, ReplicaStatus, ReportBackupRequest,
+    RestoreJob, RestoreResultRequest, RoutingAck, RoutingStatus, RoutingTable, Shard, ShardBackups, WatchResponse,
 };
 
 /// Tunables of a [`Client`].

@@ -7,7 +7,7 @@
 use crate::command::{Action, Command, Request};
 use crate::state::{Effects, State};
 use crate::vocab::{Refusal, Response};
-use crate::{approval, audit, failover, kv, lease, routing, topology};
+use crate::{approval, audit, backup, failover, kv, lease, routing, topology};
 
 impl State {
     /// Applies `request`, which was committed at log `index`.
@@ -52,7 +52,11 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
         Command::Batch { commands } => {
             Response::Batch { responses: commands.iter().map(|c| apply_kv(state, index, c)).collect() }
         }
-        Command::ApplyTopology { topology } => topology::apply(state, topology, fx),
+        Command::ApplyTopology { topology } => {
+            let response = topology::apply(state, topology, fx);
+            backup::trim_to_topology(state);
+            response
+        }
         Command::RegisterController { id, region, replicas } => {
             topology::register_controller(state, id, region, by, replicas, fx)
         }
@@ -108,6 +112,16 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
                 Response::Applied { revision: index }
             }
         },
+        Command::ReportBackup { controller, shard, backup } => {
+            backup::report_backup(state, controller, shard, backup, by, fx)
+        }
+        Command::StartRestoreTest { shard, backup, controller } => {
+            backup::start_restore(state, shard, backup, controller, by, fx)
+        }
+        Command::FinishRestoreTest { job, controller, result } => {
+            backup::finish_restore(state, *job, controller, result, by, fx)
+        }
+        Command::AbandonRestoreTest { job, reason } => backup::abandon_restore(state, *job, reason, by, fx),
         // Recorded in the trail by `apply`; nothing else changes.
         Command::Audit { .. } => Response::Applied { revision: index },
     };

@@ -134,6 +134,21 @@ impl Command {
                 }
             }
             Command::Approve { .. } => Ok(()),
+            Command::ReportBackup { controller, shard, backup } => {
+                validate_id(controller, "controller_id")?;
+                validate_shard_key(shard)?;
+                crate::backup::validate_report(backup)
+            }
+            Command::StartRestoreTest { shard, backup, controller } => {
+                validate_shard_key(shard)?;
+                validate_id(backup, "backup")?;
+                validate_id(controller, "controller_id")
+            }
+            Command::FinishRestoreTest { controller, result, .. } => {
+                validate_id(controller, "controller_id")?;
+                crate::backup::validate_result(result)
+            }
+            Command::AbandonRestoreTest { reason, .. } => validate_text(reason, "reason"),
             Command::Audit { action, outcome } => {
                 validate_text(action, "action")?;
                 validate_text(outcome, "outcome")

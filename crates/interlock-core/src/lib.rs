@@ -21,7 +21,9 @@
 //!     switchover preconditions) and the promotion transitions;
 //!   - [`approval`]: two-person approval of dangerous actions;
 //!   - [`audit`]: the hash-chained audit trail and its verification;
-//!   - backups and runbooks will be capabilities of their own.
+//!   - [`backup`]: the backup catalogue, the restore tests the leader
+//!     schedules in another region, tracking against RPO/RTO targets;
+//!   - runbooks will be a capability of their own.
 //! - [`command`]: what can be proposed to the Raft log ([`Request`],
 //!   [`Command`]), with input validation.
 //! - `apply`: [`State::apply`], the thin dispatcher from command to capability.
@@ -35,6 +37,7 @@
 mod apply;
 pub mod approval;
 pub mod audit;
+pub mod backup;
 pub mod codec;
 pub mod command;
 pub mod failover;

@@ -4,7 +4,8 @@
 //! dispatched by [`State::apply`](crate::apply).
 
 use crate::model::{
-    Approval, AuditCheckpoint, AuditEntry, Controller, Event, KvEntry, Lease, Region, Replica, Routing, Shard, Topology,
+    Approval, AuditCheckpoint, AuditEntry, Controller, Event, KvEntry, Lease, Region, Replica, RestoreJob, Routing,
+    Shard, ShardBackups, Topology,
 };
 use crate::vocab::{RegionState, ReplicaRole, TOTAL_BPS};
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,10 @@ pub struct State {
     /// [`crate::audit::AUDIT_KEPT`]; `audit_checkpoint` covers what was trimmed.
     pub audit: VecDeque<AuditEntry>,
     pub audit_checkpoint: AuditCheckpoint,
+    /// The backup catalogue, by `service/shard` (SPEC §6).
+    pub backups: BTreeMap<String, ShardBackups>,
+    /// Restore tests running now, by job id (the log index that started it).
+    pub restore_jobs: BTreeMap<u64, RestoreJob>,
 }
 
 /// What an apply produces besides the response: events to record.

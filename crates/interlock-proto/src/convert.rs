@@ -2,8 +2,8 @@
 
 use crate::v1;
 use interlock_core::model::{
-    Approval, AuditEntry, Controller, Event, FailoverPolicy, Lease, Region, RegionSpec, Replica, ReplicaSpec,
-    RoutingPolicy, ServiceSpec, Shard, ShardSpec, Topology,
+    Approval, AuditEntry, BackupPolicy, BackupSettings, Controller, Event, FailoverPolicy, Lease, Region, RegionSpec,
+    Replica, ReplicaSpec, RoutingPolicy, ServiceSpec, Shard, ShardSpec, Topology,
 };
 use interlock_core::vocab::{RegionState, ReplicaRole};
 
@@ -52,12 +52,18 @@ impl From<&Topology> for v1::Topology {
                                     address: r.address.clone(),
                                 })
                                 .collect(),
+                            backup: h.backup.as_ref().map(v1::BackupPolicy::from),
                         })
                         .collect(),
                 })
                 .collect(),
             failover: Some(v1::FailoverPolicy::from(&t.failover)),
             routing: Some(v1::RoutingPolicy::from(&t.routing)),
+            backups: Some(v1::BackupSettings {
+                max_restores_per_region: t.backups.max_restores_per_region,
+                restore_timeout_seconds: t.backups.restore_timeout_seconds,
+                policy: Some(v1::BackupPolicy::from(&t.backups.policy)),
+            }),
         }
     }
 }
@@ -98,6 +104,44 @@ same_fields!(
 );
 same_fields!(RoutingPolicy, v1::RoutingPolicy, [min_serving_regions, capacity_headroom_pct, max_step_bps]);
 
+impl From<&BackupPolicy> for v1::BackupPolicy {
+    fn from(p: &BackupPolicy) -> Self {
+        v1::BackupPolicy {
+            verify_within_seconds: p.verify_within_seconds,
+            rpo_target_seconds: p.rpo_target_seconds,
+            rto_target_seconds: p.rto_target_seconds,
+            retain: p.retain,
+            require_verified_backup: p.require_verified_backup,
+            check_table: p.check_table.clone(),
+            check_column: p.check_column.clone(),
+        }
+    }
+}
+
+impl From<v1::BackupPolicy> for BackupPolicy {
+    fn from(p: v1::BackupPolicy) -> Self {
+        BackupPolicy {
+            verify_within_seconds: p.verify_within_seconds,
+            rpo_target_seconds: p.rpo_target_seconds,
+            rto_target_seconds: p.rto_target_seconds,
+            retain: p.retain,
+            require_verified_backup: p.require_verified_backup,
+            check_table: p.check_table,
+            check_column: p.check_column,
+        }
+    }
+}
+
+impl From<v1::BackupSettings> for BackupSettings {
+    fn from(b: v1::BackupSettings) -> Self {
+        BackupSettings {
+            max_restores_per_region: b.max_restores_per_region,
+            restore_timeout_seconds: b.restore_timeout_seconds,
+            policy: b.policy.map(BackupPolicy::from).unwrap_or_default(),
+        }
+    }
+}
+
 impl From<v1::Topology> for Topology {
     fn from(t: v1::Topology) -> Self {
         Topology {
@@ -124,12 +168,14 @@ impl From<v1::Topology> for Topology {
                                     address: r.address,
                                 })
                                 .collect(),
+                            backup: h.backup.map(BackupPolicy::from),
                         })
                         .collect(),
                 })
                 .collect(),
             failover: t.failover.map(FailoverPolicy::from).unwrap_or_default(),
             routing: t.routing.map(RoutingPolicy::from).unwrap_or_default(),
+            backups: t.backups.map(BackupSettings::from).unwrap_or_default(),
         }
     }
 }
@@ -302,4 +348,152 @@ mod tests {
         topology.routing = RoutingPolicy { min_serving_regions: 12, capacity_headroom_pct: 13, max_step_bps: 14 };
         assert_eq!(Topology::from(v1::Topology::from(&topology)), topology);
     }
+}
+
+/// The restore tests `controller` holds, as its assignment carries them.
+pub fn restore_jobs(state: &interlock_core::State, controller: &str) -> Vec<v1::RestoreJob> {
+    state
+        .restore_jobs
+        .iter()
+        .filter(|(_, job)| job.controller == controller)
+        .filter_map(|(id, job)| {
+            let backup = state.backups.get(&job.shard)?.backups.iter().find(|b| b.id == job.backup)?;
+            let policy = interlock_core::backup::policy(state, &job.shard);
+            let (service, shard) = job.shard.split_once('/').unwrap_or((&job.shard, ""));
+            Some(v1::RestoreJob {
+                job_id: *id,
+                service: service.to_string(),
+                shard: shard.to_string(),
+                backup_id: backup.id.clone(),
+                source_region: backup.source_region.clone(),
+                location: backup.location.clone(),
+                checksum: backup.checksum.clone(),
+                size_bytes: backup.size_bytes,
+                deadline_unix_ms: job.deadline_unix_ms,
+                check_table: policy.check_table.clone(),
+                check_column: policy.check_column.clone(),
+            })
+        })
+        .collect()
+}
+
+fn restore_test(t: &interlock_core::model::RestoreTest) -> v1::RestoreTest {
+    use interlock_core::model::RestoreOutcome;
+    let (state, reason) = match &t.outcome {
+        RestoreOutcome::Running => ("RUNNING", String::new()),
+        RestoreOutcome::Passed => ("PASSED", String::new()),
+        RestoreOutcome::Failed { reason } => ("FAILED", reason.clone()),
+        RestoreOutcome::Abandoned { reason } => ("ABANDONED", reason.clone()),
+    };
+    v1::RestoreTest {
+        job_id: t.job,
+        region: t.region.clone(),
+        controller_id: t.controller.clone(),
+        state: state.to_string(),
+        reason,
+        started_at_unix_ms: t.started_at_unix_ms,
+        deadline_unix_ms: t.deadline_unix_ms,
+        finished_at_unix_ms: t.finished_at_unix_ms,
+        duration_ms: t.duration_ms,
+        checksum_match: t.checksum_match,
+        data_checked: t.data_check.is_some(),
+        row_count: t.data_check.map_or(0, |c| c.rows),
+        newest_sequence: t.data_check.map_or(0, |c| c.newest_sequence),
+    }
+}
+
+/// One shard's catalogue and its standing at `now_unix_ms`.
+pub fn shard_backups(state: &interlock_core::State, key: &str, now_unix_ms: u64) -> v1::ShardBackups {
+    let tracking = interlock_core::backup::track::track(state, key, now_unix_ms);
+    let backups = state.backups.get(key).map(|c| c.backups.as_slice()).unwrap_or_default();
+    let (service, shard) = key.split_once('/').unwrap_or((key, ""));
+    let verified = tracking.last_verified.clone().unwrap_or_default();
+    v1::ShardBackups {
+        service: service.to_string(),
+        shard: shard.to_string(),
+        backups: backups
+            .iter()
+            .map(|b| v1::Backup {
+                id: b.id.clone(),
+                source_region: b.source_region.clone(),
+                controller_id: b.controller.clone(),
+                taken_at_unix_ms: b.taken_at_unix_ms,
+                reported_at_unix_ms: b.reported_at_unix_ms,
+                size_bytes: b.size_bytes,
+                checksum: b.checksum.clone(),
+                location: b.location.clone(),
+                verified: b.verified(),
+                restore_tests: b.tests.iter().map(restore_test).collect(),
+            })
+            .collect(),
+        last_verified_backup: verified.backup,
+        last_verified_taken_at_unix_ms: verified.taken_at_unix_ms,
+        last_verified_at_unix_ms: verified.verified_at_unix_ms,
+        last_verified_region: verified.region,
+        last_restore_duration_ms: verified.duration_ms,
+        rpo_violated: tracking.rpo_violated,
+        rto_violated: tracking.rto_violated,
+        verify_overdue: tracking.verify_overdue,
+        status: tracking.summary(),
+        policy: Some(v1::BackupPolicy::from(&tracking.policy)),
+    }
+}
+
+/// The parts of a readiness score.
+pub fn readiness_parts(r: &interlock_core::failover::readiness::Readiness) -> Vec<v1::ReadinessPart> {
+    r.parts
+        .iter()
+        .map(|p| v1::ReadinessPart {
+            name: p.name.to_string(),
+            known: p.score.is_some(),
+            score: p.score.unwrap_or(0),
+            detail: p.detail.clone(),
+        })
+        .collect()
+}
+
+/// Readiness of every shard and every region, with their parts.
+pub fn readiness_report(
+    s: &interlock_core::State,
+    obs: &interlock_core::failover::Observations,
+) -> v1::ReadinessReport {
+    use interlock_core::failover::readiness;
+    let per_shard: Vec<readiness::ShardReadiness> =
+        s.shards.keys().filter_map(|k| readiness::of_shard(s, obs, k)).collect();
+    let shards = per_shard
+        .iter()
+        .map(|r| {
+            let (service, shard) = r.shard.split_once('/').unwrap_or((&r.shard, ""));
+            let (target_replica, target_region) = r.target.clone().unwrap_or_default();
+            v1::ShardReadiness {
+                service: service.to_string(),
+                shard: shard.to_string(),
+                score: r.readiness.score,
+                parts: readiness_parts(&r.readiness),
+                target_replica,
+                target_region,
+            }
+        })
+        .collect();
+    let regions = s
+        .regions
+        .keys()
+        .map(|region| {
+            let held: Vec<&readiness::ShardReadiness> = per_shard
+                .iter()
+                .filter(|r| {
+                    let primary = s.shards.get(&r.shard).and_then(|sh| sh.primary.as_ref());
+                    primary.and_then(|p| s.replicas.get(p)).is_some_and(|p| &p.region == region)
+                })
+                .collect();
+            let readiness = readiness::of_region(&held);
+            v1::RegionReadiness {
+                region: region.clone(),
+                score: readiness.score,
+                parts: readiness_parts(&readiness),
+                shards: held.len() as u32,
+            }
+        })
+        .collect();
+    v1::ReadinessReport { shards, regions, revision: s.revision }
 }

@@ -11,13 +11,20 @@
 //! would). A region that cannot be reached is not replicated from. The model
 //! has no divergence: a fenced primary's unreplicated writes simply count as
 //! a higher position if its region returns.
+//!
+//! Backups ([`DemoDatabase::with_backups`]): a backup is a small file (the
+//! replica's shard and position) in a [`BackupStore`], with its SHA-256; a
+//! restore test copies it to scratch space, verifies the copy's checksum,
+//! reads it back (the data check answers its position as both the row count
+//! and the newest sequence number), and removes the copy.
 //! Transport (real TCP or simulated) is the caller's.
 
+use super::backups::{checksum, BackupStore};
 use crate::probes::{parse_probe, probe_header, Probed, Reachability};
-use interlock_client::{ReplicaDriver, ReplicaStatus, RoutingTable};
+use interlock_client::{BackupTaken, ReplicaDriver, ReplicaStatus, RestoreJob, RestoreProof, RoutingTable};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A replica started or stopped acting as primary.
@@ -64,13 +71,20 @@ impl DemoReplica {
 
 type Observer = Box<dyn Fn(&ActingChange) + Send + Sync>;
 
+/// A wall clock, in milliseconds since the Unix epoch.
+pub type UnixClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 /// The demo database of one controller: its replicas, keyed by id.
 pub struct DemoDatabase {
     region: String,
     reachable: Reachability,
     inner: Mutex<Inner>,
     observer: Observer,
+    backups: Option<(BackupStore, UnixClock)>,
 }
+
+/// The first line of a demo backup file.
+const BACKUP_MAGIC: &str = "interlock-demo-backup 1";
 
 struct Inner {
     /// Routing applied to "the load balancers": service -> (version, weights).
@@ -78,6 +92,8 @@ struct Inner {
     replicas: BTreeMap<String, DemoReplica>,
     /// Graceful demotes fail (see [`DemoDatabase::refuse_demotes`]).
     refuse_demotes: bool,
+    /// Restore tests fail (see [`DemoDatabase::fail_restores`]).
+    fail_restores: bool,
 }
 
 impl DemoDatabase {
@@ -96,9 +112,77 @@ impl DemoDatabase {
         DemoDatabase {
             region: region.to_string(),
             reachable: Reachability::new(region, reachable_window),
-            inner: Mutex::new(Inner { routing: BTreeMap::new(), replicas, refuse_demotes: false }),
+            inner: Mutex::new(Inner {
+                routing: BTreeMap::new(),
+                replicas,
+                refuse_demotes: false,
+                fail_restores: false,
+            }),
             observer: Box::new(observer),
+            backups: None,
         }
+    }
+
+    /// Takes backups into `store`, stamped by `clock`, and tests restores from it.
+    pub fn with_backups(mut self, store: BackupStore, clock: UnixClock) -> Self {
+        self.backups = Some((store, clock));
+        self
+    }
+
+    /// From now on restore tests fail (`true`), as a corrupt or unreadable
+    /// backup store would make them. For the simulation.
+    pub fn fail_restores(&self, fail: bool) {
+        self.lock().fail_restores = fail;
+    }
+
+    fn take_backup(&self, replica: &str) -> Result<BackupTaken, String> {
+        let Some((store, clock)) = &self.backups else { return Err("no backup store configured".to_string()) };
+        let (shard, position) = {
+            let inner = self.lock();
+            let r = inner.replicas.get(replica).ok_or_else(|| format!("replica {replica} is not run here"))?;
+            if r.down {
+                return Err(format!("replica {replica}: the database is down"));
+            }
+            (r.shard.clone(), r.position)
+        };
+        let taken_at_unix_ms = clock();
+        let id = Some(format!("{replica}-{taken_at_unix_ms}")).filter(|id| id.len() <= 63);
+        let id = id.unwrap_or_else(|| format!("b-{taken_at_unix_ms}"));
+        let bytes = format!("{BACKUP_MAGIC}\nshard {shard}\nreplica {replica}\nposition {position}\n").into_bytes();
+        let location = store.put(&id, &bytes)?;
+        Ok(BackupTaken { id, taken_at_unix_ms, size_bytes: bytes.len() as u64, checksum: checksum(&bytes), location })
+    }
+
+    fn test_restore(&self, job: &RestoreJob) -> Result<RestoreProof, String> {
+        let Some((store, _)) = &self.backups else { return Err("no backup store configured".to_string()) };
+        if self.lock().fail_restores {
+            return Err("the restore failed (injected)".to_string());
+        }
+        let original = store.get(&job.location)?;
+        let scratch = format!(".restore-{}", job.job_id);
+        let copy = store.put(&scratch, &original).and_then(|uri| store.get(&uri));
+        store.remove(&scratch);
+        let copy = copy?;
+        let restored = checksum(&copy);
+        if restored != job.checksum {
+            return Err(format!(
+                "checksum mismatch: the catalogue says {}, the restored copy is {restored}",
+                job.checksum
+            ));
+        }
+        let text = String::from_utf8(copy).map_err(|_| "the backup is not a demo backup".to_string())?;
+        let mut lines = text.lines();
+        if lines.next() != Some(BACKUP_MAGIC) {
+            return Err("the backup is not a demo backup".to_string());
+        }
+        let field = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)).map(str::trim);
+        let shard = format!("{}/{}", job.service, job.shard);
+        if field("shard ") != Some(shard.as_str()) {
+            return Err(format!("the backup is of shard {:?}, not {shard}", field("shard ").unwrap_or("?")));
+        }
+        let position: u64 = field("position ").and_then(|p| p.parse().ok()).ok_or("the backup has no position")?;
+        let data_check = (!job.check_table.is_empty()).then_some((position, position));
+        Ok(RestoreProof { checksum_match: true, data_check })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -250,6 +334,14 @@ impl ReplicaDriver for DemoDatabase {
         std::future::ready(change.map(|_| ()))
     }
 
+    fn backup(&self, replica: &str) -> impl Future<Output = Result<BackupTaken, String>> + Send {
+        std::future::ready(self.take_backup(replica))
+    }
+
+    fn restore_test(&self, job: &RestoreJob) -> impl Future<Output = Result<RestoreProof, String>> + Send {
+        std::future::ready(self.test_restore(job))
+    }
+
     fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {
         let weights = table.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
         self.lock().routing.insert(table.service.clone(), (table.version, weights));
@@ -339,6 +431,39 @@ mod tests {
         db.fence("o-eu", "switchover").await.expect("fence");
         assert_eq!(db.is_primary("o-eu").await, Ok(false));
         assert!(db.demote("o-eu", "again").await.is_ok(), "nothing to demote: done");
+    }
+
+    #[tokio::test]
+    async fn a_backup_restores_elsewhere_and_a_corrupt_one_fails_its_test() {
+        let store = BackupStore::memory();
+        let db = |region: &str, replica: &str| {
+            DemoDatabase::new(region, [(replica.into(), "orders/0".into())], Duration::from_secs(1), |_| {})
+                .with_backups(store.clone(), Arc::new(|| 1_000))
+        };
+        let (eu, us) = (db("eu", "o-eu"), db("us", "o-us"));
+        eu.promote("o-eu", 1, 7).await.expect("promote");
+        for _ in 0..3 {
+            eu.write_tick();
+        }
+        let taken = eu.backup("o-eu").await.expect("backup");
+        assert_eq!((taken.id.as_str(), taken.taken_at_unix_ms), ("o-eu-1000", 1000));
+        let mut job = RestoreJob {
+            job_id: 9,
+            service: "orders".into(),
+            shard: "0".into(),
+            backup_id: taken.id.clone(),
+            location: taken.location.clone(),
+            checksum: taken.checksum.clone(),
+            check_table: "orders".into(),
+            ..RestoreJob::default()
+        };
+        let proof = us.restore_test(&job).await.expect("restores");
+        assert_eq!(proof, RestoreProof { checksum_match: true, data_check: Some((3, 3)) });
+        job.checksum = checksum(b"something else");
+        assert!(us.restore_test(&job).await.expect_err("corrupt").contains("checksum mismatch"));
+        job.checksum = taken.checksum;
+        us.fail_restores(true);
+        assert!(us.restore_test(&job).await.is_err());
     }
 
     #[tokio::test]

@@ -5,7 +5,10 @@
 //! - [`exec`]: hook programs, for any database (MySQL, Redis, your own
 //!   tooling);
 //! - [`postgres`]: PostgreSQL streaming replication, built in.
+//!
+//! [`backups`] is what they share for backups: the store and the checksum.
 
+pub mod backups;
 pub mod demo;
 pub mod exec;
 pub mod postgres;

@@ -7,6 +7,8 @@
 //! - [`observations`]: what the leader knows of each controller this term.
 //! - [`planner`]: [`plan`], the whole decision of the failover loop.
 //! - [`policy`]: the rules operators meet, written once for every caller.
+//! - [`readiness`]: how ready a shard is to fail over to a candidate, the
+//!   score the planner ranks candidates by.
 //! - `apply`: the transitions, dispatched by [`crate::State::apply`].
 
 mod apply;
@@ -14,8 +16,9 @@ pub mod detector;
 pub mod observations;
 pub mod planner;
 pub mod policy;
+pub mod readiness;
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 
 pub(crate) use apply::{
     acknowledge, await_operator, change_region_state, declare_region_lost, demote, fence, promote, set_maintenance,

@@ -2,8 +2,9 @@
 //! planner, the gRPC services and the CLI alike (SPEC §4):
 //!
 //! - **lag arithmetic** ([`lag`]) and the **RPO rule** ([`within_rpo`]);
-//! - **candidate ranking** ([`rank`]): best position, then the highest
-//!   priority, then the replica id;
+//! - **candidate ranking** ([`rank`]): of the candidates within the RPO
+//!   bound, the highest readiness (`readiness.rs`), then the best position,
+//!   the highest priority, the replica id;
 //! - which replica an automatic failover promotes ([`choose_candidate`]);
 //! - the preconditions of a planned switchover ([`switchover_check`]) and
 //!   the target of one that moves a primary out of a region
@@ -14,6 +15,7 @@
 //! A refusal is `(Refusal, reason)`; the gRPC edge maps the class to a status.
 
 use super::observations::{Observations, ReplicaReport};
+use super::readiness;
 use crate::model::Shard;
 use crate::state::State;
 use crate::vocab::{primary_lease_key, Refusal, RegionState, ReplicaRole};
@@ -35,11 +37,43 @@ pub fn within_rpo(shard: &Shard, lag: u64) -> bool {
     lag <= shard.max_lag_on_failover
 }
 
-/// The order of candidates, best first: the highest position, then the
-/// highest priority, then the smallest replica id (a stable tiebreak).
-/// Each side is (replica id, priority, its report).
-pub fn rank(a: (&str, u32, &ReplicaReport), b: (&str, u32, &ReplicaReport)) -> Ordering {
-    b.2.position.cmp(&a.2.position).then(b.1.cmp(&a.1)).then(a.0.cmp(b.0))
+/// A candidate as [`rank`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Ranked<'a> {
+    pub id: &'a str,
+    pub priority: u32,
+    pub report: ReplicaReport,
+    /// Its readiness score ([`super::readiness::of_candidate`]).
+    pub readiness: u32,
+}
+
+/// The order of candidates that pass the RPO bound, best first: the highest
+/// readiness score, then the highest position, then the highest priority,
+/// then the smallest replica id (a stable tiebreak).
+pub fn rank(a: &Ranked<'_>, b: &Ranked<'_>) -> Ordering {
+    b.readiness
+        .cmp(&a.readiness)
+        .then(b.report.position.cmp(&a.report.position))
+        .then(b.priority.cmp(&a.priority))
+        .then(a.id.cmp(b.id))
+}
+
+/// The best of `eligible` (replica id, priority, report, lag) by [`rank`].
+fn best<'a>(
+    state: &State,
+    obs: &Observations,
+    shard: &Shard,
+    eligible: Vec<(&'a str, u32, ReplicaReport, u64)>,
+) -> Option<Ranked<'a>> {
+    eligible
+        .into_iter()
+        .map(|(id, priority, report, lag)| Ranked {
+            id,
+            priority,
+            report,
+            readiness: readiness::of_candidate(state, shard, id, Some(lag), obs.now_unix_ms).score,
+        })
+        .min_by(rank)
 }
 
 /// The replica chosen for promotion.
@@ -96,15 +130,17 @@ pub fn choose_candidate(
         .chain(failed_primary.and_then(|p| obs.report(state, p)).map(|r| r.position))
         .max()
         .unwrap_or(0);
-    eligible.retain(|(id, _, r)| {
-        let within = within_rpo(shard, lag(r, best_known));
-        if !within {
+    let mut within = Vec::new();
+    for (id, priority, report) in eligible {
+        let behind = lag(&report, best_known);
+        if within_rpo(shard, behind) {
+            within.push((id, priority, report, behind));
+        } else {
             passed.push(format!("{id}: lag beyond max_lag_on_failover"));
         }
-        within
-    });
-    match eligible.into_iter().min_by(|a, b| rank((a.0, a.1, &a.2), (b.0, b.1, &b.2))) {
-        Some((id, _, report)) => Ok(Candidate { replica: id.to_string(), position: report.position }),
+    }
+    match best(state, obs, shard, within) {
+        Some(best) => Ok(Candidate { replica: best.id.to_string(), position: best.report.position }),
         None => Err(if passed.is_empty() { "no replicas".to_string() } else { passed.join("; ") }),
     }
 }
@@ -166,6 +202,7 @@ pub fn switchover_check(
             shard.max_lag_on_failover
         ));
     }
+    crate::backup::track::verified_backup_rule(state, shard_key, &replica.region)?;
     Ok((primary, shard.epoch))
 }
 
@@ -185,13 +222,16 @@ pub fn switchover_target(state: &State, obs: &Observations, shard_key: &str, reg
             continue;
         }
         match (switchover_check(state, obs, shard_key, id), obs.report(state, id)) {
-            (Ok(_), Some(report)) => eligible.push((id.as_str(), replica.priority, report)),
+            (Ok((primary, _)), Some(report)) => {
+                let primary_position = obs.report(state, &primary).map_or(report.position, |r| r.position);
+                eligible.push((id.as_str(), replica.priority, report, lag(&report, primary_position)))
+            }
             (Err((_, why)), _) => passed.push(why),
             (Ok(_), None) => {}
         }
     }
-    match eligible.into_iter().min_by(|a, b| rank((a.0, a.1, &a.2), (b.0, b.1, &b.2))) {
-        Some((id, _, _)) => Ok(id.to_string()),
+    match best(state, obs, shard, eligible) {
+        Some(best) => Ok(best.id.to_string()),
         None => Err((
             Refusal::FailedPrecondition,
             format!(
@@ -312,6 +352,15 @@ mod tests {
                     s.regions.get_mut("ap").iter_mut().for_each(|r| r.state = RegionState::Recovering);
                 },
                 Err("its region is not ACTIVE"),
+            ),
+            (
+                // Readiness before position: ap is closer (lag 5 against 10)
+                // but its region has no spare capacity left for the service.
+                "readiness first: no spare capacity in ap",
+                [100, 90, 95],
+                &[],
+                |s| s.regions.get_mut("ap").iter_mut().for_each(|r| r.capacity = 10),
+                Ok("orders-0-us"),
             ),
         ];
         for (name, positions, silent, mutate, want) in cases {

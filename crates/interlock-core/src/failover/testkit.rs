@@ -39,10 +39,12 @@ impl World {
                             address: String::new(),
                         })
                         .collect(),
+                    backup: None,
                 }],
             }],
             failover: FailoverPolicy::default(),
             routing: Default::default(),
+            backups: Default::default(),
         };
         let mut w = World { state: State::default(), index: 0, now_unix_ms: 1_000_000 };
         w.apply(Command::ApplyTopology { topology });
@@ -59,8 +61,13 @@ impl World {
     }
 
     pub(crate) fn apply(&mut self, command: Command) -> Response {
+        self.apply_by(crate::vocab::SYSTEM, command)
+    }
+
+    /// Applies `command` as proposed on behalf of `by`.
+    pub(crate) fn apply_by(&mut self, by: &str, command: Command) -> Response {
         self.index += 1;
-        let response = self.state.apply(self.index, &Request::system(self.now_unix_ms, command));
+        let response = self.state.apply(self.index, &Request::by(self.now_unix_ms, by, command));
         assert_eq!(self.state.validate(), Ok(()));
         response
     }

@@ -3,6 +3,7 @@
 //! machine never reads a clock and knows who asked. Data only; validation is
 //! in `crate::command`.
 
+use super::backups::{BackupReport, RestoreResult};
 use super::spec::Topology;
 use crate::vocab::{Actor, NodeId, PromotionMode, RegionState, ReplicaRole, RevokeReason, Rule, SYSTEM};
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,18 @@ pub enum Command {
     /// Approve request `id`: an operator other than the requester. An
     /// approved command is applied at once, on the requester's behalf.
     Approve { id: u64 },
+    /// Controller `controller` (bound to `Request::by`) reports a backup of
+    /// `shard` (`service/shard`) taken in its region.
+    ReportBackup { controller: String, shard: String, backup: BackupReport },
+    /// The leader's backup loop starts a restore test of `backup` on
+    /// `controller`, in a region other than the backup's source; the job id
+    /// is this entry's index.
+    StartRestoreTest { shard: String, backup: String, controller: String },
+    /// The controller that holds restore job `job` reports its result.
+    FinishRestoreTest { job: u64, controller: String, result: RestoreResult },
+    /// The leader's backup loop gives restore job `job` up (timed out, or
+    /// its controller is not heard); it is retried elsewhere.
+    AbandonRestoreTest { job: u64, reason: String },
     /// Record in the audit trail an action the state machine does not apply
     /// itself: a request refused at the gRPC edge, a membership change the
     /// leader carried out.
@@ -197,6 +210,14 @@ impl fmt::Display for Command {
             Command::RequestApproval { action, .. } => write!(f, "ask for approval of: {action}"),
             Command::Approve { id } => write!(f, "approve request {id}"),
             Command::Audit { action, .. } => write!(f, "audit {action}"),
+            Command::ReportBackup { shard, backup, .. } => write!(f, "report backup {} of {shard}", backup.id),
+            Command::StartRestoreTest { shard, backup, controller } => {
+                write!(f, "test a restore of backup {backup} of {shard} on {controller}")
+            }
+            Command::FinishRestoreTest { job, result, .. } => {
+                write!(f, "restore job {job} {}", if result.passed { "passed" } else { "failed" })
+            }
+            Command::AbandonRestoreTest { job, .. } => write!(f, "abandon restore job {job}"),
         }
     }
 }

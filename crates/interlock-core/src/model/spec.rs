@@ -3,6 +3,7 @@
 //! replicas, and the failover and routing policies. Plain data with its
 //! defaults; `crate::topology` validates it and applies it to the state.
 
+use super::backups::{BackupPolicy, BackupSettings};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -37,6 +38,9 @@ pub struct Topology {
     /// The safety rules of routing changes (every field has a default).
     #[serde(default)]
     pub routing: RoutingPolicy,
+    /// Restore tests and the backup policy of every shard (SPEC §6).
+    #[serde(default)]
+    pub backups: BackupSettings,
 }
 
 /// The cluster-wide failover policy (SPEC §4). In the replicated state, so
@@ -143,6 +147,9 @@ pub struct ShardSpec {
     #[serde(default = "default_cooldown_seconds")]
     pub cooldown_seconds: u64,
     pub replicas: Vec<ReplicaSpec>,
+    /// This shard's backup policy, in place of `backups.policy`.
+    #[serde(default)]
+    pub backup: Option<BackupPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

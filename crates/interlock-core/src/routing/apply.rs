@@ -124,6 +124,11 @@ pub(crate) fn drain(
             );
         }
     };
+    if !undrain {
+        if let Err((code, reason)) = crate::backup::track::drain_rule(state, region) {
+            return Response::refused(code, reason);
+        }
+    }
     let drain = Drain { fraction_bps: from, step_bps, interval_ms, undrain, next_step_at_unix_ms: fx.at_unix_ms };
     // The first step is taken now, checked like every later one.
     match drain_step_to(state, region, drain, fx) {
@@ -263,6 +268,7 @@ mod tests {
                             priority: 1,
                             address: String::new(),
                         }],
+                        backup: None,
                     }],
                 }],
                 ..Topology::default()

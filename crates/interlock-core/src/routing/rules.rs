@@ -105,9 +105,23 @@ pub fn effective_weights(base: &BTreeMap<String, u32>, regions: &BTreeMap<String
     apportion(&kept, TOTAL_BPS)
 }
 
+/// The most weight `region` may carry under the rule `capacity-ceiling`:
+/// `capacity / total capacity × headroom`, in basis points (None: no
+/// capacity declared anywhere). Weight / 10 000 ≤ capacity / total × headroom / 100.
+pub fn capacity_ceiling_bps(regions: &BTreeMap<String, Region>, policy: &RoutingPolicy, region: &str) -> Option<u64> {
+    let total_capacity: u64 = regions.values().map(|r| u64::from(r.capacity)).sum();
+    if total_capacity == 0 {
+        return None;
+    }
+    let capacity = regions.get(region).map_or(0, |r| u64::from(r.capacity));
+    Some(capacity * u64::from(TOTAL_BPS) * u64::from(policy.capacity_headroom_pct) / 100 / total_capacity)
+}
+
 /// Checks `new` weights (for a change of `kind` from `old`) against every
 /// rule not in `overridden`; the first violation, in the order of
 /// [`Rule::ALL`], refuses the change.
+///
+/// The capacity ceiling of each region is [`capacity_ceiling_bps`].
 pub fn check_rules(
     old: &BTreeMap<String, u32>,
     new: &BTreeMap<String, u32>,
@@ -129,13 +143,9 @@ pub fn check_rules(
             reason: format!("{} regions would serve ({:?}); at least {min} must", serving.len(), serving),
         });
     }
-    let total_capacity: u64 = regions.values().map(|r| u64::from(r.capacity)).sum();
-    if active(Rule::CapacityCeiling) && total_capacity > 0 {
+    if active(Rule::CapacityCeiling) {
         for (id, weight) in new {
-            let capacity = regions.get(id).map_or(0, |r| u64::from(r.capacity));
-            // weight / 10000 <= capacity / total × headroom / 100
-            let ceiling =
-                capacity * u64::from(TOTAL_BPS) * u64::from(policy.capacity_headroom_pct) / 100 / total_capacity;
+            let Some(ceiling) = capacity_ceiling_bps(regions, policy, id) else { continue };
             if u64::from(*weight) > ceiling {
                 return Err(Violation {
                     rule: Rule::CapacityCeiling,

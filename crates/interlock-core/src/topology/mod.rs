@@ -32,10 +32,12 @@ pub(crate) mod tests {
                     max_lag_on_failover: 1000,
                     cooldown_seconds: 300,
                     replicas: vec![replica("orders-0-eu", "eu-west", 100), replica("orders-0-us", "us-east", 50)],
+                    backup: None,
                 }],
             }],
             failover: FailoverPolicy::default(),
             routing: Default::default(),
+            backups: Default::default(),
         }
     }
 }

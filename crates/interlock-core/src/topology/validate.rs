@@ -3,7 +3,10 @@
 //! problem refuses the whole file.
 
 use crate::lease::{TTL_MAX_MS, TTL_MIN_MS};
-use crate::model::{FailoverPolicy, RoutingPolicy, Topology, CAPACITY_MAX, PRIORITY_MAX, SHARDS_MAX};
+use crate::model::{
+    BackupPolicy, BackupSettings, FailoverPolicy, RoutingPolicy, Topology, BACKUPS_KEPT_MAX, CAPACITY_MAX,
+    PRIORITY_MAX, SHARDS_MAX,
+};
 use crate::vocab::{validate_host_port, validate_id, InvalidArgument, TOTAL_BPS};
 use std::collections::BTreeSet;
 
@@ -12,6 +15,7 @@ pub fn validate(topology: &Topology) -> Vec<InvalidArgument> {
     let mut errors = Vec::new();
     errors.extend(failover_policy(&topology.failover));
     errors.extend(routing_policy(&topology.routing));
+    errors.extend(backup_settings(&topology.backups));
     let mut push = |r: Result<(), InvalidArgument>| {
         if let Err(e) = r {
             errors.push(e);
@@ -56,6 +60,11 @@ pub fn validate(topology: &Topology) -> Vec<InvalidArgument> {
             }
             if shard.replicas.is_empty() {
                 push(Err(InvalidArgument::new(format!("{field}.replicas"), "a shard needs at least one replica")));
+            }
+            if let Some(policy) = &shard.backup {
+                for e in backup_policy(policy, &format!("{field}.backup")) {
+                    push(Err(e));
+                }
             }
             for (r, replica) in shard.replicas.iter().enumerate() {
                 let field = format!("{field}.replicas[{r}]");
@@ -105,13 +114,7 @@ fn failover_policy(policy: &FailoverPolicy) -> Vec<InvalidArgument> {
         ("region_return_ms", policy.region_return_ms, 0, 3_600_000),
         ("switchover_timeout_ms", policy.switchover_timeout_ms, 500, 600_000),
     ];
-    checks
-        .into_iter()
-        .filter(|(_, v, lo, hi)| v < lo || v > hi)
-        .map(|(name, v, lo, hi)| {
-            InvalidArgument::new(format!("failover.{name}"), format!("{v} is out of range {lo}..={hi}"))
-        })
-        .collect()
+    out_of_range("failover", &checks)
 }
 
 fn routing_policy(policy: &RoutingPolicy) -> Vec<InvalidArgument> {
@@ -129,6 +132,62 @@ fn routing_policy(policy: &RoutingPolicy) -> Vec<InvalidArgument> {
         ));
     }
     errors
+}
+
+/// Every out-of-range field of `backups:`, each named `backups.<field>`.
+fn backup_settings(settings: &BackupSettings) -> Vec<InvalidArgument> {
+    let mut errors = out_of_range(
+        "backups",
+        &[
+            ("max_restores_per_region", u64::from(settings.max_restores_per_region), 1, 1_000),
+            ("restore_timeout_seconds", settings.restore_timeout_seconds, 1, 7 * 86_400),
+        ],
+    );
+    errors.extend(backup_policy(&settings.policy, "backups.policy"));
+    errors
+}
+
+/// Every problem of a backup policy, each named `<at>.<field>`.
+fn backup_policy(policy: &BackupPolicy, at: &str) -> Vec<InvalidArgument> {
+    let year = 366 * 86_400;
+    let mut errors = out_of_range(
+        at,
+        &[
+            ("verify_within_seconds", policy.verify_within_seconds, 0, year),
+            ("rpo_target_seconds", policy.rpo_target_seconds, 1, year),
+            ("rto_target_seconds", policy.rto_target_seconds, 1, year),
+            ("retain", u64::from(policy.retain), 1, BACKUPS_KEPT_MAX as u64),
+        ],
+    );
+    for (name, value) in [("check_table", &policy.check_table), ("check_column", &policy.check_column)] {
+        let sql_name = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 63
+                && !p.starts_with(|c: char| c.is_ascii_digit())
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        let parts: Vec<&str> = value.split('.').collect();
+        let ok = (value.is_empty() && name == "check_table")
+            || (parts.len() <= if name == "check_table" { 2 } else { 1 } && parts.iter().all(|p| sql_name(p)));
+        if !ok {
+            errors.push(InvalidArgument::new(
+                format!("{at}.{name}"),
+                format!("{value:?} must be a lowercase SQL name (a-z, 0-9, '_'; a table may be schema.table)"),
+            ));
+        }
+    }
+    errors
+}
+
+/// `<at>.<name>: V is out of range LO..=HI` for each value outside its range.
+fn out_of_range(at: &str, checks: &[(&str, u64, u64, u64)]) -> Vec<InvalidArgument> {
+    checks
+        .iter()
+        .filter(|(_, v, lo, hi)| v < lo || v > hi)
+        .map(|(name, v, lo, hi)| {
+            InvalidArgument::new(format!("{at}.{name}"), format!("{v} is out of range {lo}..={hi}"))
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use interlock_proto::v1::{
     LeaseList, ListRequest, MaintenanceRequest, OperationResponse, RegionList, RegionRequest, ReplicaList, RoutingList,
     RoutingStatus, SetRoutingRequest, ShardList, SwitchoverRequest,
 };
+use interlock_proto::v1::{BackupList, GetBackupsRequest, ReadinessReport};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::{Request, Response, Status};
@@ -546,5 +547,44 @@ impl Admin for AdminService {
             node_id: self.ctx.id,
             revision: s.revision,
         }))
+    }
+
+    async fn get_backups(&self, request: Request<GetBackupsRequest>) -> Result<Response<BackupList>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        if !message.service.is_empty() {
+            validate_id(&message.service, "service").map_err(invalid)?;
+        }
+        if !message.shard.is_empty() {
+            validate_id(&message.shard, "shard").map_err(invalid)?;
+        }
+        leader_read!(self, metadata, message, get_backups);
+        let now = self.ctx.clock.unix_ms();
+        let applied = self.ctx.state.read();
+        let s = &applied.state;
+        let wanted = |key: &str| {
+            let (service, shard) = key.split_once('/').unwrap_or((key, ""));
+            (message.service.is_empty() || message.service == service)
+                && (message.shard.is_empty() || message.shard == shard)
+        };
+        let shards: Vec<_> =
+            s.shards.keys().filter(|k| wanted(k)).map(|k| interlock_proto::convert::shard_backups(s, k, now)).collect();
+        if shards.is_empty() && !message.service.is_empty() {
+            let what = if message.shard.is_empty() {
+                message.service.clone()
+            } else {
+                format!("{}/{}", message.service, message.shard)
+            };
+            return Err(Status::not_found(format!("service: no shard matches {what}")));
+        }
+        Ok(Response::new(BackupList { shards, revision: s.revision }))
+    }
+
+    async fn get_readiness(&self, request: Request<ListRequest>) -> Result<Response<ReadinessReport>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        leader_read!(self, metadata, message, get_readiness);
+        let applied = self.ctx.state.read();
+        let s = &applied.state;
+        let report = interlock_proto::convert::readiness_report(s, &self.observations(s));
+        Ok(Response::new(report))
     }
 }

@@ -206,7 +206,10 @@ pub fn required(path: &str) -> Need {
         ("interlock.v1.Kv", "Put" | "Delete") => Need::ControllerOrOperator,
         ("interlock.v1.Cluster", "Status" | "NodeStatus" | "ReadIndex") => Need::Read,
         ("interlock.v1.Cluster", "AddMember" | "RemoveMember") => Need::Operator,
-        ("interlock.v1.Controller", "Register" | "Heartbeat" | "Acknowledge" | "AckRouting") => Need::Controller,
+        (
+            "interlock.v1.Controller",
+            "Register" | "Heartbeat" | "Acknowledge" | "AckRouting" | "ReportBackup" | "ReportRestoreResult",
+        ) => Need::Controller,
         ("interlock.v1.Controller", "LeaseGrant" | "LeaseKeepAlive" | "LeaseRevoke") => Need::ControllerOrOperator,
         ("interlock.v1.Controller", "LeaseGet" | "Watch") => Need::Read,
         ("interlock.v1.Admin", m) if m.starts_with("Get") => Need::Read,

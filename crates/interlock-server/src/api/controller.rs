@@ -27,6 +27,7 @@ use interlock_proto::v1::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, ReadIndexRequest,
     RegisterRequest, RegisterResponse, WatchRequest, WatchResponse,
 };
+use interlock_proto::v1::{ReportBackupRequest, ReportBackupResponse, RestoreResultRequest, RestoreResultResponse};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -400,5 +401,62 @@ impl Controller for ControllerService {
             leases.remaining_ms(key, clock.monotonic_ms()).unwrap_or(ttl)
         }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report_backup(
+        &self,
+        request: Request<ReportBackupRequest>,
+    ) -> Result<Response<ReportBackupResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, m) = request.into_parts();
+        validate_id(&m.service, "service").map_err(invalid)?;
+        validate_id(&m.shard, "shard").map_err(invalid)?;
+        let backup = interlock_core::model::BackupReport {
+            id: m.backup_id.clone(),
+            source_region: m.source_region.clone(),
+            taken_at_unix_ms: m.taken_at_unix_ms,
+            size_bytes: m.size_bytes,
+            checksum: m.checksum.clone(),
+            location: m.location.clone(),
+        };
+        let command = Command::ReportBackup {
+            controller: m.controller_id.clone(),
+            shard: shard_key(&m.service, &m.shard),
+            backup,
+        };
+        command.validate().map_err(invalid)?;
+        if !caller.controls(&m.source_region) {
+            let reason = format!("source_region: {} is not a controller of {}", caller.identity, m.source_region);
+            return Err(deny(&self.ctx.auth, &caller, &command.to_string(), reason));
+        }
+        match propose(&self.ctx, &caller, &metadata, command, to_leader!(ControllerClient, report_backup, m)).await? {
+            Proposed::Here(r) => Ok(Response::new(ReportBackupResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
+        }
+    }
+
+    async fn report_restore_result(
+        &self,
+        request: Request<RestoreResultRequest>,
+    ) -> Result<Response<RestoreResultResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, m) = request.into_parts();
+        let data_check = m
+            .data_checked
+            .then_some(interlock_core::model::DataCheck { rows: m.row_count, newest_sequence: m.newest_sequence });
+        let result = interlock_core::model::RestoreResult {
+            passed: m.passed,
+            reason: m.reason.clone(),
+            duration_ms: m.duration_ms,
+            checksum_match: m.checksum_match,
+            data_check,
+        };
+        let command = Command::FinishRestoreTest { job: m.job_id, controller: m.controller_id.clone(), result };
+        command.validate().map_err(invalid)?;
+        let send = to_leader!(ControllerClient, report_restore_result, m);
+        match propose(&self.ctx, &caller, &metadata, command, send).await? {
+            Proposed::Here(r) => Ok(Response::new(RestoreResultResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
+        }
     }
 }

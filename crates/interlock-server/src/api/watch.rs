@@ -82,7 +82,8 @@ pub fn assignment(state: &State, id: &str) -> Assignment {
                 .collect()
         })
         .unwrap_or_default();
-    Assignment { controller_id: id.to_string(), replicas }
+    let restore_jobs = interlock_proto::convert::restore_jobs(state, id);
+    Assignment { controller_id: id.to_string(), replicas, restore_jobs }
 }
 
 /// Where a watch is: what it sent last.

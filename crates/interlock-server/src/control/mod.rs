@@ -7,8 +7,10 @@
 //! - [`liveness`]: the failure detector's records, read as observations.
 //! - [`failover`]: region loss and promotion (`interlock_core::failover::plan`).
 //! - [`drains`]: stepping drains and undrains on the leader's clock.
+//! - [`backups`]: restore-test scheduling, backup targets, readiness gauges.
 //! - [`routing_acks`]: which controller applied which routing version.
 
+pub mod backups;
 pub mod drains;
 pub mod failover;
 pub mod leases;

@@ -5,6 +5,7 @@ use interlock_store::StoreObserver;
 use openraft::{RaftMetrics, ServerState};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
@@ -30,6 +31,8 @@ pub struct Metrics {
     pub detection_seconds: Histogram,
     pub promotion_seconds: Histogram,
     pub routing_propagation_seconds: Histogram,
+    /// Backups and restore tests (SPEC §6), set by the leader's backup loop.
+    pub backup: BackupMetrics,
     /// Last leader seen, to count changes (0: none).
     last_leader: AtomicU64,
 }
@@ -57,6 +60,7 @@ impl Metrics {
             detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 13)),
             promotion_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             routing_propagation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            backup: BackupMetrics::default(),
             last_leader: AtomicU64::new(0),
             registry: Registry::default(),
         };
@@ -116,6 +120,7 @@ impl Metrics {
             "From a routing version's commit to a controller's acknowledgement of it",
             metrics.routing_propagation_seconds.clone(),
         );
+        metrics.backup.register(&mut registry);
         Metrics { registry, ..metrics }
     }
 
@@ -141,6 +146,57 @@ impl Metrics {
             out.push_str("# error encoding metrics\n");
         }
         out
+    }
+}
+
+/// A label set of one label.
+pub type Labels = Vec<(&'static str, String)>;
+
+/// The backup loop's gauges (0 on a node that does not lead).
+#[derive(Default)]
+pub struct BackupMetrics {
+    pub restore_tests_running: Gauge,
+    pub shards_rpo_violated: Gauge,
+    pub shards_rto_violated: Gauge,
+    pub shards_verify_overdue: Gauge,
+    /// The oldest newest-verified backup over the tracked shards.
+    pub oldest_verified_age_seconds: Gauge,
+    pub region_readiness: Family<Labels, Gauge>,
+}
+
+impl BackupMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let gauges: [(&str, &str, &Gauge); 5] = [
+            ("restore_tests_running", "Restore tests running now (on the leader)", &self.restore_tests_running),
+            (
+                "backup_shards_rpo_violated",
+                "Shards whose newest verified backup is older than their RPO target (or that have none)",
+                &self.shards_rpo_violated,
+            ),
+            (
+                "backup_shards_rto_violated",
+                "Shards whose last passed restore test took longer than their RTO target",
+                &self.shards_rto_violated,
+            ),
+            (
+                "backup_shards_verify_overdue",
+                "Shards whose newest backup is still unverified past verify_within_seconds",
+                &self.shards_verify_overdue,
+            ),
+            (
+                "backup_oldest_verified_age_seconds",
+                "Age of the oldest newest-verified backup among shards that report backups",
+                &self.oldest_verified_age_seconds,
+            ),
+        ];
+        for (name, help, gauge) in gauges {
+            registry.register(name, help, gauge.clone());
+        }
+        registry.register(
+            "region_readiness_score",
+            "Readiness (0-100) of each region to be lost: its weakest shard's score",
+            self.region_readiness.clone(),
+        );
     }
 }
 

@@ -176,7 +176,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Err(e) => println!("Could not apply the topology: {e:#}"),
     }
     for region in DEV_REGIONS {
-        let extra = pg.as_ref().map(|pg| pg.agent_section(region)).unwrap_or_default();
+        // The demo agents back up their primaries every 30 s into a directory
+        // they share, and test each other's restores.
+        let extra = match &pg {
+            Some(pg) => pg.agent_section(region),
+            None => format!(
+                "backup_every_seconds = 30\nbackup_dir = {:?}\n",
+                dir.join("backups").display().to_string()
+            ),
+        };
         let path = agent_config(dir, region, &endpoints, &extra)?;
         let proc = spawn(dir, &format!("agent-{region}"), "agent", &path)?;
         println!(
@@ -214,6 +222,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
          kill -9 <pid of the leader>; interlockctl cluster status   # a new leader within a second\n  \
          interlockctl get shards; interlockctl get replicas          # primaries chosen by the agents' reports\n  \
          interlockctl switchover orders/0 --to orders-0-us            # planned, RPO 0\n  \
+         interlockctl get backups; interlockctl get readiness       # backups restored in another region\n  \
          kill -9 <pid of agent-eu-west>; interlockctl events --follow # eu-west LOST, its primaries move\n\
          TLS is on: certificates for every node and agent, operators alice and bob and a viewer are in {1}\n\
          (interlockctl uses alice's; with `--cacert {1}/ca.pem --cert {1}/bob.pem --key {1}/bob.key` it speaks\n\

@@ -19,6 +19,7 @@ use crate::api::auth::{Auth, AuthLayer};
 use crate::api::cluster::ClusterService;
 use crate::api::controller::ControllerService;
 use crate::api::kv::KvService;
+use crate::control::backups::run_backup_loop;
 use crate::control::drains::run_drain_loop;
 use crate::control::failover::run_failover_loop;
 use crate::control::leases::{run_expiry_loop, KeepaliveBatcher, LeaseMutations, LeaseTable};
@@ -145,6 +146,7 @@ impl Node {
         let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);
         let liveness = Arc::new(Liveness::default());
         tokio::spawn(run_failover_loop(ctx.clone(), liveness.clone()));
+        tokio::spawn(run_backup_loop(ctx.clone(), liveness.clone()));
         tokio::spawn(run_drain_loop(ctx.clone()));
         Ok(Node { raft, ctx, lease_table, batcher, liveness, routing_acks: Arc::default(), mutations: parts.mutations })
     }
