@@ -180,10 +180,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         // they share, and test each other's restores.
         let extra = match &pg {
             Some(pg) => pg.agent_section(region),
-            None => format!(
-                "backup_every_seconds = 30\nbackup_dir = {:?}\n",
-                dir.join("backups").display().to_string()
-            ),
+            None => {
+                format!("backup_every_seconds = 30\nbackup_dir = {:?}\n", dir.join("backups").display().to_string())
+            }
         };
         let path = agent_config(dir, region, &endpoints, &extra)?;
         let proc = spawn(dir, &format!("agent-{region}"), "agent", &path)?;
