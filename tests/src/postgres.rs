@@ -57,9 +57,15 @@ impl Instances {
     }
 
     pub fn agent(&self, cluster: &TestCluster, k: usize) -> TestAgent {
+        self.agent_with(cluster, k, "")
+    }
+
+    /// Like [`Instances::agent`], with `keys` (top-level agent config keys,
+    /// e.g. `backup_every_seconds = 2`) in its config.
+    pub fn agent_with(&self, cluster: &TestCluster, k: usize, keys: &str) -> TestAgent {
         let section =
             Instances::section(&self.root, &self.ports, &[IDS[k]]).replace("[instances.", "[postgres.instances.");
-        TestAgent::start_with(cluster, REGIONS[k], &format!("driver = \"postgres\"\n[postgres]\n{section}"))
+        TestAgent::start_with(cluster, REGIONS[k], &format!("{keys}driver = \"postgres\"\n[postgres]\n{section}"))
     }
 
     pub fn address(&self, k: usize) -> String {

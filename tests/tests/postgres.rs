@@ -119,3 +119,68 @@ async fn postgres_fails_over_with_no_acknowledged_insert_lost_and_never_two_prim
     println!("{} inserts acknowledged, none lost; {rounds} sampling rounds with one primary", acked_count(&acked));
     drop(agents);
 }
+
+/// A real cross-region restore of a real base backup: the primary's agent
+/// takes `pg_basebackup`s every 2 s into a directory every agent reads; the
+/// leader has the newest restored by an agent of another region, which
+/// unpacks it into a scratch data directory, starts it on a scratch port,
+/// counts the rows of `seq` and their newest number, stops it and removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_backup_is_restored_and_checked_in_another_region() {
+    if !Path::new(BIN_DIR).join("initdb").exists() {
+        assert!(std::env::var_os("CI").is_none(), "PostgreSQL 15 is not installed in {BIN_DIR}: .ci/run installs it");
+        eprintln!("SKIPPED: PostgreSQL 15 is not installed in {BIN_DIR}");
+        return;
+    }
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let instances = Instances::new(cluster.dir.path());
+    instances.driver.initialise(IDS[0], "wal_keep_size = '1GB'\n").await.expect("initdb and start the first instance");
+    let c = connect(&instances.address(0), Duration::from_secs(5)).await.expect("connect");
+    c.batch_execute("CREATE TABLE seq (n bigint PRIMARY KEY); INSERT INTO seq SELECT generate_series(1, 100)")
+        .await
+        .expect("table");
+    let client = cluster.client();
+    let mut topology = topology(&instances);
+    topology.backups.policy.check_table = "seq".into();
+    topology.backups.policy.check_column = "n".into();
+    client.apply_topology(&topology, false).await.expect("apply topology");
+    let backup_dir = instances.root.join("backups");
+    let keys = format!("backup_every_seconds = 2\nbackup_dir = {:?}\n", backup_dir.display().to_string());
+    let _agents: Vec<TestAgent> = (0..3).map(|k| instances.agent_with(&cluster, k, &keys)).collect();
+    promoted_after(&client, 0, Duration::from_secs(60)).await;
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (backup, test) = loop {
+        let shards = client.backups("orders", "0").await.expect("backups");
+        let passed = shards[0]
+            .backups
+            .iter()
+            .find_map(|b| b.restore_tests.iter().find(|t| t.state == "PASSED").map(|t| (b.clone(), t.clone())));
+        if let Some(found) = passed {
+            break found;
+        }
+        assert!(Instant::now() < deadline, "no restore test passed within 120 s: {shards:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(backup.source_region, REGIONS[0], "taken from the primary, in its region");
+    assert_ne!(test.region, backup.source_region, "restored in another region");
+    assert!(backup.location.ends_with("/base.tar") && backup.size_bytes > 1 << 20, "{backup:?}");
+    assert!(test.checksum_match && test.data_checked, "{test:?}");
+    assert_eq!((test.row_count, test.newest_sequence), (100, 100), "the restored table: {test:?}");
+    assert!(test.duration_ms > 0, "{test:?}");
+    // Its scratch instance is gone: no restore directory is left behind
+    // (another test may be running; wait for a quiet moment).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let scratch: Vec<String> = std::fs::read_dir(&backup_dir)
+            .expect("backup dir")
+            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().to_string()))
+            .filter(|n| n.starts_with(".restore-"))
+            .collect();
+        if scratch.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "scratch restores left behind: {scratch:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

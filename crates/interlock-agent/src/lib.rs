@@ -281,7 +281,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         }
         Driver::Postgres(pg) => {
             let reachable = witness_probes(&client, &config, listener);
-            let driver = Arc::new(PostgresDriver::new(pg, replicas, reachable).map_err(anyhow::Error::msg)?);
+            let driver = PostgresDriver::new(pg, replicas, reachable).map_err(anyhow::Error::msg)?;
+            let driver = Arc::new(match &config.backup_dir {
+                Some(dir) => driver.with_backups(dir.clone()),
+                None => driver,
+            });
             tokio::spawn(driver.clone().run());
             RegionController::run(client, controller, driver).await?;
         }

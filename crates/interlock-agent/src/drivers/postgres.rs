@@ -10,6 +10,8 @@
 //! | demote | `pg_ctl stop -m fast`, `standby.signal`, started again as a standby | the postmaster is gone or in recovery |
 //! | fence | `standby.signal`, `pg_ctl stop -m immediate`, SIGKILL if that hangs | the postmaster process is gone |
 //! | follow | a running standby: repoints `primary_conninfo` and reloads; a stopped instance that was a primary is rewound (`pg_rewind`), an empty one cloned (`pg_basebackup`); then started as a standby | the new primary is out of recovery, and this instance runs as its standby |
+//! | backup | `pg_basebackup -Ft -X fetch` of the primary into `<backup_dir>/<id>/`, SHA-256 of `base.tar` | the tar is written and summed |
+//! | restore test | the tar's SHA-256 checked, unpacked into a scratch data directory, started on a scratch port, the data check (`count(*)`, `max(column)` of the policy's table), stopped, removed | the restored instance answered the check |
 //!
 //! Per-instance settings (port, socket directory, listen address) are
 //! given on the `postgres` command line, never in the data directory:
@@ -25,8 +27,9 @@
 //! the coordinator names a primary for it to follow: then it is rewound.
 //! Which instance is primary is the coordinator's to say, under the lease.
 
+use super::backups::{file_checksum, file_path};
 use crate::probes::Reachability;
-use interlock_client::{ReplicaDriver, ReplicaStatus};
+use interlock_client::{BackupTaken, ReplicaDriver, ReplicaStatus, RestoreJob, RestoreProof};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -147,6 +150,8 @@ pub struct PostgresDriver {
     ops: BTreeMap<String, tokio::sync::Mutex<()>>,
     /// (uid, gid) the tools run as; None: as the agent.
     run_as: Option<(u32, u32)>,
+    /// Where base backups go and restore tests unpack (None: no backups).
+    backup_dir: Option<PathBuf>,
 }
 
 impl PostgresDriver {
@@ -171,7 +176,128 @@ impl PostgresDriver {
             known: Mutex::new(BTreeMap::new()),
             ops,
             run_as,
+            backup_dir: None,
         })
+    }
+
+    /// Takes base backups into `dir` (shared with the other regions'
+    /// agents) and runs restore tests from it.
+    pub fn with_backups(mut self, dir: PathBuf) -> Self {
+        self.backup_dir = Some(dir);
+        self
+    }
+
+    fn backup_dir(&self) -> Result<&PathBuf, String> {
+        self.backup_dir.as_ref().ok_or_else(|| "no backup_dir configured".to_string())
+    }
+
+    /// A base backup of `replica` (which must be the running primary):
+    /// `pg_basebackup` in tar format with the WAL it needs, summed.
+    async fn take_backup(&self, replica: &str) -> Result<BackupTaken, String> {
+        let dir = self.backup_dir()?;
+        let i = self.instance(replica)?;
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        self.chown(dir)?;
+        let started = crate::unix_ms();
+        let id = Some(format!("{replica}-{started}")).filter(|id| id.len() <= 63);
+        let id = id.unwrap_or_else(|| format!("b-{started}"));
+        let target = dir.join(&id);
+        let (host, port) = (i.host.clone(), i.port.to_string());
+        let args = ["-D", &path(&target), "-Ft", "-X", "fetch", "-c", "fast", "-h", &host, "-p", &port];
+        let mut args: Vec<String> = args.map(String::from).to_vec();
+        args.extend(["-U".to_string(), self.config.db_user.clone(), "-w".to_string()]);
+        self.tool("pg_basebackup", &args).await?;
+        let tar = target.join("base.tar");
+        let tars = std::fs::read_dir(&target)
+            .map_err(|e| format!("reading {}: {e}", target.display()))?
+            .filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".tar")))
+            .count();
+        if tars != 1 {
+            return Err(format!("{}: {tars} tar files; tablespaces are not supported", target.display()));
+        }
+        let summed = tar.clone();
+        let (checksum, size) = tokio::task::spawn_blocking(move || file_checksum(&summed))
+            .await
+            .map_err(|e| format!("summing the backup: {e}"))??;
+        Ok(BackupTaken {
+            id,
+            taken_at_unix_ms: crate::unix_ms(),
+            size_bytes: size,
+            checksum,
+            location: format!("file://{}", tar.display()),
+        })
+    }
+
+    /// Restores `job`'s base backup into a scratch instance, checks it and
+    /// removes it, whatever happened.
+    async fn test_restore(&self, job: &RestoreJob) -> Result<RestoreProof, String> {
+        let dir = self.backup_dir()?;
+        let tar = file_path(&job.location)?;
+        let summed = tar.clone();
+        let (checksum, _) = tokio::task::spawn_blocking(move || file_checksum(&summed))
+            .await
+            .map_err(|e| format!("summing the backup: {e}"))??;
+        if checksum != job.checksum {
+            return Err(format!(
+                "checksum mismatch: the catalogue says {}, {} is {checksum}",
+                job.checksum,
+                tar.display()
+            ));
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("finding a scratch port: {e}"))?
+            .port();
+        let scratch = InstanceConfig {
+            data_dir: dir.join(format!(".restore-{}", job.job_id)),
+            port,
+            host: "127.0.0.1".into(),
+            listen_addresses: None,
+            socket_dir: None,
+            log_file: None,
+        };
+        let outcome = self.restore_into(&scratch, &tar, job).await;
+        if postmaster(&scratch).is_some() {
+            let _ = self.stop(&scratch, "immediate", 10).await;
+        }
+        let _ = std::fs::remove_dir_all(&scratch.data_dir);
+        let _ = std::fs::remove_file(scratch.data_dir.with_extension("log"));
+        outcome
+    }
+
+    async fn restore_into(
+        &self,
+        scratch: &InstanceConfig,
+        tar: &Path,
+        job: &RestoreJob,
+    ) -> Result<RestoreProof, String> {
+        let _ = std::fs::remove_dir_all(&scratch.data_dir);
+        self.create_data_dir(scratch)?;
+        let args = ["-xf".to_string(), path(tar), "-C".to_string(), path(&scratch.data_dir)];
+        self.run_program(Path::new("tar"), "tar", &args, false).await?;
+        for signal in ["standby.signal", "recovery.signal"] {
+            let _ = std::fs::remove_file(scratch.data_dir.join(signal));
+        }
+        // No standby to wait for, nothing to archive: a scratch copy.
+        self.start_with(scratch, "-c synchronous_standby_names='' -c archive_mode=off").await?;
+        let client = self.connect_at(&scratch.host, scratch.port).await?;
+        let data_check = match (job.check_table.as_str(), job.check_column.as_str()) {
+            ("", _) => {
+                client.query_one("SELECT 1", &[]).await.map_err(|e| format!("the restored instance: {e}"))?;
+                None
+            }
+            (table, column) => {
+                if !sql_name(table, 2) || !sql_name(column, 1) {
+                    return Err(format!("check_table {table:?} / check_column {column:?}: not plain SQL names"));
+                }
+                let query = format!("SELECT count(*)::bigint, coalesce(max({column}), 0)::bigint FROM {table}");
+                let row = client.query_one(&query, &[]).await.map_err(|e| format!("the data check ({query}): {e}"))?;
+                let rows: i64 = row.try_get(0).map_err(|e| e.to_string())?;
+                let newest: i64 = row.try_get(1).map_err(|e| e.to_string())?;
+                Some((rows.max(0) as u64, newest.max(0) as u64))
+            }
+        };
+        Ok(RestoreProof { checksum_match: true, data_check })
     }
 
     fn instance(&self, replica: &str) -> Result<&InstanceConfig, String> {
@@ -309,7 +435,12 @@ impl PostgresDriver {
     }
 
     async fn run_tool(&self, program: &str, args: &[String], log: bool) -> Result<String, String> {
-        let mut command = tokio::process::Command::new(self.config.bin_dir.join(program));
+        self.run_program(&self.config.bin_dir.join(program), program, args, log).await
+    }
+
+    /// Runs `exe` as the database's OS user under the timeout.
+    async fn run_program(&self, exe: &Path, program: &str, args: &[String], log: bool) -> Result<String, String> {
+        let mut command = tokio::process::Command::new(exe);
         command.args(args).current_dir("/").kill_on_drop(true).stdin(std::process::Stdio::null());
         if let Some((uid, gid)) = self.run_as {
             command.uid(uid).gid(gid);
@@ -335,10 +466,15 @@ impl PostgresDriver {
     }
 
     async fn start(&self, i: &InstanceConfig) -> Result<(), String> {
+        self.start_with(i, "").await
+    }
+
+    /// Starts the instance with `extra` server options.
+    async fn start_with(&self, i: &InstanceConfig, extra: &str) -> Result<(), String> {
         let socket_dir = i.socket_dir.clone().unwrap_or_else(|| parent(&i.data_dir));
         let listen = i.listen_addresses.clone().unwrap_or_else(|| i.host.clone());
         let log = i.log_file.clone().unwrap_or_else(|| i.data_dir.with_extension("log"));
-        let options = format!("-p {} -k {} -c listen_addresses='{listen}'", i.port, socket_dir.display());
+        let options = format!("-p {} -k {} -c listen_addresses='{listen}' {extra}", i.port, socket_dir.display());
         let timeout_s = (self.config.timeout_ms / 1000).max(1).to_string();
         let args = ["start", "-w", "-t", &timeout_s, "-D", &path(&i.data_dir), "-l", &path(&log), "-o", &options];
         self.tool("pg_ctl", &args.map(String::from)).await.map(|_| ())
@@ -496,6 +632,14 @@ impl ReplicaDriver for PostgresDriver {
         self.reachable.regions()
     }
 
+    async fn backup(&self, replica: &str) -> Result<BackupTaken, String> {
+        self.take_backup(replica).await
+    }
+
+    async fn restore_test(&self, job: &RestoreJob) -> Result<RestoreProof, String> {
+        self.test_restore(job).await
+    }
+
     async fn is_primary(&self, replica: &str) -> Result<bool, String> {
         let i = self.instance(replica)?;
         if postmaster(i).is_none() {
@@ -605,6 +749,18 @@ fn alive(pid: i32) -> bool {
         Ok(stat) => !stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => false,
     }
+}
+
+/// A lowercase SQL name of at most `parts` dot-separated parts (as the
+/// topology validates a policy's check_table and check_column).
+fn sql_name(name: &str, parts: usize) -> bool {
+    let each: Vec<&str> = name.split('.').collect();
+    each.len() <= parts
+        && each.iter().all(|p| {
+            !p.is_empty()
+                && !p.starts_with(|c: char| c.is_ascii_digit())
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        })
 }
 
 fn parent(p: &Path) -> PathBuf {
