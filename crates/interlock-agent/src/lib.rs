@@ -71,7 +71,15 @@ pub struct AgentArgs {
     ///   data_dir = "/var/lib/postgresql/15/orders"
     ///   port = 5432
     ///
-    /// The hook gets the action (status, promote, demote, fence, follow, routing) as
+    /// Backups (docs/backups.md): every N s the agent backs up the replicas it
+    /// runs as primary into a directory every region's agents can read, and
+    /// runs the restore tests the coordinator assigns it:
+    ///
+    ///   backup_every_seconds = 3600
+    ///   backup_dir = "/mnt/backups/orders"
+    ///
+    /// The hook gets the action (status, promote, demote, fence, follow, routing,
+    /// backup, restore_test) as
     /// its last argument, JSON on stdin and INTERLOCK_* variables; exit 0 is
     /// done. deploy/hooks/files.sh is a complete example.
     #[arg(long, verbatim_doc_comment)]

@@ -12,6 +12,8 @@
 //! | `fence` | a demote failed, or the lease's deadline passed | stop it accepting writes by force |
 //! | `follow` | a standby's primary has a new address | replicate from `INTERLOCK_PRIMARY_ADDRESS` |
 //! | `routing` | a new routing table | apply the weights to the load balancers |
+//! | `backup` | every `backup_every_seconds`, for a replica that is the primary | take a backup; print `{"id", "taken_at_unix_ms", "size_bytes", "checksum": "sha256:…", "location": "URI"}` |
+//! | `restore_test` | the coordinator assigns a restore test (input `restore`: `job_id`, `backup_id`, `location`, `checksum`, `check_table`, `check_column`, …) | restore it into scratch space, check it, clean up; print `{"checksum_match": true, "rows": N, "newest_sequence": N}` (the last two optional); exit non-zero with the reason to fail it |
 //!
 //! Input: a JSON object on stdin (`action`, `replica`, `shard`, `epoch`,
 //! `token`, `reason`; for `status` the `replicas`, for `routing` the table
@@ -33,7 +35,7 @@
 //! change that did not happen is never acknowledged.
 
 use crate::probes::Reachability;
-use interlock_client::{ReplicaDriver, ReplicaStatus, RoutingTable};
+use interlock_client::{BackupTaken, ReplicaDriver, ReplicaStatus, RestoreJob, RestoreProof, RoutingTable};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -104,6 +106,46 @@ struct HookInput<'a> {
     primary: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
     primary_address: &'a str,
+    /// For `restore_test`: the job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restore: Option<RestoreInput>,
+}
+
+/// A restore job, as the `restore_test` hook gets it.
+#[derive(Debug, Clone, Serialize)]
+struct RestoreInput {
+    job_id: u64,
+    service: String,
+    shard: String,
+    backup_id: String,
+    source_region: String,
+    location: String,
+    checksum: String,
+    size_bytes: u64,
+    check_table: String,
+    check_column: String,
+}
+
+/// The `backup` hook's answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupAnswer {
+    id: String,
+    taken_at_unix_ms: u64,
+    size_bytes: u64,
+    checksum: String,
+    location: String,
+}
+
+/// The `restore_test` hook's answer.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreAnswer {
+    checksum_match: bool,
+    #[serde(default)]
+    rows: Option<u64>,
+    #[serde(default)]
+    newest_sequence: Option<u64>,
 }
 
 /// A routing table, as the `routing` hook gets it.
@@ -291,6 +333,32 @@ fn parse_status(out: &str) -> Result<StatusAnswer, String> {
     serde_json::from_str(out.trim()).map_err(|e| format!("status answer: {e}"))
 }
 
+/// The `backup` hook's answer, its checksum and location checked as the
+/// coordinator will check them.
+fn parse_backup(out: &str) -> Result<BackupTaken, String> {
+    let a: BackupAnswer = serde_json::from_str(out.trim()).map_err(|e| format!("backup answer: {e}"))?;
+    interlock_core::vocab::validate_id(&a.id, "backup answer: id").map_err(|e| e.to_string())?;
+    interlock_core::backup::validate_checksum(&a.checksum, "backup answer: checksum").map_err(|e| e.to_string())?;
+    interlock_core::backup::validate_location(&a.location, "backup answer: location").map_err(|e| e.to_string())?;
+    Ok(BackupTaken {
+        id: a.id,
+        taken_at_unix_ms: a.taken_at_unix_ms,
+        size_bytes: a.size_bytes,
+        checksum: a.checksum,
+        location: a.location,
+    })
+}
+
+fn parse_restore(out: &str) -> Result<RestoreProof, String> {
+    let a: RestoreAnswer = serde_json::from_str(out.trim()).map_err(|e| format!("restore_test answer: {e}"))?;
+    let data_check = match (a.rows, a.newest_sequence) {
+        (Some(rows), newest) => Some((rows, newest.unwrap_or(0))),
+        (None, None) => None,
+        (None, Some(_)) => return Err("restore_test answer: newest_sequence without rows".to_string()),
+    };
+    Ok(RestoreProof { checksum_match: a.checksum_match, data_check })
+}
+
 impl ReplicaDriver for ExecDriver {
     fn status(&self) -> Vec<ReplicaStatus> {
         let known = self.known();
@@ -334,6 +402,30 @@ impl ReplicaDriver for ExecDriver {
         let input =
             HookInput { action: "follow", replica, shard, primary, primary_address: address, ..Default::default() };
         self.run(&input).await.map(|_| ())
+    }
+
+    async fn backup(&self, replica: &str) -> Result<BackupTaken, String> {
+        let shard = self.replicas.get(replica).ok_or_else(|| format!("replica {replica} is not run here"))?;
+        let input = HookInput { action: "backup", replica, shard, ..Default::default() };
+        parse_backup(&self.run(&input).await?)
+    }
+
+    async fn restore_test(&self, job: &RestoreJob) -> Result<RestoreProof, String> {
+        let shard = format!("{}/{}", job.service, job.shard);
+        let restore = RestoreInput {
+            job_id: job.job_id,
+            service: job.service.clone(),
+            shard: job.shard.clone(),
+            backup_id: job.backup_id.clone(),
+            source_region: job.source_region.clone(),
+            location: job.location.clone(),
+            checksum: job.checksum.clone(),
+            size_bytes: job.size_bytes,
+            check_table: job.check_table.clone(),
+            check_column: job.check_column.clone(),
+        };
+        let input = HookInput { action: "restore_test", shard: &shard, restore: Some(restore), ..Default::default() };
+        parse_restore(&self.run(&input).await?)
     }
 
     fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {
@@ -399,6 +491,28 @@ mod tests {
         );
         let err = liar.fence("o-eu", "test").await.expect_err("still primary");
         assert!(err.contains("still says o-eu is primary"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn backup_and_restore_hooks_answer_json_checked_by_field() {
+        let sum = format!("sha256:{}", "a".repeat(64));
+        let script = format!(
+            r#"case "$1" in
+              backup) echo '{{"id": "b1", "taken_at_unix_ms": 5, "size_bytes": 9, "checksum": "{sum}", "location": "file:///b/b1"}}';;
+              restore_test) grep -q '"job_id":7' && echo '{{"checksum_match": true, "rows": 3, "newest_sequence": 3}}';;
+            esac"#
+        );
+        let hooks = driver(&script, 1000);
+        let taken = hooks.backup("o-eu").await.expect("backup");
+        assert_eq!((taken.id.as_str(), taken.location.as_str()), ("b1", "file:///b/b1"));
+        let job = RestoreJob { job_id: 7, service: "orders".into(), shard: "0".into(), ..RestoreJob::default() };
+        assert_eq!(hooks.restore_test(&job).await, Ok(RestoreProof { checksum_match: true, data_check: Some((3, 3)) }));
+        let bad = driver(
+            r#"echo '{"id": "b1", "taken_at_unix_ms": 5, "size_bytes": 9, "checksum": "md5:x", "location": "file:///b"}'"#,
+            1000,
+        );
+        assert!(bad.backup("o-eu").await.expect_err("refused").contains("checksum"));
+        assert!(parse_restore(r#"{"checksum_match": true, "newest_sequence": 3}"#).is_err());
     }
 
     #[test]

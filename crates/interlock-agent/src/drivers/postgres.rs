@@ -840,6 +840,7 @@ mod tests {
             known: Mutex::new(BTreeMap::new()),
             ops: BTreeMap::new(),
             run_as: None,
+            backup_dir: None,
         };
         let i = InstanceConfig {
             data_dir: dir.clone(),
