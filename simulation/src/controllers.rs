@@ -7,9 +7,12 @@
 use crate::clock::true_ms;
 use crate::history::{Acting, Shared};
 use crate::world::REGIONS;
+use interlock_agent::drivers::backups::BackupStore;
 use interlock_agent::drivers::demo::{ActingChange, DemoDatabase};
 use interlock_client::{Client, ControllerConfig, ControllerMutations, LeaseOptions, RegionController};
-use interlock_core::model::{FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology};
+use interlock_core::model::{
+    BackupPolicy, BackupSettings, FailoverPolicy, RegionSpec, ReplicaSpec, ServiceSpec, ShardSpec, Topology,
+};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::sync::Arc;
@@ -70,17 +73,36 @@ pub fn topology(no_witnesses: bool) -> Topology {
         services: vec![ServiceSpec { name: "orders".into(), shards }],
         failover: FailoverPolicy { witness_quorum: if no_witnesses { 0 } else { 1 }, ..FailoverPolicy::default() },
         routing: Default::default(),
-        backups: Default::default(),
+        // Restore tests must keep up with a backup every 5 s.
+        backups: BackupSettings {
+            policy: BackupPolicy {
+                verify_within_seconds: 20,
+                rpo_target_seconds: 60,
+                rto_target_seconds: 10,
+                check_table: "orders".into(),
+                ..BackupPolicy::default()
+            },
+            ..BackupSettings::default()
+        },
     }
 }
 
+/// The wall clock the demo databases stamp their backups with: the
+/// simulation epoch (as `SimClock` counts from) plus true time.
+pub const BACKUP_CLOCK_BASE_MS: u64 = 1_767_225_600_000;
+
+/// How often the controllers back up the primaries they run.
+pub const BACKUP_EVERY: Duration = Duration::from_secs(5);
+
 /// The demo database of region `r`, recording every start and stop of
-/// acting as primary into the history (in true time).
-pub fn database(r: usize, shared: Shared) -> Arc<DemoDatabase> {
+/// acting as primary into the history (in true time); its backups go into
+/// `store`, which every region shares.
+pub fn database(r: usize, shared: Shared, store: BackupStore) -> Arc<DemoDatabase> {
     let replicas = (0..SHARDS).map(|k| (replica_name(k, r), shard_name(k)));
-    Arc::new(DemoDatabase::new(REGIONS[r], replicas, REACHABLE_WINDOW, move |change: &ActingChange| {
+    let db = DemoDatabase::new(REGIONS[r], replicas, REACHABLE_WINDOW, move |change: &ActingChange| {
         record(&shared, r, change, true_ms());
-    }))
+    });
+    Arc::new(db.with_backups(store, Arc::new(|| BACKUP_CLOCK_BASE_MS + true_ms())))
 }
 
 fn record(shared: &Shared, region: usize, change: &ActingChange, now: u64) {
@@ -173,7 +195,7 @@ pub async fn controller(
         replicas: (0..SHARDS).map(|k| replica_name(k, r)).collect(),
         lease: LeaseOptions::default(),
         give_up_after: ControllerConfig::GIVE_UP_AFTER,
-        backup_every: None,
+        backup_every: Some(BACKUP_EVERY),
         mutations,
     };
     RegionController::run(client, config, db).await?;
@@ -201,7 +223,29 @@ pub async fn apply_topology(client: &Client, topology: &Topology, shared: &Share
 pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> turmoil::Result {
     let mut after = 0;
     let mut polls = 0u64;
+    // The catalogue is read once, shortly before the end.
+    let catalogue_at = until_ms.saturating_sub(2_000);
     while true_ms() < until_ms {
+        if true_ms() >= catalogue_at && shared.lock().backups_final.is_none() {
+            if let Ok(backups) = client.backups("", "").await {
+                let all = backups.iter().flat_map(|s| &s.backups);
+                let tests: Vec<&str> = all.clone().flat_map(|b| &b.restore_tests).map(|t| t.state.as_str()).collect();
+                let count = |state: &str| tests.iter().filter(|t| **t == state).count();
+                let mut h = shared.lock();
+                h.note(
+                    true_ms(),
+                    format!(
+                        "catalogue read: {} backups, {} verified; restore tests {} passed, {} failed, {} abandoned",
+                        all.clone().count(),
+                        all.filter(|b| b.verified).count(),
+                        count("PASSED"),
+                        count("FAILED"),
+                        count("ABANDONED")
+                    ),
+                );
+                h.backups_final = Some((true_ms(), backups));
+            }
+        }
         tokio::time::sleep(Duration::from_millis(250)).await;
         polls += 1;
         if polls.is_multiple_of(4) {

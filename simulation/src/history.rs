@@ -98,6 +98,9 @@ pub struct History {
     pub routing_versions: std::collections::BTreeMap<String, u64>,
     /// Routing tables read that broke a rule of their own (sum, lost region).
     pub routing_violations: Vec<String>,
+    /// The backup catalogue as the observer read it near the end, and when
+    /// (true ms); None if it could not be read.
+    pub backups_final: Option<(u64, Vec<interlock_client::ShardBackups>)>,
 }
 
 impl History {

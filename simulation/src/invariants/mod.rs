@@ -2,6 +2,7 @@
 //! Each takes the run's [`History`] and returns its violations as sentences.
 
 mod acknowledged_writes;
+mod backups;
 mod election_safety;
 mod fencing;
 mod lease_exclusivity;
@@ -26,5 +27,6 @@ pub fn check_all(history: &History, liveness_bound_ms: u64) -> Vec<String> {
     violations.extend(primaries::check(history));
     violations.extend(region_loss::check(history));
     violations.extend(routing::check(history));
+    violations.extend(backups::check(history));
     violations
 }

@@ -33,15 +33,8 @@ pub const LOCATION_MAX_BYTES: usize = 1024;
 
 /// The policy of `shard_key`: its own, else the topology's `backups.policy`.
 pub fn policy<'a>(state: &'a State, shard_key: &str) -> &'a BackupPolicy {
-    let (service, shard) = shard_key.split_once('/').unwrap_or((shard_key, ""));
-    state
-        .topology
-        .services
-        .iter()
-        .find(|s| s.name == service)
-        .and_then(|s| s.shards.iter().find(|h| h.id == shard))
-        .and_then(|h| h.backup.as_ref())
-        .unwrap_or(&state.topology.backups.policy)
+    let own = state.shards.get(shard_key).and_then(|s| s.backup_policy.as_ref());
+    own.unwrap_or(&state.topology.backups.policy)
 }
 
 /// The newest backup of `shard_key` (by when it was taken), if any.

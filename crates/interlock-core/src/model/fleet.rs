@@ -2,6 +2,7 @@
 //! controllers that run them (SPEC §2). Built from the declared topology,
 //! then changed only by commands.
 
+use super::backups::BackupPolicy;
 use crate::vocab::{PromotionMode, RegionState, ReplicaRole};
 use serde::{Deserialize, Serialize};
 
@@ -55,6 +56,8 @@ pub struct Shard {
     pub last_auto_failover_unix_ms: Option<u64>,
     /// Why the shard waits for an operator decision, if it does.
     pub awaiting_operator: Option<String>,
+    /// Its own backup policy from the topology (None: `backups.policy`).
+    pub backup_policy: Option<BackupPolicy>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -50,6 +50,7 @@ pub(crate) fn apply(state: &mut State, desired: &Topology, fx: &mut Effects) -> 
                     switchover,
                     last_auto_failover_unix_ms: previous.and_then(|p| p.last_auto_failover_unix_ms),
                     awaiting_operator: previous.and_then(|p| p.awaiting_operator.clone()),
+                    backup_policy: spec.backup.clone(),
                 },
             );
             for r in &spec.replicas {

@@ -48,6 +48,9 @@ pub fn diff(state: &State, desired: &Topology) -> (Vec<String>, Option<(Refusal,
                         old.max_lag_on_failover, shard.max_lag_on_failover
                     ));
                 }
+                if old.backup != shard.backup {
+                    lines.push(format!("~ shard {key}: backup policy {:?} -> {:?}", old.backup, shard.backup));
+                }
                 if old.cooldown_seconds != shard.cooldown_seconds {
                     lines.push(format!(
                         "~ shard {key}: cooldown_seconds {} -> {}",
@@ -91,6 +94,9 @@ pub fn diff(state: &State, desired: &Topology) -> (Vec<String>, Option<(Refusal,
     }
     if current.routing != desired.routing {
         lines.push(format!("~ routing policy: {:?} -> {:?}", current.routing, desired.routing));
+    }
+    if current.backups != desired.backups {
+        lines.push(format!("~ backup settings: {:?} -> {:?}", current.backups, desired.backups));
     }
     for id in old_replicas.keys().filter(|id| !new_replicas.contains_key(*id)) {
         lines.push(format!("- replica {id}"));
