@@ -104,7 +104,7 @@ enum Cmd {
     /// Every problem is reported with its field, and one refuses the whole file.
     #[command(verbatim_doc_comment)]
     Apply(coordinator::ApplyArgs),
-    /// Show regions, shards, replicas, controllers, leases or routing.
+    /// Show regions, shards, replicas, controllers, leases, routing, approvals, backups or readiness.
     Get(coordinator::GetArgs),
     /// Leases with fencing tokens.
     #[command(subcommand)]
