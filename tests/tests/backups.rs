@@ -1,10 +1,12 @@
 //! Backups proven restorable, with real processes (SPEC §6): three nodes and
-//! three reference agents on the demo driver, each backing up the shards it
-//! runs as primary every second into a shared directory. The leader has each
-//! newest backup restored by an agent of another region; `interlockctl get
-//! backups -o json` shows where each backup was taken and where its restore
-//! tests ran; readiness shows its parts; bad reports are refused naming the
-//! field, and change nothing.
+//! three reference agents on the demo driver; eu-west's and us-east's back
+//! up the shards they run as primary every second into a shared directory
+//! (ap-south's has no backup store, so its restore tests fail and are
+//! retried elsewhere). The leader has each newest backup restored by an
+//! agent of another region; `interlockctl get backups -o json` shows where
+//! each backup was taken and where its restore tests ran; readiness shows
+//! its parts; the rule `verified-backup` refuses a switchover to ap-south
+//! (exit 4); bad reports are refused naming the field, and change nothing.
 
 use interlock_client::{ClientError, ReportBackupRequest, RestoreResultRequest};
 use interlock_tests::{bin, eventually, sample_topology, ClusterOptions, TestAgent, TestCluster, OPERATOR};
@@ -37,10 +39,14 @@ async fn newest_backups_are_restored_in_another_region_and_bad_reports_are_refus
     topology.backups.policy.check_table = "orders".into();
     topology.backups.policy.verify_within_seconds = 60;
     topology.backups.policy.retain = 3;
+    topology.backups.policy.require_verified_backup = true;
     cluster.client().apply_topology(&topology, false).await.expect("apply");
     let backup_dir = cluster.dir.path().join("backups");
     let extra = format!("backup_every_seconds = 1\nbackup_dir = {:?}\n", backup_dir.display().to_string());
-    let _agents: Vec<TestAgent> = REGIONS.iter().map(|r| TestAgent::start_with(&cluster, r, &extra)).collect();
+    let _agents: Vec<TestAgent> = REGIONS
+        .iter()
+        .map(|r| TestAgent::start_with(&cluster, r, if *r == "ap-south" { "" } else { &extra }))
+        .collect();
 
     // A backup taken in the primary's region, verified by a restore elsewhere.
     let mut shard = Value::Null;
@@ -77,6 +83,18 @@ async fn newest_backups_are_restored_in_another_region_and_bad_reports_are_refus
     assert!(passed["data_check"]["rows"].as_u64().is_some(), "the data check answered: {passed}");
     assert!(shard["last_verified"]["restore_duration_ms"].as_u64().is_some(), "{shard}");
     assert_eq!(shard["status"], "ok", "{shard}");
+
+    // ap-south cannot restore: its tests fail and are retried elsewhere, and
+    // a switchover there is refused by the rule (exit 4, named).
+    let tests: Vec<Value> =
+        backups.iter().flat_map(|b| b["restore_tests"].as_array().cloned().unwrap_or_default()).collect();
+    for t in tests.iter().filter(|t| t["region"] == "ap-south") {
+        assert_eq!(t["state"], "FAILED", "{t}");
+        assert!(t["reason"].as_str().is_some_and(|r| r.contains("no backup store")), "{t}");
+    }
+    let (code, _, text) = ctl_json(&cluster, &["switchover", "orders/0", "--to", "o0-ap", "--yes"]);
+    assert_eq!(code, 4, "{text}");
+    assert!(text.contains("verified-backup") && text.contains("ap-south"), "{text}");
 
     // Readiness: one score per shard and region, its parts shown.
     let (code, readiness, text) = ctl_json(&cluster, &["get", "readiness"]);

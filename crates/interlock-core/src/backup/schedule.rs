@@ -10,7 +10,10 @@
 //!    a region other than the backup's source (always), that is not LOST
 //!    or in maintenance, whose controller is heard and has not already
 //!    failed or lost a test of this backup; then, preferring a region where
-//!    no test of this backup failed, a region where the shard has a replica
+//!    no test of this backup failed, a region whose last finished test of
+//!    this shard did not fail (else a region that keeps failing would get
+//!    every new backup first, and frequent backups would never be verified —
+//!    found by `tests/backups.rs`), a region where the shard has a replica
 //!    (a failover could land there), the region that proved this shard's
 //!    backups least often (so the proofs rotate over the target regions),
 //!    the region with the fewest running tests, and the controller id.
@@ -112,6 +115,16 @@ fn choose_controller(
     let not_ok = |t: &&crate::model::RestoreTest| {
         matches!(t.outcome, RestoreOutcome::Failed { .. } | RestoreOutcome::Abandoned { .. })
     };
+    // Whether the last finished test of this shard in `region` (of any of
+    // its backups) did not pass: a region that keeps failing goes last, or
+    // a stream of new backups would each be tried there first, for ever.
+    let failing = |region: &str| {
+        let tests = state.backups.get(shard_key).into_iter().flat_map(|c| &c.backups).flat_map(|b| &b.tests);
+        tests
+            .filter(|t| t.region == region && t.finished_at_unix_ms > 0)
+            .max_by_key(|t| (t.finished_at_unix_ms, t.job))
+            .is_some_and(|t| t.outcome != RestoreOutcome::Passed)
+    };
     state
         .controllers
         .values()
@@ -128,7 +141,7 @@ fn choose_controller(
         .min_by_key(|c| {
             let failed_here = backup.tests.iter().filter(not_ok).any(|t| t.region == c.region);
             let no_replica = !replica_regions.contains(&c.region.as_str());
-            (failed_here, no_replica, proofs(&c.region), running_in(state, &c.region), c.id.clone())
+            (failed_here, failing(&c.region), no_replica, proofs(&c.region), running_in(state, &c.region), c.id.clone())
         })
         .map(|c| c.id.clone())
 }

@@ -284,3 +284,20 @@ fn the_verified_backup_rule_names_itself_and_passes_once_proven_in_the_target() 
         Command::Drain { region: "eu".into(), undrain: false, step_bps: 2500, interval_ms: 1000, reason: "t".into() };
     applied(w.apply(drain));
 }
+
+#[test]
+fn a_region_that_keeps_failing_goes_last_for_the_next_backups() {
+    let mut w = World::new();
+    let at = w.now_unix_ms;
+    applied(report_from(&mut w, "c-eu", report("b1", "eu", at)));
+    schedule(&mut w);
+    let (job, first) = running_job(&w);
+    applied(w.apply(Command::FinishRestoreTest { job, controller: first.clone(), result: failed("unreadable") }));
+    // A newer backup arrives before b1 is retried: it goes elsewhere first.
+    w.now_unix_ms += 1_000;
+    let at = w.now_unix_ms;
+    applied(report_from(&mut w, "c-eu", report("b2", "eu", at)));
+    schedule(&mut w);
+    let (_, second) = running_job(&w);
+    assert_ne!(second, first, "{first} failed this shard's last test; b2 goes to the other region");
+}

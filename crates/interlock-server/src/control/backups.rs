@@ -15,6 +15,8 @@ use std::time::Duration;
 
 /// How often the leader schedules restore tests and checks the targets.
 pub const BACKUP_TICK: Duration = Duration::from_secs(1);
+/// The readiness gauges are set every this many ticks.
+pub const READINESS_EVERY_TICKS: u64 = 10;
 
 /// Runs on every node; acts only while this node leads.
 pub async fn run_backup_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
@@ -22,8 +24,10 @@ pub async fn run_backup_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut missed = Notes::new("backup.target_missed");
     let mut term = None;
+    let mut ticks = 0u64;
     loop {
         tick.tick().await;
+        ticks += 1;
         let current = ctx.leader_term();
         if current != term {
             term = current;
@@ -43,7 +47,9 @@ pub async fn run_backup_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
                 &DetectorParams::from_policy(&state.topology.failover),
             );
             let commands = schedule::plan(state, now_unix_ms, |c| !obs.suspected(state, c));
-            let violations = observe(&ctx, state, &obs, now_unix_ms);
+            // Readiness runs the candidate choice for every shard: every 10 s.
+            let readiness = ticks.is_multiple_of(READINESS_EVERY_TICKS);
+            let violations = observe(&ctx, state, &obs, now_unix_ms, readiness);
             (commands, violations)
         };
         missed.retain(|shard| violations.iter().any(|(s, _)| s == shard));
@@ -70,6 +76,7 @@ fn observe(
     state: &interlock_core::State,
     obs: &interlock_core::failover::Observations,
     now_unix_ms: u64,
+    readiness: bool,
 ) -> Vec<(String, String)> {
     let m = &ctx.metrics.backup;
     let (mut rpo, mut rto, mut overdue, mut oldest) = (0, 0, 0, 0u64);
@@ -89,9 +96,11 @@ fn observe(
     m.shards_rto_violated.set(rto);
     m.shards_verify_overdue.set(overdue);
     m.oldest_verified_age_seconds.set((oldest / 1000) as i64);
-    let report = interlock_proto::convert::readiness_report(state, obs);
-    for region in report.regions {
-        m.region_readiness.get_or_create(&vec![("region", region.region)]).set(i64::from(region.score));
+    if readiness {
+        let report = interlock_proto::convert::readiness_report(state, obs);
+        for region in report.regions {
+            m.region_readiness.get_or_create(&vec![("region", region.region)]).set(i64::from(region.score));
+        }
     }
     violations
 }
