@@ -9,8 +9,12 @@
 //! - after healing, verification keeps up: each shard's newest verified
 //!   backup was taken within `KEEP_UP_MS` of the read;
 //! - the proof the shard's readiness is computed from (`last_verified`) is
-//!   a real success: a PASSED test of that backup finished when it says,
-//!   never later than the read.
+//!   a real success: a PASSED test of that backup, finished when it says
+//!   (and so before the read, which saw it).
+//!
+//! Times recorded by the leader are on its own clock (offset up to ±5 s,
+//! drifting 1%); they are compared with true time only with [`SKEW_MS`] of
+//! slack. Backups are stamped by the demo databases in true time.
 
 use crate::controllers::BACKUP_CLOCK_BASE_MS;
 use crate::history::History;
@@ -22,6 +26,10 @@ pub const KEEP_UP_MS: u64 = 20_000;
 /// How long a newest backup may stay unverified after a failed test before
 /// a retry must have started.
 const RETRY_WITHIN_MS: u64 = 10_000;
+
+/// The most a leader's wall clock can be off true time in a run (offset
+/// ±5 s, 1% drift over ~100 s), with slack.
+const SKEW_MS: u64 = 7_000;
 
 pub fn check(history: &History) -> Vec<String> {
     let Some((read_ms, shards)) = &history.backups_final else {
@@ -51,8 +59,8 @@ pub fn check(history: &History) -> Vec<String> {
                         b.id, again.controller_id, again.job_id, test.job_id
                     ));
                 }
-                let after_heal = healed.is_some_and(|h| test.finished_at_unix_ms > h);
-                let waited = read_unix.saturating_sub(test.finished_at_unix_ms) > RETRY_WITHIN_MS;
+                let after_heal = healed.is_some_and(|h| test.finished_at_unix_ms > h + SKEW_MS);
+                let waited = read_unix.saturating_sub(test.finished_at_unix_ms) > RETRY_WITHIN_MS + SKEW_MS;
                 if newest && !b.verified && after_heal && waited && later.is_empty() {
                     violations.push(format!(
                         "backups: {key} newest backup {} has not been retried since job {} ({}: {})",
@@ -76,9 +84,6 @@ pub fn check(history: &History) -> Vec<String> {
                     "backups: {key} claims {} verified at {} with no passed test then",
                     shard.last_verified_backup, shard.last_verified_at_unix_ms
                 ));
-            }
-            if shard.last_verified_at_unix_ms > read_unix + 5_000 {
-                violations.push(format!("backups: {key} claims a verification after it was read"));
             }
         }
         let reported_after_heal = healed.is_some_and(|h| shard.backups.iter().any(|b| b.taken_at_unix_ms > h));
