@@ -3,8 +3,8 @@
 
 use super::policy;
 use crate::model::{
-    Backup, BackupReport, RestoreJob, RestoreOutcome, RestoreResult, RestoreTest, Verified, BACKUPS_KEPT_MAX,
-    TESTS_KEPT,
+    Backup, BackupReport, Controller, RestoreJob, RestoreOutcome, RestoreResult, RestoreTest, Verified,
+    BACKUPS_KEPT_MAX, TESTS_KEPT,
 };
 use crate::state::{Effects, State};
 use crate::vocab::{Refusal, Response, SYSTEM};
@@ -21,11 +21,11 @@ fn applied(fx: &Effects) -> Response {
     Response::Applied { revision: fx.index }
 }
 
-/// Whether `by` speaks for controller `id` (its bound identity, or the coordinator).
-fn speaks_for(state: &State, id: &str, by: &str) -> Result<(), Response> {
+/// Controller `id`, if `by` speaks for it (its bound identity, or the coordinator).
+fn speaks_for<'a>(state: &'a State, id: &str, by: &str) -> Result<&'a Controller, Response> {
     match state.controllers.get(id) {
         None => Err(refuse(Refusal::NotFound, format!("controller: unknown controller {id}; register it first"))),
-        Some(c) if c.identity == by || by == SYSTEM => Ok(()),
+        Some(c) if c.identity == by || by == SYSTEM => Ok(c),
         Some(c) => Err(refuse(
             Refusal::PermissionDenied,
             format!("controller: {id} is registered as {}; {by} may not act for it", c.identity),
@@ -41,13 +41,13 @@ pub(crate) fn report_backup(
     by: &str,
     fx: &mut Effects,
 ) -> Response {
-    if let Err(refused) = speaks_for(state, controller_id, by) {
-        return refused;
-    }
+    let controller = match speaks_for(state, controller_id, by) {
+        Ok(controller) => controller,
+        Err(refused) => return refused,
+    };
     let Some(shard) = state.shards.get(shard_key) else {
         return refuse(Refusal::NotFound, format!("shard: unknown shard {shard_key}"));
     };
-    let Some(controller) = state.controllers.get(controller_id) else { return refuse(Refusal::NotFound, "controller") };
     if report.source_region != controller.region {
         return refuse(
             Refusal::PermissionDenied,
