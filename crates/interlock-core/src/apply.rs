@@ -5,9 +5,10 @@
 //! reroute every service.
 
 use crate::command::{Action, Command, Request};
+use crate::model::StepChange;
 use crate::state::{Effects, State};
 use crate::vocab::{Refusal, Response};
-use crate::{approval, audit, backup, failover, kv, lease, routing, topology};
+use crate::{approval, audit, backup, failover, kv, lease, routing, runbook, topology};
 
 impl State {
     /// Applies `request`, which was committed at log `index`.
@@ -122,6 +123,46 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
             backup::finish_restore(state, *job, controller, result, by, fx)
         }
         Command::AbandonRestoreTest { job, reason } => backup::abandon_restore(state, *job, reason, by, fx),
+        Command::ApplyRunbook { runbook: spec } => runbook::apply_runbook(state, spec, by, fx),
+        Command::StartExecution { runbook: name, params, mode } => {
+            runbook::start_execution(state, name, params, *mode, by, fx)
+        }
+        Command::StepTransition {
+            execution,
+            step,
+            attempt,
+            change: StepChange::Effect { target, command: effect, positions_lost },
+        } => match runbook::check_effect(state, *execution, *step, *attempt, target) {
+            Err(refused) => refused,
+            Ok(mode) => {
+                // Live: the effect is applied to production, on behalf of
+                // the operator who started the execution; in a drill, to
+                // the drill copy.
+                let response = match mode {
+                    crate::model::RunMode::Live => {
+                        let starter = state.executions.get(execution).map(|e| e.started_by.clone()).unwrap_or_default();
+                        dispatch(state, &starter, effect, fx)
+                    }
+                    crate::model::RunMode::Drill => runbook::drill_effect(state, *execution, effect, fx),
+                };
+                runbook::record_effect(
+                    state,
+                    *execution,
+                    *step,
+                    *attempt,
+                    target,
+                    effect,
+                    *positions_lost,
+                    &response,
+                    fx,
+                );
+                response
+            }
+        },
+        Command::StepTransition { execution, step, attempt, change } => {
+            runbook::step_transition(state, *execution, *step, *attempt, change, fx)
+        }
+        Command::ControlExecution { execution, step, op } => runbook::control(state, *execution, *step, op, by, fx),
         // Recorded in the trail by `apply`; nothing else changes.
         Command::Audit { .. } => Response::Applied { revision: index },
     };

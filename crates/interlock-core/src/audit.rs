@@ -127,6 +127,9 @@ pub fn is_audited(by: &str, command: &Command) -> bool {
                 | Command::LeaseRevoke { reason: crate::vocab::RevokeReason::Revoked, .. }
                 | Command::RequestApproval { .. }
                 | Command::Approve { .. }
+                | Command::ApplyRunbook { .. }
+                | Command::StartExecution { .. }
+                | Command::ControlExecution { .. }
                 | Command::Audit { .. }
         )
 }

@@ -5,6 +5,7 @@
 use crate::kv::{validate_key, VALUE_MAX_BYTES};
 use crate::lease::{validate_grant, validate_lease_key};
 pub use crate::model::{Action, Command, Request, BATCH_MAX_BYTES, BATCH_MAX_COMMANDS};
+use crate::model::{ControlOp, StepChange};
 
 /// Shortest life of an approval request, in milliseconds.
 pub const APPROVAL_TTL_MIN_MS: u64 = 10_000;
@@ -149,6 +150,32 @@ impl Command {
                 crate::backup::validate_result(result)
             }
             Command::AbandonRestoreTest { reason, .. } => validate_text(reason, "reason"),
+            Command::ApplyRunbook { runbook } => crate::runbook::validate(runbook),
+            Command::StartExecution { runbook, params, .. } => {
+                validate_id(runbook, "runbook")?;
+                for (name, value) in params {
+                    validate_id(name, "params")?;
+                    validate_text(value, &format!("params.{name}"))?;
+                }
+                Ok(())
+            }
+            Command::StepTransition { change, .. } => match change {
+                StepChange::Start => Ok(()),
+                StepChange::Effect { target, command, .. } => {
+                    validate_text(target, "target")?;
+                    if !crate::runbook::effect_allowed(command) {
+                        return Err(InvalidArgument::new("command", format!("{command} cannot be a step's effect")));
+                    }
+                    command.validate()
+                }
+                StepChange::Succeed { detail } | StepChange::Fail { detail } | StepChange::Stuck { detail } => {
+                    validate_text(detail, "detail")
+                }
+            },
+            Command::ControlExecution { op, .. } => match op {
+                ControlOp::Skip { reason } | ControlOp::Abort { reason } => validate_text(reason, "reason"),
+                _ => Ok(()),
+            },
             Command::Audit { action, outcome } => {
                 validate_text(action, "action")?;
                 validate_text(outcome, "outcome")

@@ -23,7 +23,8 @@
 //!   - [`audit`]: the hash-chained audit trail and its verification;
 //!   - [`backup`]: the backup catalogue, the restore tests the leader
 //!     schedules in another region, tracking against RPO/RTO targets;
-//!   - runbooks will be a capability of their own.
+//!   - [`runbook`]: disaster-recovery runbooks, their durable executions
+//!     (live or drill), the planner of the leader's runbook loop, reports.
 //! - [`command`]: what can be proposed to the Raft log ([`Request`],
 //!   [`Command`]), with input validation.
 //! - `apply`: [`State::apply`], the thin dispatcher from command to capability.
@@ -46,6 +47,7 @@ pub mod lease;
 pub mod model;
 pub mod node;
 pub mod routing;
+pub mod runbook;
 pub mod state;
 pub mod topology;
 pub mod vocab;

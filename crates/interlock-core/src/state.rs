@@ -4,8 +4,8 @@
 //! dispatched by [`State::apply`](crate::apply).
 
 use crate::model::{
-    Approval, AuditCheckpoint, AuditEntry, Controller, Event, KvEntry, Lease, Region, Replica, RestoreJob, Routing,
-    Shard, ShardBackups, Topology,
+    Approval, AuditCheckpoint, AuditEntry, Controller, Event, Execution, KvEntry, Lease, Region, Replica, RestoreJob,
+    Routing, Runbook, Shard, ShardBackups, Topology,
 };
 use crate::vocab::{RegionState, ReplicaRole, TOTAL_BPS};
 use serde::{Deserialize, Serialize};
@@ -54,6 +54,11 @@ pub struct State {
     pub backups: BTreeMap<String, ShardBackups>,
     /// Restore tests running now, by job id (the log index that started it).
     pub restore_jobs: BTreeMap<u64, RestoreJob>,
+    /// Runbooks by name (SPEC §7).
+    pub runbooks: BTreeMap<String, Runbook>,
+    /// Runbook executions by id (the log index that started each), the most
+    /// recent [`crate::runbook::EXECUTIONS_KEPT`].
+    pub executions: BTreeMap<u64, Execution>,
 }
 
 /// What an apply produces besides the response: events to record.

@@ -9,7 +9,7 @@
 
 use super::observations::Observations;
 use super::policy::choose_candidate;
-use crate::command::Command;
+use crate::model::Command;
 use crate::model::Shard;
 use crate::state::State;
 use crate::vocab::{primary_lease_key, PromotionMode, RegionState};

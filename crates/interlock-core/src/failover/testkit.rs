@@ -1,3 +1,4 @@
+#![cfg(test)]
 //! A small world for the failover tests: three regions, one controller
 //! each, shard orders/0 with a replica per region.
 

@@ -4,6 +4,7 @@
 //! in `crate::command`.
 
 use super::backups::{BackupReport, RestoreResult};
+use super::runbooks::{ControlOp, RunMode, RunbookSpec, StepChange};
 use super::spec::Topology;
 use crate::vocab::{Actor, NodeId, PromotionMode, RegionState, ReplicaRole, RevokeReason, Rule, SYSTEM};
 use serde::{Deserialize, Serialize};
@@ -122,6 +123,17 @@ pub enum Command {
     /// The leader's backup loop gives restore job `job` up (timed out, or
     /// its controller is not heard); it is retried elsewhere.
     AbandonRestoreTest { job: u64, reason: String },
+    /// Store runbook `runbook` (a new version when one of its name exists).
+    ApplyRunbook { runbook: Box<RunbookSpec> },
+    /// Start runbook `runbook` with `params`; the execution's id is this
+    /// entry's index.
+    StartExecution { runbook: String, params: BTreeMap<String, String>, mode: RunMode },
+    /// The leader's runbook loop moves step `step` of `execution`; refused
+    /// unless the step is at `attempt` (so a step's effect happens once per
+    /// attempt, whichever leader proposes it, however often).
+    StepTransition { execution: u64, step: u32, attempt: u32, change: StepChange },
+    /// An operator acts on `execution` (on its step `step`).
+    ControlExecution { execution: u64, step: Option<u32>, op: ControlOp },
     /// Record in the audit trail an action the state machine does not apply
     /// itself: a request refused at the gRPC edge, a membership change the
     /// leader carried out.
@@ -218,6 +230,22 @@ impl fmt::Display for Command {
                 write!(f, "restore job {job} {}", if result.passed { "passed" } else { "failed" })
             }
             Command::AbandonRestoreTest { job, .. } => write!(f, "abandon restore job {job}"),
+            Command::ApplyRunbook { runbook } => write!(f, "apply runbook {}", runbook.name),
+            Command::StartExecution { runbook, mode, .. } => write!(f, "run runbook {runbook} ({mode:?})"),
+            Command::StepTransition { execution, step, attempt, change } => {
+                let what = match change {
+                    StepChange::Start => "start".to_string(),
+                    StepChange::Effect { command, .. } => format!("effect [{command}]"),
+                    StepChange::Succeed { .. } => "succeed".to_string(),
+                    StepChange::Fail { .. } => "fail".to_string(),
+                    StepChange::Stuck { .. } => "stuck".to_string(),
+                };
+                write!(f, "execution {execution} step {step} attempt {attempt}: {what}")
+            }
+            Command::ControlExecution { execution, step, op } => match step {
+                Some(step) => write!(f, "{} step {step} of execution {execution}", op.verb()),
+                None => write!(f, "{} execution {execution}", op.verb()),
+            },
         }
     }
 }
