@@ -567,6 +567,25 @@ pub fn sample_topology() -> interlock_client::Topology {
     .expect("sample topology")
 }
 
+impl TestCluster {
+    /// `interlockctl ARGS -o json` as `identity`, without a terminal: its
+    /// exit code, its JSON answer (Null if none) and everything it printed.
+    pub fn ctl_json(&self, identity: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+        let out = Command::new(bin("interlockctl"))
+            .arg("--endpoints")
+            .arg(self.endpoints().join(","))
+            .args(args)
+            .args(["-o", "json"])
+            .envs(self.ctl_env(identity))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run interlockctl");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let value = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+        (out.status.code().unwrap_or(-1), value, format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
 impl Drop for TestCluster {
     /// A failing test shows what the nodes said (their last lines).
     fn drop(&mut self) {

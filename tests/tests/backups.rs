@@ -9,27 +9,15 @@
 //! (exit 4); bad reports are refused naming the field, and change nothing.
 
 use interlock_client::{ClientError, ReportBackupRequest, RestoreResultRequest};
-use interlock_tests::{bin, eventually, sample_topology, ClusterOptions, TestAgent, TestCluster, OPERATOR};
+use interlock_tests::{eventually, sample_topology, ClusterOptions, TestAgent, TestCluster, OPERATOR};
 use serde_json::Value;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 
 /// `interlockctl ARGS -o json` as the first operator: its exit code and output.
 fn ctl_json(cluster: &TestCluster, args: &[&str]) -> (i32, Value, String) {
-    let out = Command::new(bin("interlockctl"))
-        .arg("--endpoints")
-        .arg(cluster.endpoints().join(","))
-        .args(args)
-        .args(["-o", "json"])
-        .envs(cluster.ctl_env(OPERATOR))
-        .stdin(Stdio::null())
-        .output()
-        .expect("run interlockctl");
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (out.status.code().unwrap_or(-1), value, format!("{stdout}{}", String::from_utf8_lossy(&out.stderr)))
+    cluster.ctl_json(OPERATOR, args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,8 @@
 //!
 //! Map: this file (the command tree, global flags, exit codes);
 //! `coordinator` (apply, get, leases, events); `failover` (switchover,
-//! failover, maintenance, regions); `routing` (weights, drains); `output`
+//! failover, maintenance, regions); `routing` (weights, drains); `runbooks`
+//! (runbooks, drills, executions, reports); `output`
 //! (tables, JSON, YAML).
 
 mod backups;
@@ -13,6 +14,7 @@ mod coordinator;
 mod failover;
 mod output;
 mod routing;
+mod runbooks;
 mod security;
 
 use anyhow::Context;
@@ -156,6 +158,15 @@ enum Cmd {
     /// The hash-chained audit trail of every admin action and refusal.
     #[command(subcommand)]
     Audit(security::AuditCmd),
+    /// Disaster-recovery runbooks: apply, run (live, --drill, --dry-run),
+    /// follow, approve, retry, skip, abort, report.
+    ///
+    /// A runbook is YAML: parameters, groups of steps (run in order; the
+    /// steps of a group in parallel), on_abort steps. Every step transition
+    /// is a Raft command, so an execution survives the loss of the leader.
+    /// See docs/runbooks.md and the runbooks shipped in deploy/runbooks/.
+    #[command(subcommand)]
+    Runbook(runbooks::RunbookCmd),
 }
 
 #[derive(Subcommand)]
@@ -374,6 +385,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Undrain(args) => routing::drain(&client, &out, args, true).await,
         Cmd::Approve { id } => security::approve(&client, &out, *id).await,
         Cmd::Audit(cmd) => security::audit(&client, &out, cmd).await,
+        Cmd::Runbook(cmd) => runbooks::runbook(&client, &out, cmd, cli.yes).await,
         Cmd::Kv(KvCmd::List { prefix, limit }) => {
             let kvs = client.range(prefix, true, *limit).await?;
             output::print_kvs(&out, &kvs)

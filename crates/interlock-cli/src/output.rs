@@ -14,6 +14,8 @@ pub enum Format {
     Table,
     Json,
     Yaml,
+    /// Markdown: `runbook report`; other commands print their table.
+    Md,
 }
 
 pub struct Printer {
@@ -26,13 +28,17 @@ impl Printer {
     }
 
     pub fn is_table(&self) -> bool {
-        self.format == Format::Table
+        matches!(self.format, Format::Table | Format::Md)
+    }
+
+    pub fn is_markdown(&self) -> bool {
+        self.format == Format::Md
     }
 
     /// Prints `value` as JSON/YAML, or `table()` for the table format.
     pub fn record(&self, value: &Value, table: impl FnOnce() -> String) -> Result<(), Failure> {
         let text = match self.format {
-            Format::Table => table(),
+            Format::Table | Format::Md => table(),
             Format::Json => serde_json::to_string_pretty(value).map_err(|e| anyhow::anyhow!(e))?,
             Format::Yaml => serde_saphyr::to_string(value).map_err(|e| anyhow::anyhow!("yaml: {e}"))?,
         };

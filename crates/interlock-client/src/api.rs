@@ -13,6 +13,10 @@ use interlock_proto::v1::{
     Replica, RoutingStatus, SetRoutingRequest, Shard, SwitchoverRequest,
 };
 use interlock_proto::v1::{
+    ApplyRunbookRequest, ControlExecutionRequest, ExecutionInfo, GetExecutionsRequest, GetRunbooksRequest,
+    RunRunbookRequest, RunRunbookResponse, RunbookInfo,
+};
+use interlock_proto::v1::{
     GetBackupsRequest, ReadinessReport, ReportBackupRequest, RestoreResultRequest, ShardBackups,
 };
 use std::collections::BTreeMap;
@@ -390,5 +394,57 @@ impl Client {
     pub async fn readiness(&self) -> Result<ReadinessReport, ClientError> {
         self.call(Idempotence::Idempotent, |ch| async move { AdminClient::new(ch).get_readiness(ListRequest {}).await })
             .await
+    }
+
+    /// Stores a runbook from its YAML (idempotent: the same runbook again
+    /// keeps its version).
+    pub async fn apply_runbook(&self, yaml: &str) -> Result<OperationResponse, ClientError> {
+        let request = ApplyRunbookRequest { yaml: yaml.into() };
+        self.call(Idempotence::Idempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).apply_runbook(request).await }
+        })
+        .await
+    }
+
+    /// Every runbook (`name` empty), or one.
+    pub async fn runbooks(&self, name: &str) -> Result<Vec<RunbookInfo>, ClientError> {
+        let request = GetRunbooksRequest { name: name.into() };
+        let list = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { AdminClient::new(ch).get_runbooks(request).await }
+            })
+            .await?;
+        Ok(list.runbooks)
+    }
+
+    /// Starts a run (not retried once sent: a retry could start a second
+    /// execution), or answers a dry run.
+    pub async fn run_runbook(&self, request: RunRunbookRequest) -> Result<RunRunbookResponse, ClientError> {
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).run_runbook(request).await }
+        })
+        .await
+    }
+
+    /// Every kept execution, newest first (`id` 0), or one.
+    pub async fn executions(&self, id: u64) -> Result<Vec<ExecutionInfo>, ClientError> {
+        let list = self
+            .call(Idempotence::Idempotent, |ch| async move {
+                AdminClient::new(ch).get_executions(GetExecutionsRequest { id }).await
+            })
+            .await?;
+        Ok(list.executions)
+    }
+
+    /// Approves, continues, retries or skips a step, or aborts an execution.
+    pub async fn control_execution(&self, request: ControlExecutionRequest) -> Result<OperationResponse, ClientError> {
+        self.call(Idempotence::NotIdempotent, |ch| {
+            let request = request.clone();
+            async move { AdminClient::new(ch).control_execution(request).await }
+        })
+        .await
     }
 }

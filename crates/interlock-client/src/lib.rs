@@ -68,6 +68,10 @@ pub use interlock_proto::v1::{
     OperationResponse, ReadinessReport, Region, Replica, ReplicaAssignment, ReplicaStatus, ReportBackupRequest,
     RestoreJob, RestoreResultRequest, RoutingAck, RoutingStatus, RoutingTable, Shard, ShardBackups, WatchResponse,
 };
+pub use interlock_proto::v1::{
+    ControlExecutionRequest, ExecutionInfo, ExecutionOp, RunMode, RunRunbookRequest, RunRunbookResponse, RunbookInfo,
+    StepStatus,
+};
 
 /// Tunables of a [`Client`].
 #[derive(Debug, Clone)]

@@ -497,3 +497,100 @@ pub fn readiness_report(
         .collect();
     v1::ReadinessReport { shards, regions, revision: s.revision }
 }
+
+/// A runbook's summary, with its stored form as `yaml`.
+pub fn runbook_info(r: &interlock_core::model::Runbook, yaml: String) -> v1::RunbookInfo {
+    let params = r
+        .spec
+        .params
+        .iter()
+        .map(|(name, p)| v1::RunbookParam {
+            name: name.clone(),
+            r#type: format!("{:?}", p.kind).to_lowercase(),
+            default: p.default.clone().unwrap_or_default(),
+            required: p.default.is_none(),
+            description: p.description.clone(),
+        })
+        .collect();
+    v1::RunbookInfo {
+        name: r.spec.name.clone(),
+        version: r.version,
+        description: r.spec.description.clone(),
+        yaml,
+        applied_by: r.applied_by.clone(),
+        applied_at_unix_ms: r.applied_at_unix_ms,
+        params,
+        steps: r.spec.groups.iter().map(|g| g.steps.len() as u32).sum::<u32>() + r.spec.on_abort.len() as u32,
+    }
+}
+
+/// A step state as shown to operators: `STUCK`, `RUNNING`, …
+pub fn step_state_name(state: interlock_core::model::StepState) -> String {
+    format!("{state:?}").to_uppercase()
+}
+
+/// An execution with every step and its report.
+pub fn execution_info(e: &interlock_core::model::Execution) -> v1::ExecutionInfo {
+    use interlock_core::model::RunMode;
+    let steps = e
+        .plan
+        .iter()
+        .zip(&e.steps)
+        .enumerate()
+        .map(|(i, (p, r))| v1::StepStatus {
+            index: i as u32,
+            group: p.group_name.clone(),
+            name: p.spec.name.clone(),
+            kind: interlock_core::runbook::kind(&p.spec).unwrap_or("").to_string(),
+            state: step_state_name(r.state),
+            attempt: r.attempt,
+            started_at_unix_ms: r.started_at_unix_ms.unwrap_or(0),
+            finished_at_unix_ms: r.finished_at_unix_ms.unwrap_or(0),
+            duration_ms: match (r.started_at_unix_ms, r.finished_at_unix_ms) {
+                (Some(a), Some(b)) => b.saturating_sub(a),
+                _ => 0,
+            },
+            actor: r.actor.clone(),
+            approver: r.approver.clone(),
+            detail: r.detail.clone(),
+            effects: r
+                .effects
+                .iter()
+                .map(|x| v1::StepEffectInfo {
+                    attempt: x.attempt,
+                    target: x.target.clone(),
+                    action: x.action.clone(),
+                    revision: x.revision,
+                    at_unix_ms: x.at_unix_ms,
+                    outcome: x.outcome.clone(),
+                    replica: x.replica.clone(),
+                    region: x.region.clone(),
+                    positions_lost: x.positions_lost,
+                })
+                .collect(),
+            compensation: p.compensation,
+            timeout_ms: p.timeout_ms,
+        })
+        .collect();
+    let report = e.report.clone().unwrap_or_else(|| interlock_core::runbook::report::measure(e));
+    v1::ExecutionInfo {
+        id: e.id,
+        runbook: e.runbook.clone(),
+        version: e.version,
+        mode: if e.mode == RunMode::Drill { "drill" } else { "live" }.to_string(),
+        params: e.params.clone().into_iter().collect(),
+        state: format!("{:?}", e.state).to_uppercase(),
+        r#final: e.state.is_final(),
+        started_by: e.started_by.clone(),
+        started_at_unix_ms: e.started_at_unix_ms,
+        finished_at_unix_ms: e.finished_at_unix_ms.unwrap_or(0),
+        reason: e.reason.clone(),
+        steps,
+        rto_measured: report.rto_ms.is_some(),
+        rto_ms: report.rto_ms.unwrap_or(0),
+        rpo_positions: report.rpo_positions,
+        source_regions: report.source_regions,
+        target_regions: report.target_regions,
+        report_markdown: interlock_core::runbook::report::markdown(e),
+    }
+}

@@ -10,8 +10,8 @@
 //! - `capacity`: the spare capacity of the target region for the shard's
 //!   service: how far its routed weight is below its capacity ceiling
 //!   (the rule `capacity-ceiling`), in percent; no routing table: unknown;
-//! - `drill`: the age of the last successful drill — unknown until
-//!   runbooks and drills exist.
+//! - `drill`: the age of the last successful drill that moved a primary
+//!   to the candidate's region (100 within 7 days, 0 at 90 days).
 //!
 //! The score is the mean of the known parts, rounded down. A shard's
 //! readiness is that of the replica the planner would promote now (its
@@ -24,7 +24,7 @@
 use super::observations::Observations;
 use super::policy::{choose_candidate, lag};
 use crate::backup;
-use crate::model::Shard;
+use crate::model::{ExecutionState, RunMode, Shard};
 use crate::routing::rules::capacity_ceiling_bps;
 use crate::state::State;
 use crate::vocab::shard_key;
@@ -108,8 +108,33 @@ fn capacity_part(state: &State, service: &str, region: &str) -> Part {
     }
 }
 
-fn drill_part() -> Part {
-    Part { name: "drill", score: None, detail: "unknown: no drills recorded".to_string() }
+/// A drill younger than this scores 100; the score falls to 0 at [`DRILL_STALE_MS`].
+pub const DRILL_FRESH_MS: u64 = 7 * 86_400_000;
+pub const DRILL_STALE_MS: u64 = 90 * 86_400_000;
+
+/// The age of the last successful drill that moved a primary into `region`.
+fn drill_part(state: &State, region: &str, now_unix_ms: u64) -> Part {
+    let last = state
+        .executions
+        .values()
+        .filter(|e| e.mode == RunMode::Drill && e.state == ExecutionState::Succeeded)
+        .filter(|e| e.report.as_ref().is_some_and(|r| r.target_regions.iter().any(|t| t == region)))
+        .filter_map(|e| e.finished_at_unix_ms.map(|at| (at, e.id, e.runbook.as_str())))
+        .max();
+    let Some((at, id, runbook)) = last else {
+        return Part {
+            name: "drill",
+            score: None,
+            detail: format!("unknown: no successful drill moved a primary to {region}"),
+        };
+    };
+    let age = now_unix_ms.saturating_sub(at);
+    let score = if age <= DRILL_FRESH_MS {
+        100
+    } else {
+        (100 * DRILL_STALE_MS.saturating_sub(age) / (DRILL_STALE_MS - DRILL_FRESH_MS)) as u32
+    };
+    Part { name: "drill", score: Some(score), detail: format!("drill {id} ({runbook}) {} h ago", age / 3_600_000) }
 }
 
 /// The readiness of promoting `replica` of `shard`, `lag` behind the best
@@ -121,7 +146,7 @@ pub fn of_candidate(state: &State, shard: &Shard, replica: &str, lag: Option<u64
         lag_part(shard, lag),
         restore_part(state, &key, now_unix_ms),
         capacity_part(state, &shard.service, region),
-        drill_part(),
+        drill_part(state, region, now_unix_ms),
     ])
 }
 

@@ -63,7 +63,7 @@ pub enum ParamKind {
 pub struct GroupSpec {
     pub name: String,
     /// Groups that must finish first; none: the group written before it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub after: Option<Vec<String>>,
     pub steps: Vec<StepSpec>,
 }
@@ -75,27 +75,27 @@ pub struct GroupSpec {
 pub struct StepSpec {
     pub name: String,
     /// Past this the step is STUCK (default per kind, see `crate::runbook`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub timeout_seconds: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub approval: Option<ApprovalStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub maintenance: Option<MaintenanceStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub drain: Option<DrainStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub undrain: Option<DrainStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub switchover: Option<MoveStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub failover: Option<MoveStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub wait_for: Option<Condition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub verify_backup: Option<VerifyBackupStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub hook: Option<HookStep>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub pause: Option<PauseStep>,
 }
 
@@ -126,10 +126,10 @@ pub struct MaintenanceStep {
 pub struct DrainStep {
     pub region: String,
     /// Change per step (default 1000 bps, as `interlockctl drain`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub step_bps: Option<u32>,
     /// Between steps (default 30 s).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub interval_seconds: Option<u64>,
 }
 
@@ -139,12 +139,12 @@ pub struct DrainStep {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct MoveStep {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub shard: Option<String>,
     /// The replica to promote (with `shard`); none: the best candidate.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub to: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub away_from_region: Option<String>,
 }
 
@@ -156,22 +156,22 @@ pub struct MoveStep {
 pub struct Condition {
     /// Every replica (of a region, or a shard) at most `positions` behind
     /// its shard's primary.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub lag_at_most: Option<LagCondition>,
     /// Every controller of the region heard, every replica reported healthy.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub healthy: Option<RegionRef>,
     /// Every controller applied the current routing of every service (or of
     /// `service`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub routing_converged: Option<ServiceRef>,
     /// The shard's newest backup (`*`: every shard's) passed a restore test.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub backup_verified: Option<ShardRef>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub region_state: Option<RegionStateCondition>,
     /// No primary left in the region.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub no_primaries_in: Option<RegionRef>,
 }
 
@@ -180,9 +180,9 @@ pub struct Condition {
 #[serde(deny_unknown_fields)]
 pub struct LagCondition {
     pub positions: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub region: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub shard: Option<String>,
 }
 
@@ -197,7 +197,7 @@ pub struct RegionRef {
 #[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub service: Option<String>,
 }
 
@@ -232,7 +232,7 @@ pub struct HookStep {
     pub region: String,
     pub name: String,
     /// What the coordinator checks after the hook reports success.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub success: Option<Condition>,
 }
 

@@ -175,6 +175,10 @@ pub(crate) fn start_execution(
 /// with a step not done; while aborting, the first compensation step not
 /// finished. Indices into `plan`.
 pub fn active_steps(execution: &Execution) -> Vec<usize> {
+    if execution.steps.len() != execution.plan.len() {
+        // Never built so by `start_execution`; nothing in it may move.
+        return Vec::new();
+    }
     let finished = |s: StepState| matches!(s, StepState::Succeeded | StepState::Skipped | StepState::Failed);
     match execution.state {
         ExecutionState::Running => {

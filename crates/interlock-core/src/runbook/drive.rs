@@ -483,3 +483,79 @@ impl View<'_> {
         Err("no condition".to_string())
     }
 }
+
+/// One step of a dry run: whether it could go ahead now, and what it
+/// would do or what stops it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub check: String,
+}
+
+/// A dry run of `plan` for `by`: each step evaluated against the state as
+/// it is now (not as earlier steps would leave it) — its goal already
+/// holds, what it waits for, or its effects applied to a copy of the state,
+/// so that every safety rule a real run would meet is met here, by the same
+/// code. Nothing changes.
+pub fn dry_run(state: &State, world: &World<'_>, plan: &[PlannedStep], by: &str) -> Vec<Check> {
+    let steps = plan
+        .iter()
+        .map(|_| StepRun {
+            state: StepState::Running,
+            attempt: 1,
+            started_at_unix_ms: Some(world.obs.now_unix_ms),
+            finished_at_unix_ms: None,
+            actor: String::new(),
+            approver: String::new(),
+            detail: String::new(),
+            effects: Vec::new(),
+        })
+        .collect();
+    let execution = Execution {
+        id: 0,
+        runbook: String::new(),
+        version: 0,
+        mode: RunMode::Live,
+        params: Default::default(),
+        started_by: by.to_string(),
+        started_at_unix_ms: world.obs.now_unix_ms,
+        finished_at_unix_ms: None,
+        state: crate::model::ExecutionState::Running,
+        reason: String::new(),
+        plan: plan.to_vec(),
+        steps,
+        drill: None,
+        report: None,
+    };
+    let view = View { state, execution: &execution, world };
+    plan.iter()
+        .zip(&execution.steps)
+        .map(|(planned, run)| {
+            let waits_by_design = planned.spec.wait_for.is_some()
+                || planned.spec.approval.is_some()
+                || planned.spec.pause.is_some()
+                || planned.spec.verify_backup.is_some();
+            match view.next(planned, run) {
+                Next::Done(detail) => Check { ok: true, check: format!("already holds: {detail}") },
+                Next::Fail(why) => Check { ok: false, check: format!("would fail: {why}") },
+                Next::Wait(why) => Check { ok: waits_by_design, check: format!("would wait: {why}") },
+                Next::Act(effects) => {
+                    let mut checks = Vec::new();
+                    let mut ok = true;
+                    for (_, command, _) in effects {
+                        let mut copy = state.clone();
+                        let request = crate::model::Request::by(world.obs.now_unix_ms, by, command.clone());
+                        match copy.apply(state.revision + 1, &request) {
+                            crate::vocab::Response::Refused { reason, .. } => {
+                                ok = false;
+                                checks.push(format!("{command}: refused: {reason}"));
+                            }
+                            _ => checks.push(format!("{command}: would be applied")),
+                        }
+                    }
+                    Check { ok, check: checks.join("; ") }
+                }
+            }
+        })
+        .collect()
+}

@@ -172,6 +172,12 @@ fn a_drill_moves_primaries_and_traffic_in_its_copy_and_production_is_untouched()
     );
     let md = super::report::markdown(e);
     assert!(md.contains("| fail-over |") && md.contains("RPO: 5 positions lost"), "{md}");
+    // Runbooks and executions survive the log and snapshots unchanged.
+    let bytes = crate::codec::encode(&w.state).expect("encode");
+    assert_eq!(crate::codec::decode::<crate::State>(&bytes).expect("decode"), w.state);
+    let command = Command::ApplyRunbook { runbook: Box::new(shipped("evacuate-region")) };
+    let bytes = crate::codec::encode(&command).expect("encode");
+    assert_eq!(crate::codec::decode::<Command>(&bytes).expect("decode"), command);
 }
 
 #[test]

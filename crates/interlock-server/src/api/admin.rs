@@ -23,6 +23,10 @@ use interlock_proto::convert::lease_info;
 use interlock_proto::v1::admin_client::AdminClient;
 use interlock_proto::v1::admin_server::{Admin, AdminServer};
 use interlock_proto::v1::{
+    ApplyRunbookRequest, ControlExecutionRequest, ExecutionList, GetExecutionsRequest, GetRunbooksRequest,
+    RunRunbookRequest, RunRunbookResponse, RunbookList,
+};
+use interlock_proto::v1::{
     ApplyTopologyRequest, ApplyTopologyResponse, ApprovalList, ApproveRequest, AuditList, ControllerInfo,
     ControllerList, DrainRequest, EventList, FailoverRequest, GetAuditRequest, GetEventsRequest, GetRoutingRequest,
     LeaseList, ListRequest, MaintenanceRequest, OperationResponse, RegionList, RegionRequest, ReplicaList, RoutingList,
@@ -102,7 +106,7 @@ impl AdminService {
     }
 
     /// The leader's observations now, as the planner sees them.
-    fn observations(&self, state: &State) -> Observations {
+    pub(crate) fn observations(&self, state: &State) -> Observations {
         let params = DetectorParams::from_policy(&state.topology.failover);
         self.liveness.observations(self.ctx.clock.monotonic_ms(), self.ctx.clock.unix_ms(), &params)
     }
@@ -171,8 +175,7 @@ impl Admin for AdminService {
             .filter(|r| message.service.is_empty() || r.service == message.service)
             .map(|r| {
                 let acks = self.routing_acks.for_service(&r.service);
-                let converged =
-                    s.controllers.keys().all(|c| acks.iter().any(|a| a.controller_id == *c && a.version >= r.version));
+                let converged = self.routing_acks.converged(s, &r.service, r.version);
                 RoutingStatus {
                     table: Some(super::watch::routing_table(r)),
                     acks,
@@ -586,5 +589,44 @@ impl Admin for AdminService {
         let s = &applied.state;
         let report = interlock_proto::convert::readiness_report(s, &self.observations(s));
         Ok(Response::new(report))
+    }
+
+    async fn apply_runbook(
+        &self,
+        request: Request<ApplyRunbookRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, message) = request.into_parts();
+        on_leader!(self, metadata, message, apply_runbook);
+        Ok(Response::new(super::runbooks::apply(self, &caller, message).await?))
+    }
+
+    async fn get_runbooks(&self, request: Request<GetRunbooksRequest>) -> Result<Response<RunbookList>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        leader_read!(self, metadata, message, get_runbooks);
+        Ok(Response::new(super::runbooks::list(self, &message)?))
+    }
+
+    async fn run_runbook(&self, request: Request<RunRunbookRequest>) -> Result<Response<RunRunbookResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, message) = request.into_parts();
+        on_leader!(self, metadata, message, run_runbook);
+        Ok(Response::new(super::runbooks::run(self, &caller, message).await?))
+    }
+
+    async fn get_executions(&self, request: Request<GetExecutionsRequest>) -> Result<Response<ExecutionList>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        leader_read!(self, metadata, message, get_executions);
+        Ok(Response::new(super::runbooks::executions(self, &message)?))
+    }
+
+    async fn control_execution(
+        &self,
+        request: Request<ControlExecutionRequest>,
+    ) -> Result<Response<OperationResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, message) = request.into_parts();
+        on_leader!(self, metadata, message, control_execution);
+        Ok(Response::new(super::runbooks::control(self, &caller, message).await?))
     }
 }

@@ -216,7 +216,7 @@ pub fn required(path: &str) -> Need {
         (
             "interlock.v1.Admin",
             "SetRouting" | "Drain" | "Switchover" | "Failover" | "SetMaintenance" | "ActivateRegion" | "ApplyTopology"
-            | "Approve",
+            | "Approve" | "ApplyRunbook" | "RunRunbook" | "ControlExecution",
         ) => Need::Operator,
         ("grpc.health.v1.Health", _) => Need::Authenticated,
         ("grpc.reflection.v1.ServerReflection" | "grpc.reflection.v1alpha.ServerReflection", _) => Need::Authenticated,

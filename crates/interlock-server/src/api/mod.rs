@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cluster;
 pub mod controller;
 pub mod kv;
+pub mod runbooks;
 pub mod watch;
 
 use crate::ctx::{NodeCtx, ProposeError};

@@ -9,6 +9,7 @@
 //! - [`drains`]: stepping drains and undrains on the leader's clock.
 //! - [`backups`]: restore-test scheduling, backup targets, readiness gauges.
 //! - [`routing_acks`]: which controller applied which routing version.
+//! - [`runbooks`]: moving the steps of runbook executions.
 
 pub mod backups;
 pub mod drains;
@@ -16,6 +17,7 @@ pub mod failover;
 pub mod leases;
 pub mod liveness;
 pub mod routing_acks;
+pub mod runbooks;
 
 use crate::ctx::{NodeCtx, ProposeError};
 use interlock_core::Command;

@@ -31,4 +31,11 @@ impl RoutingAcks {
     pub fn for_service(&self, service: &str) -> Vec<RoutingAck> {
         self.lock().iter().filter(|((s, _), _)| s == service).map(|(_, ack)| ack.clone()).collect()
     }
+
+    /// Whether every registered controller applied `version` (or later) of
+    /// `service`'s routing.
+    pub fn converged(&self, state: &interlock_core::State, service: &str, version: u64) -> bool {
+        let acks = self.for_service(service);
+        state.controllers.keys().all(|c| acks.iter().any(|a| a.controller_id == *c && a.version >= version))
+    }
 }

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub routing_propagation_seconds: Histogram,
     /// Backups and restore tests (SPEC §6), set by the leader's backup loop.
     pub backup: BackupMetrics,
+    /// Runbook executions not yet final (set by the leader's runbook loop).
+    pub runbook_executions_running: Gauge,
     /// Last leader seen, to count changes (0: none).
     last_leader: AtomicU64,
 }
@@ -61,9 +63,15 @@ impl Metrics {
             promotion_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             routing_propagation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             backup: BackupMetrics::default(),
+            runbook_executions_running: Gauge::default(),
             last_leader: AtomicU64::new(0),
             registry: Registry::default(),
         };
+        registry.register(
+            "runbook_executions_running",
+            "Runbook executions not yet in a final state (on the leader)",
+            metrics.runbook_executions_running.clone(),
+        );
         registry.register("is_leader", "1 if this node is the Raft leader", metrics.is_leader.clone());
         registry.register("term", "Current Raft term", metrics.term.clone());
         registry.register("last_log_index", "Index of the last entry in the local log", metrics.last_log_index.clone());

@@ -148,7 +148,9 @@ impl Node {
         tokio::spawn(run_failover_loop(ctx.clone(), liveness.clone()));
         tokio::spawn(run_backup_loop(ctx.clone(), liveness.clone()));
         tokio::spawn(run_drain_loop(ctx.clone()));
-        Ok(Node { raft, ctx, lease_table, batcher, liveness, routing_acks: Arc::default(), mutations: parts.mutations })
+        let routing_acks: Arc<crate::control::routing_acks::RoutingAcks> = Arc::default();
+        tokio::spawn(crate::control::runbooks::run_runbook_loop(ctx.clone(), liveness.clone(), routing_acks.clone()));
+        Ok(Node { raft, ctx, lease_table, batcher, liveness, routing_acks, mutations: parts.mutations })
     }
 
     /// Initialises the cluster with `peers` unless the stores already hold a
