@@ -245,6 +245,12 @@ pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> tu
                 );
                 h.backups_final = Some((true_ms(), backups));
             }
+            if let Ok(executions) = client.executions(0).await {
+                let mut h = shared.lock();
+                let finals = executions.iter().filter(|e| e.r#final).count();
+                h.note(true_ms(), format!("executions read: {}, {finals} final", executions.len()));
+                h.executions_final = Some((true_ms(), executions));
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
         polls += 1;
@@ -258,6 +264,15 @@ pub async fn observe_events(client: Client, shared: Shared, until_ms: u64) -> tu
             after = after.max(e.version);
             if e.kind.starts_with("region.") || e.kind.starts_with("shard.") || e.kind == "replica.fenced" {
                 h.note(now, format!("event {} {}: {}", e.kind, e.subject, e.message));
+            }
+            if e.kind.starts_with("runbook.")
+                || e.kind == "maintenance"
+                || e.kind.starts_with("region.drain")
+                || e.kind.starts_with("region.undrain")
+                || e.kind == "shard.promoted"
+                || e.kind == "shard.demoted"
+            {
+                h.runbook_events.push((now, e.kind.clone(), e.subject.clone(), e.message.clone()));
             }
             if e.kind == "region.lost" {
                 if let Some(r) = REGIONS.iter().position(|x| *x == e.subject) {

@@ -101,6 +101,12 @@ pub struct History {
     /// The backup catalogue as the observer read it near the end, and when
     /// (true ms); None if it could not be read.
     pub backups_final: Option<(u64, Vec<interlock_client::ShardBackups>)>,
+    /// Events a runbook step can cause or record, as seen: (true ms, kind,
+    /// subject, message) — `runbook.*`, `maintenance`, drains, promotions,
+    /// demotions.
+    pub runbook_events: Vec<(u64, String, String, String)>,
+    /// The runbook executions as the observer read them near the end, and when.
+    pub executions_final: Option<(u64, Vec<interlock_client::ExecutionInfo>)>,
 }
 
 impl History {

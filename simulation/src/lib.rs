@@ -18,4 +18,5 @@ pub mod faults;
 pub mod history;
 pub mod invariants;
 pub mod net;
+pub mod runbooks;
 pub mod world;

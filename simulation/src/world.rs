@@ -71,10 +71,14 @@ pub enum Mutation {
     /// it: when the database restarts it is a primary again, beside the one
     /// promoted in its place.
     GiveUpUnfenced,
+    /// A new leader re-runs every effect of the runbook executions still
+    /// running (a run's progress kept in the leader's memory): a step's
+    /// effect happens twice.
+    RerunRunbookEffects,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 7] = [
+    pub const ALL: [Mutation; 8] = [
         Mutation::SkipKeepaliveConfirmation,
         Mutation::NoResetOnNewTerm,
         Mutation::HolderNoDrift,
@@ -82,6 +86,7 @@ impl Mutation {
         Mutation::RevokeFreesAtOnce,
         Mutation::TrustFailedDemote,
         Mutation::GiveUpUnfenced,
+        Mutation::RerunRunbookEffects,
     ];
 
     pub fn name(self) -> &'static str {
@@ -93,6 +98,7 @@ impl Mutation {
             Mutation::RevokeFreesAtOnce => "revoke-frees-at-once",
             Mutation::TrustFailedDemote => "trust-failed-demote",
             Mutation::GiveUpUnfenced => "give-up-unfenced",
+            Mutation::RerunRunbookEffects => "rerun-runbook-effects",
         }
     }
 
@@ -184,6 +190,7 @@ pub fn run(config: &RunConfig) -> Report {
         skip_keepalive_confirmation: config.mutation == Some(Mutation::SkipKeepaliveConfirmation),
         no_reset_on_new_term: config.mutation == Some(Mutation::NoResetOnNewTerm),
         revoke_frees_at_once: config.mutation == Some(Mutation::RevokeFreesAtOnce),
+        rerun_runbook_effects: config.mutation == Some(Mutation::RerunRunbookEffects),
     };
     let pki = Arc::new(Pki::new());
     let peers: BTreeMap<u64, NodeInfo> = (0..REGIONS.len())
@@ -272,6 +279,16 @@ pub fn run(config: &RunConfig) -> Report {
         sim.client("operator", async move {
             let operators = (client(&endpoints, &tls.0)?, client(&endpoints, &tls.1)?);
             controllers::operator(operators, shared, seed, FAULTS_FROM_MS + 2_000, FAULTS_UNTIL_MS).await
+        });
+    }
+    {
+        // Runbooks (a drill and a live run, back to back) through the faults;
+        // the region is chosen from the seed, not drawn from the run's generator.
+        let (endpoints, shared, seed) = (endpoints.clone(), shared.clone(), config.seed);
+        let tls = pki.tls(OPERATORS[0]);
+        sim.client("runbooks", async move {
+            let client = client(&endpoints, &tls)?;
+            crate::runbooks::operator(client, shared, seed, FAULTS_FROM_MS + 1_000, end_ms - 4_000).await
         });
     }
 
@@ -368,7 +385,7 @@ fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, db
 }
 
 /// The simulation's clients (outside every region).
-const CLIENTS: [&str; 3] = ["writer", "observer", "operator"];
+const CLIENTS: [&str; 4] = ["writer", "observer", "operator", "runbooks"];
 
 fn region_hosts(r: usize) -> [String; 3] {
     [node_name(r), holder_name(r), controllers::controller_name(r)]

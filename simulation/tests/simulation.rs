@@ -87,3 +87,8 @@ fn a_controller_that_trusts_a_failed_demote_is_caught() {
 fn giving_up_a_dead_primary_without_fencing_it_is_caught() {
     caught("give-up-unfenced");
 }
+
+#[test]
+fn a_runbook_step_re_run_after_a_leader_change_is_caught() {
+    caught("rerun-runbook-effects");
+}

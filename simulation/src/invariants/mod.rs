@@ -10,6 +10,7 @@ mod liveness;
 mod primaries;
 mod region_loss;
 mod routing;
+mod runbooks;
 
 pub use region_loss::failover_times;
 pub use routing::converged as routing_converged;
@@ -28,5 +29,6 @@ pub fn check_all(history: &History, liveness_bound_ms: u64) -> Vec<String> {
     violations.extend(region_loss::check(history));
     violations.extend(routing::check(history));
     violations.extend(backups::check(history));
+    violations.extend(runbooks::check(history));
     violations
 }

@@ -324,6 +324,8 @@ pub struct StepEffect {
     pub target: String,
     /// The command, described.
     pub action: String,
+    /// The command itself (as applied, or refused).
+    pub command: Box<super::Command>,
     pub revision: u64,
     pub at_unix_ms: u64,
     /// "applied at revision N", or the refusal.

@@ -288,6 +288,7 @@ pub(crate) fn record_effect(
         attempt,
         target: target.to_string(),
         action: command.to_string(),
+        command: Box::new(command.clone()),
         revision: fx.index,
         at_unix_ms: fx.at_unix_ms,
         outcome: outcome.clone(),

@@ -15,6 +15,12 @@ use crate::routing::rules::region_fraction_bps;
 use crate::state::State;
 use crate::vocab::{PromotionMode, RegionState, ReplicaRole, TOTAL_BPS};
 
+/// The reason every effect's command carries, so that the production event
+/// it causes names (runbook, execution, step, attempt).
+pub fn effect_tag(runbook: &str, execution: u64, step: &str, attempt: u32) -> String {
+    format!("runbook {runbook} execution {execution} step {step} attempt {attempt}")
+}
+
 /// Default drain step and interval, as `interlockctl drain`.
 pub const DRAIN_STEP_BPS: u32 = 1_000;
 pub const DRAIN_INTERVAL_SECONDS: u64 = 30;
@@ -166,8 +172,10 @@ impl View<'_> {
         std::borrow::Cow::Owned(s)
     }
 
-    fn reason(&self, planned: &PlannedStep) -> String {
-        format!("runbook {} execution {} step {}", self.execution.runbook, self.execution.id, planned.spec.name)
+    /// The reason an effect's command carries: it tags the production
+    /// event it causes with (runbook, execution, step, attempt).
+    fn reason(&self, planned: &PlannedStep, run: &StepRun) -> String {
+        effect_tag(&self.execution.runbook, self.execution.id, &planned.spec.name, run.attempt)
     }
 
     fn next(&self, planned: &PlannedStep, run: &StepRun) -> Next {
@@ -189,7 +197,7 @@ impl View<'_> {
                 return Next::Wait(format!("maintenance {word} for {} not applied yet", m.region));
             }
             let command =
-                Command::SetMaintenance { region: Some(m.region.clone()), on: m.on, reason: self.reason(planned) };
+                Command::SetMaintenance { region: Some(m.region.clone()), on: m.on, reason: self.reason(planned, run) };
             return Next::Act(vec![(m.region.clone(), command, 0)]);
         }
         if let Some((d, undrain)) = spec.drain.as_ref().map(|d| (d, false)).or(spec.undrain.as_ref().map(|d| (d, true)))
@@ -212,15 +220,15 @@ impl View<'_> {
                 undrain,
                 step_bps: d.step_bps.unwrap_or(DRAIN_STEP_BPS),
                 interval_ms: d.interval_seconds.unwrap_or(DRAIN_INTERVAL_SECONDS) * 1000,
-                reason: self.reason(planned),
+                reason: self.reason(planned, run),
             };
             return Next::Act(vec![(d.region.clone(), command, 0)]);
         }
         if let Some(m) = &spec.switchover {
-            return self.moves(run, m, false);
+            return self.moves(planned, run, m, false);
         }
         if let Some(m) = &spec.failover {
-            return self.moves(run, m, true);
+            return self.moves(planned, run, m, true);
         }
         if let Some(c) = &spec.wait_for {
             return match self.condition(c) {
@@ -236,7 +244,7 @@ impl View<'_> {
 
     /// A switchover or failover step: the shards it moves, and for each what
     /// is next.
-    fn moves(&self, run: &StepRun, m: &MoveStep, failover: bool) -> Next {
+    fn moves(&self, planned: &PlannedStep, run: &StepRun, m: &MoveStep, failover: bool) -> Next {
         let away = m.away_from_region.as_deref();
         let mut targets: Vec<String> = match (&m.shard, away) {
             (Some(shard), _) => vec![shard.clone()],
@@ -288,7 +296,7 @@ impl View<'_> {
                 waits.push(format!("{shard_key}: a promotion or switchover is in progress"));
                 continue;
             }
-            match self.choose(shard_key, m, primary.as_deref(), failover) {
+            match self.choose(shard_key, m, primary.as_deref(), failover, self.reason(planned, run)) {
                 Ok((command, lost)) => acts.push((shard_key.clone(), command, lost)),
                 Err(why) => waits.push(why),
             }
@@ -314,13 +322,13 @@ impl View<'_> {
         m: &MoveStep,
         primary: Option<&str>,
         failover: bool,
+        reason: String,
     ) -> Result<(Command, u64), String> {
         let obs = self.world.obs;
         let lost_region = m.away_from_region.as_deref().filter(|_| failover);
         let view = self.policy_state(lost_region);
         let s: &State = &view;
         let shard = s.shards.get(shard_key).ok_or_else(|| format!("no shard {shard_key}"))?;
-        let reason = format!("runbook {} execution {}", self.execution.runbook, self.execution.id);
         if !failover {
             let to = match (&m.to, primary) {
                 (Some(to), _) => to.clone(),

@@ -37,6 +37,11 @@ pub struct LeaseMutations {
     /// An operator's revoke of another identity's lease frees the key at
     /// once, as if it had expired (the hole of Jepsen's etcd lock finding).
     pub revoke_frees_at_once: bool,
+    /// (The runbook loop.) A new leader re-runs every effect of the runbook
+    /// executions still running, as an implementation that kept a run's
+    /// progress in the leader's memory would: a step re-run after a leader
+    /// change.
+    pub rerun_runbook_effects: bool,
 }
 
 /// The leader's lease table and the term it belongs to.

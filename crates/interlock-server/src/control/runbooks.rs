@@ -20,7 +20,12 @@ use std::time::Duration;
 pub const RUNBOOK_TICK: Duration = Duration::from_millis(250);
 
 /// Runs on every node; acts only while this node leads.
-pub async fn run_runbook_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>, acks: Arc<RoutingAcks>) {
+pub async fn run_runbook_loop(
+    ctx: Arc<NodeCtx>,
+    liveness: Arc<Liveness>,
+    acks: Arc<RoutingAcks>,
+    mutations: super::leases::LeaseMutations,
+) {
     let mut tick = tokio::time::interval(RUNBOOK_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut waiting = Notes::new("runbook.waiting");
@@ -31,6 +36,9 @@ pub async fn run_runbook_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>, acks: 
         if current != term {
             term = current;
             waiting.clear();
+            if term.is_some() && mutations.rerun_runbook_effects {
+                rerun_effects(&ctx).await;
+            }
         }
         if term.is_none() {
             continue;
@@ -63,5 +71,18 @@ pub async fn run_runbook_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>, acks: 
                 tracing::info!("runbook loop: {label}");
             }
         }
+    }
+}
+
+/// The mutation `rerun_runbook_effects`: every recorded effect of every
+/// running execution proposed again, raw (the simulation must catch it).
+async fn rerun_effects(ctx: &NodeCtx) {
+    let commands: Vec<interlock_core::Command> = {
+        let applied = ctx.state.read();
+        let running = applied.state.executions.values().filter(|e| !e.state.is_final());
+        running.flat_map(|e| e.steps.iter().flat_map(|s| s.effects.iter().map(|x| (*x.command).clone()))).collect()
+    };
+    for command in commands {
+        propose(ctx, command).await;
     }
 }

@@ -175,6 +175,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         Ok(false) => println!("A topology is already applied; keeping it."),
         Err(e) => println!("Could not apply the topology: {e:#}"),
     }
+    // The shipped runbooks (deploy/runbooks/): idempotent, so a restart keeps their versions.
+    let mut applied = Vec::new();
+    for (name, yaml) in SHIPPED_RUNBOOKS {
+        match client.apply_runbook(yaml).await {
+            Ok(_) => applied.push(name),
+            Err(e) => println!("Could not apply runbook {name}: {e}"),
+        }
+    }
+    println!("Runbooks: {} (`interlockctl runbook list`).", applied.join(", "));
     for region in DEV_REGIONS {
         // The demo agents back up their primaries every 30 s into a directory
         // they share, and test each other's restores.
@@ -274,6 +283,14 @@ fn spawn(dir: &Path, name: &str, subcommand: &'static str, config: &Path) -> any
 
 /// The demo topology, shipped with the binary.
 const DEMO_TOPOLOGY: &str = include_str!("../../../../deploy/examples/topology.yaml");
+
+/// The runbooks shipped in deploy/runbooks/, applied by `interlockd dev`.
+const SHIPPED_RUNBOOKS: [(&str, &str); 4] = [
+    ("evacuate-region", include_str!("../../../../deploy/runbooks/evacuate-region.yaml")),
+    ("failback-region", include_str!("../../../../deploy/runbooks/failback-region.yaml")),
+    ("drill-region-loss", include_str!("../../../../deploy/runbooks/drill-region-loss.yaml")),
+    ("verify-all-backups", include_str!("../../../../deploy/runbooks/verify-all-backups.yaml")),
+];
 
 /// Applies `topology` unless one is applied already.
 async fn apply_topology_once(

@@ -149,7 +149,13 @@ impl Node {
         tokio::spawn(run_backup_loop(ctx.clone(), liveness.clone()));
         tokio::spawn(run_drain_loop(ctx.clone()));
         let routing_acks: Arc<crate::control::routing_acks::RoutingAcks> = Arc::default();
-        tokio::spawn(crate::control::runbooks::run_runbook_loop(ctx.clone(), liveness.clone(), routing_acks.clone()));
+        let loop_ = crate::control::runbooks::run_runbook_loop(
+            ctx.clone(),
+            liveness.clone(),
+            routing_acks.clone(),
+            parts.mutations,
+        );
+        tokio::spawn(loop_);
         Ok(Node { raft, ctx, lease_table, batcher, liveness, routing_acks, mutations: parts.mutations })
     }
 
