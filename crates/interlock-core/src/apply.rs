@@ -141,7 +141,13 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
                 let response = match mode {
                     crate::model::RunMode::Live => {
                         let starter = state.executions.get(execution).map(|e| e.started_by.clone()).unwrap_or_default();
-                        dispatch(state, &starter, effect, fx)
+                        let response = dispatch(state, &starter, effect, fx);
+                        let action = format!(
+                            "{} [runbook execution {execution} step {step} attempt {attempt}]",
+                            audit::describe(effect)
+                        );
+                        audit::record(state, fx.at_unix_ms, &starter, action, audit::outcome(&response));
+                        response
                     }
                     crate::model::RunMode::Drill => runbook::drill_effect(state, *execution, effect, fx),
                 };

@@ -213,7 +213,8 @@ impl View<'_> {
                 return Next::Done(format!("{} is {verb}", d.region));
             }
             if acted(&d.region) {
-                return Next::Wait(format!("{} keeps {fraction} of {TOTAL_BPS} bps of its weight", d.region));
+                let verb = if undrain { "undraining" } else { "draining" };
+                return Next::Wait(format!("{} is still {verb}", d.region));
             }
             let command = Command::Drain {
                 region: d.region.clone(),
@@ -423,7 +424,8 @@ impl View<'_> {
                     let Some(report) = obs.report(s, id) else { return Err(format!("no position reported for {id}")) };
                     let behind = lag(&report, reference);
                     if behind > l.positions {
-                        return Err(format!("{id} is {behind} behind (at most {})", l.positions));
+                        // No moving number in the text: a wait is noted once, not per position.
+                        return Err(format!("{id} is more than {} positions behind its primary", l.positions));
                     }
                     worst = worst.max(behind);
                 }

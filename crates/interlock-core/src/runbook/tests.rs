@@ -212,6 +212,11 @@ fn a_live_run_acts_once_per_attempt_whoever_proposes_it_again() {
     assert_eq!(w.state.routing["orders"].effective["eu"], 0);
     let effects: usize = e.steps.iter().map(|s| s.effects.len()).sum();
     assert_eq!(effects, 2, "one promotion, one drain");
+    // Each live effect is in the audit trail, as its starter's.
+    let audited: Vec<_> =
+        w.state.audit.iter().filter(|a| a.action.contains(&format!("[runbook execution {id} "))).collect();
+    assert_eq!(audited.len(), 2, "{:#?}", w.state.audit);
+    assert!(audited.iter().all(|a| a.by == "alice"));
 }
 
 #[test]
@@ -234,7 +239,7 @@ fn a_step_past_its_timeout_is_stuck_with_an_event_then_retried_skipped_or_aborte
     drive(&mut w, &lagging, 3);
     let e = &w.state.executions[&id];
     assert_eq!(e.steps[0].state, StepState::Stuck, "{e:#?}");
-    assert!(e.steps[0].detail.contains("orders-0-us is 50 behind"), "{}", e.steps[0].detail);
+    assert!(e.steps[0].detail.contains("orders-0-us is more than 0 positions behind"), "{}", e.steps[0].detail);
     assert!(w.state.events.iter().any(|ev| ev.kind == "runbook.step_stuck" && ev.subject == format!("{id}/lagless")));
     // Retry: a second attempt, which succeeds once the lag is gone.
     let retry = Command::ControlExecution { execution: id, step: Some(0), op: ControlOp::Retry };
