@@ -71,6 +71,21 @@ routing)
     # The table arrives on stdin as {"routing": {"service", "version", "weights"}}.
     cat > "$state/routing.json"
     ;;
+runbook_hook)
+    # A runbook's hook step: $INTERLOCK_HOOK names it; INTERLOCK_DRILL=1 is a
+    # drill (leave production alone). This example knows one, smoke-test:
+    # every replica's state file is readable. What it prints is recorded.
+    case "$INTERLOCK_HOOK" in
+    smoke-test)
+        ls "$state" >/dev/null || { echo "smoke-test: $state is unreadable" >&2; exit 1; }
+        echo "smoke-test ok (drill=$INTERLOCK_DRILL)"
+        ;;
+    *)
+        echo "no hook $INTERLOCK_HOOK" >&2
+        exit 2
+        ;;
+    esac
+    ;;
 *)
     echo "unknown action: $action" >&2
     exit 2

@@ -82,12 +82,47 @@ fn processes_under(dir: &Path) -> Vec<String> {
     found
 }
 
+/// The shipped `evacuate-region`, live on the dev cluster: alice starts and
+/// approves it; it ends with no primary in eu-west, eu-west's weight 0, and
+/// a report listing every step.
+async fn evacuate_eu_west(client: &Client) {
+    use interlock_client::{ControlExecutionRequest, ExecutionOp, RunMode, RunRunbookRequest};
+    let runbooks = client.runbooks("").await.expect("runbooks");
+    assert_eq!(runbooks.len(), 4, "interlockd dev applies the shipped runbooks");
+    let params = [("region".to_string(), "eu-west".to_string())].into();
+    let request = RunRunbookRequest { name: "evacuate-region".into(), params, mode: RunMode::Live as i32 };
+    let id = client.run_runbook(request).await.expect("run").execution_id;
+    eventually("the approval step waits", Duration::from_secs(10), || async {
+        client.executions(id).await.is_ok_and(|e| e[0].steps[0].state == "RUNNING")
+    })
+    .await;
+    let approve =
+        ControlExecutionRequest { id, step: String::new(), op: ExecutionOp::Approve as i32, reason: String::new() };
+    client.control_execution(approve).await.expect("approve");
+    eventually("evacuate-region final", Duration::from_secs(120), || async {
+        client.executions(id).await.is_ok_and(|e| e[0].r#final)
+    })
+    .await;
+    let execution = client.executions(id).await.expect("execution").remove(0);
+    assert_eq!(execution.state, "SUCCEEDED", "{execution:#?}");
+    let replicas = client.replicas().await.expect("replicas");
+    let primaries_in_eu = replicas.iter().filter(|r| r.role == "PRIMARY" && r.region == "eu-west").count();
+    assert_eq!(primaries_in_eu, 0, "{replicas:#?}");
+    for table in client.routing("").await.expect("routing").iter().filter_map(|r| r.table.as_ref()) {
+        assert_eq!(table.weights.get("eu-west"), Some(&0), "{table:?}");
+    }
+    for step in &execution.steps {
+        assert!(execution.report_markdown.contains(&format!("| {} |", step.name)), "{}", execution.report_markdown);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn interlockd_dev_comes_up_with_primaries_and_stops_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut dev = Dev::start(dir.path(), &[]);
     let client = client(dir.path()).await;
     every_shard_has_a_primary(&client, 2).await;
+    evacuate_eu_west(&client).await;
     assert!(dev.stop().success(), "{}", std::fs::read_to_string(dir.path().join("dev.out")).unwrap_or_default());
     let left = processes_under(dir.path());
     assert!(left.is_empty(), "left running: {left:?}");

@@ -14,7 +14,7 @@ use interlock_proto::v1::{
 };
 use interlock_proto::v1::{
     ApplyRunbookRequest, ControlExecutionRequest, ExecutionInfo, GetExecutionsRequest, GetRunbooksRequest,
-    RunRunbookRequest, RunRunbookResponse, RunbookInfo,
+    HookResultRequest, RunRunbookRequest, RunRunbookResponse, RunbookInfo,
 };
 use interlock_proto::v1::{
     GetBackupsRequest, ReadinessReport, ReportBackupRequest, RestoreResultRequest, ShardBackups,
@@ -373,6 +373,18 @@ impl Client {
             .call(Idempotence::Idempotent, |ch| {
                 let request = request.clone();
                 async move { ControllerClient::new(ch).report_restore_result(request).await }
+            })
+            .await?;
+        Ok(reply.revision)
+    }
+
+    /// Reports the result of a runbook hook this controller ran (a repeat is
+    /// refused: the attempt was reported).
+    pub async fn report_hook_result(&self, request: HookResultRequest) -> Result<u64, ClientError> {
+        let reply = self
+            .call(Idempotence::Idempotent, |ch| {
+                let request = request.clone();
+                async move { ControllerClient::new(ch).report_hook_result(request).await }
             })
             .await?;
         Ok(reply.revision)

@@ -34,7 +34,9 @@ use crate::{
     RoutingTable,
 };
 use interlock_proto::v1::controller_client::ControllerClient;
-use interlock_proto::v1::{AcknowledgeRequest, HeartbeatRequest, ReportBackupRequest, RestoreResultRequest};
+use interlock_proto::v1::{
+    AcknowledgeRequest, HeartbeatRequest, HookJob, HookResultRequest, ReportBackupRequest, RestoreResultRequest,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -96,6 +98,13 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     fn restore_test(&self, job: &RestoreJob) -> impl Future<Output = Result<RestoreProof, String>> + Send {
         let _ = job;
         std::future::ready(Err("this driver cannot test restores".to_string()))
+    }
+    /// Run the runbook hook `job.name` in this region (its drill variant
+    /// when `job.drill`: production must not change). `Ok` with what it
+    /// said; `Err` fails the step, with the reason. The coordinator checks
+    /// the step's success criterion itself afterwards. Default: no hooks.
+    fn hook(&self, job: &HookJob) -> impl Future<Output = Result<String, String>> + Send {
+        std::future::ready(Err(format!("this controller has no hook {:?}", job.name)))
     }
     /// Apply a routing table (weights per region, basis points summing to
     /// 10 000) to the region's load balancers. Called for every new version;
@@ -222,12 +231,14 @@ impl RegionController {
             tokio::spawn(backups(client.clone(), config.clone(), driver.clone(), latest.subscribe(), every));
         }
         let mut restores = Restores::default();
+        let mut hooks = Hooks::default();
         let mut watcher = client.watch(&format!("controller/{}", config.id), 0);
         loop {
             match watcher.next().await {
                 Ok(message) => {
                     let Some(assignment) = message.assignment else { continue };
                     restores.start(&client, &config.id, &driver, &assignment.restore_jobs);
+                    hooks.start(&client, &config.id, &driver, &assignment.hook_jobs);
                     for replica in &assignment.replicas {
                         if let Some(tx) = actors.get(&replica.replica_id) {
                             tx.send_replace(Some(replica.clone()));
@@ -313,6 +324,47 @@ impl Restores {
                         tracing::info!(job = job.job_id, passed, "restore test of backup {} reported", job.backup_id)
                     }
                     Err(e) => tracing::warn!(job = job.job_id, "reporting the restore test: {e}"),
+                }
+            });
+        }
+    }
+}
+
+/// The runbook hooks started, by (execution, step, attempt): each runs once.
+#[derive(Default)]
+struct Hooks {
+    started: BTreeSet<(u64, u32, u32)>,
+}
+
+impl Hooks {
+    fn start<D: ReplicaDriver>(&mut self, client: &Client, controller: &str, driver: &Arc<D>, jobs: &[HookJob]) {
+        let key = |j: &HookJob| (j.execution_id, j.step, j.attempt);
+        self.started.retain(|k| jobs.iter().any(|j| key(j) == *k));
+        for job in jobs {
+            if !self.started.insert(key(job)) {
+                continue;
+            }
+            let (client, controller, driver, job) =
+                (client.clone(), controller.to_string(), driver.clone(), job.clone());
+            tokio::spawn(async move {
+                tracing::info!(execution = job.execution_id, drill = job.drill, "running hook {}", job.name);
+                let (passed, output) = match driver.hook(&job).await {
+                    Ok(output) => (true, output),
+                    Err(reason) => {
+                        (false, if reason.is_empty() { "failed without a reason".to_string() } else { reason })
+                    }
+                };
+                let output: String = output.chars().rev().take(2_000).collect::<Vec<_>>().into_iter().rev().collect();
+                let request = HookResultRequest {
+                    controller_id: controller,
+                    execution_id: job.execution_id,
+                    step: job.step,
+                    attempt: job.attempt,
+                    passed,
+                    output,
+                };
+                if let Err(e) = client.report_hook_result(request).await {
+                    tracing::warn!(execution = job.execution_id, "reporting hook {}: {e}", job.name);
                 }
             });
         }

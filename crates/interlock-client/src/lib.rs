@@ -69,8 +69,8 @@ pub use interlock_proto::v1::{
     RestoreJob, RestoreResultRequest, RoutingAck, RoutingStatus, RoutingTable, Shard, ShardBackups, WatchResponse,
 };
 pub use interlock_proto::v1::{
-    ControlExecutionRequest, ExecutionInfo, ExecutionOp, RunMode, RunRunbookRequest, RunRunbookResponse, RunbookInfo,
-    StepStatus,
+    ControlExecutionRequest, ExecutionInfo, ExecutionOp, HookJob, HookResultRequest, RunMode, RunRunbookRequest,
+    RunRunbookResponse, RunbookInfo, StepStatus,
 };
 
 /// Tunables of a [`Client`].

@@ -133,6 +133,9 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
             attempt,
             change: StepChange::Effect { target, command: effect, positions_lost },
         } => match runbook::check_effect(state, *execution, *step, *attempt, target) {
+            _ if by != crate::vocab::SYSTEM => {
+                Response::refused(Refusal::PermissionDenied, "only the coordinator applies a step's effect")
+            }
             Err(refused) => refused,
             Ok(mode) => {
                 // Live: the effect is applied to production, on behalf of
@@ -166,7 +169,7 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
             }
         },
         Command::StepTransition { execution, step, attempt, change } => {
-            runbook::step_transition(state, *execution, *step, *attempt, change, fx)
+            runbook::step_transition(state, *execution, *step, *attempt, change, by, fx)
         }
         Command::ControlExecution { execution, step, op } => runbook::control(state, *execution, *step, op, by, fx),
         // Recorded in the trail by `apply`; nothing else changes.

@@ -171,6 +171,10 @@ impl Command {
                 StepChange::Succeed { detail } | StepChange::Fail { detail } | StepChange::Stuck { detail } => {
                     validate_text(detail, "detail")
                 }
+                StepChange::HookResult { controller, output, .. } => {
+                    validate_id(controller, "controller_id")?;
+                    validate_text(output, "output")
+                }
             },
             Command::ControlExecution { op, .. } => match op {
                 ControlOp::Skip { reason } | ControlOp::Abort { reason } => validate_text(reason, "reason"),

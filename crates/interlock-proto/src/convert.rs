@@ -594,3 +594,19 @@ pub fn execution_info(e: &interlock_core::model::Execution) -> v1::ExecutionInfo
         report_markdown: interlock_core::runbook::report::markdown(e),
     }
 }
+
+/// The runbook hooks `controller` is to run now.
+pub fn hook_jobs(state: &interlock_core::State, controller: &str) -> Vec<v1::HookJob> {
+    interlock_core::runbook::drive::hook_jobs(state, controller)
+        .into_iter()
+        .map(|j| v1::HookJob {
+            execution_id: j.execution,
+            runbook: j.runbook,
+            step: j.step,
+            attempt: j.attempt,
+            name: j.name,
+            drill: j.drill,
+            params: j.params.into_iter().collect(),
+        })
+        .collect()
+}

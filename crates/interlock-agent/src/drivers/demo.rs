@@ -342,6 +342,23 @@ impl ReplicaDriver for DemoDatabase {
         std::future::ready(self.test_restore(job))
     }
 
+    /// One built-in runbook hook, `smoke-test`: every database this agent
+    /// runs is up (it fails naming the one that is down). It reads only, so
+    /// its drill variant is itself.
+    fn hook(&self, job: &interlock_client::HookJob) -> impl Future<Output = Result<String, String>> + Send {
+        let outcome = match job.name.as_str() {
+            "smoke-test" => {
+                let inner = self.lock();
+                match inner.replicas.iter().find(|(_, r)| r.down) {
+                    Some((id, _)) => Err(format!("smoke-test: the database of {id} is down")),
+                    None => Ok(format!("smoke-test: {} database(s) up", inner.replicas.len())),
+                }
+            }
+            other => Err(format!("the demo database has no hook {other:?} (it has: smoke-test)")),
+        };
+        std::future::ready(outcome)
+    }
+
     fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {
         let weights = table.weights.iter().map(|(k, v)| (k.clone(), *v)).collect();
         self.lock().routing.insert(table.service.clone(), (table.version, weights));

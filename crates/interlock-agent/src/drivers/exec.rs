@@ -13,6 +13,7 @@
 //! | `follow` | a standby's primary has a new address | replicate from `INTERLOCK_PRIMARY_ADDRESS` |
 //! | `routing` | a new routing table | apply the weights to the load balancers |
 //! | `backup` | every `backup_every_seconds`, for a replica that is the primary | take a backup; print `{"id", "taken_at_unix_ms", "size_bytes", "checksum": "sha256:…", "location": "URI"}` |
+//! | `runbook_hook` | a runbook's `hook` step in this region (input `hook`: `name`, `drill`, `runbook`, `execution_id`, `params`; env `INTERLOCK_HOOK`, `INTERLOCK_DRILL` = `1` for a drill, which must leave production alone) | do it; what it prints (its last 2000 characters) is recorded; exit non-zero to fail the step |
 //! | `restore_test` | the coordinator assigns a restore test (input `restore`: `job_id`, `backup_id`, `location`, `checksum`, `check_table`, `check_column`, …) | restore it into scratch space, check it, clean up; print `{"checksum_match": true, "rows": N, "newest_sequence": N}` (the last two optional); exit non-zero with the reason to fail it |
 //!
 //! Input: a JSON object on stdin (`action`, `replica`, `shard`, `epoch`,
@@ -109,6 +110,19 @@ struct HookInput<'a> {
     /// For `restore_test`: the job.
     #[serde(skip_serializing_if = "Option::is_none")]
     restore: Option<RestoreInput>,
+    /// For `runbook_hook`: the hook.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hook: Option<HookInputJob>,
+}
+
+/// A runbook hook, as the `runbook_hook` action gets it.
+#[derive(Debug, Clone, Serialize)]
+struct HookInputJob {
+    name: String,
+    drill: bool,
+    runbook: String,
+    execution_id: u64,
+    params: BTreeMap<String, String>,
 }
 
 /// A restore job, as the `restore_test` hook gets it.
@@ -283,6 +297,8 @@ impl ExecDriver {
             .env("INTERLOCK_REPLICAS", input.replicas.join(","))
             .env("INTERLOCK_PRIMARY", input.primary)
             .env("INTERLOCK_PRIMARY_ADDRESS", input.primary_address)
+            .env("INTERLOCK_HOOK", input.hook.as_ref().map_or("", |h| h.name.as_str()))
+            .env("INTERLOCK_DRILL", if input.hook.as_ref().is_some_and(|h| h.drill) { "1" } else { "0" })
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -428,6 +444,18 @@ impl ReplicaDriver for ExecDriver {
         parse_restore(&self.run(&input).await?)
     }
 
+    async fn hook(&self, job: &interlock_client::HookJob) -> Result<String, String> {
+        let hook = HookInputJob {
+            name: job.name.clone(),
+            drill: job.drill,
+            runbook: job.runbook.clone(),
+            execution_id: job.execution_id,
+            params: job.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        };
+        let input = HookInput { action: "runbook_hook", hook: Some(hook), ..Default::default() };
+        self.run(&input).await
+    }
+
     fn apply_routing(&self, table: &RoutingTable) -> impl Future<Output = Result<(), String>> + Send {
         let routing = RoutingInput {
             service: table.service.clone(),
@@ -491,6 +519,22 @@ mod tests {
         );
         let err = liar.fence("o-eu", "test").await.expect_err("still primary");
         assert!(err.contains("still says o-eu is primary"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_runbook_hook_gets_its_name_drill_flag_and_params() {
+        let script = r#"[ "$1" = runbook_hook ] && grep -q '"region":"us"' && echo "ran $INTERLOCK_HOOK drill=$INTERLOCK_DRILL""#;
+        let hooks = driver(script, 1000);
+        let job = interlock_client::HookJob {
+            name: "smoke-test".into(),
+            drill: true,
+            params: [("region".to_string(), "us".to_string())].into(),
+            ..Default::default()
+        };
+        assert_eq!(hooks.hook(&job).await, Ok("ran smoke-test drill=1\n".to_string()));
+        let failing = driver("echo 'smoke failed: no answer' >&2; exit 1", 1000);
+        let err = failing.hook(&job).await.expect_err("exit 1");
+        assert!(err.contains("smoke failed: no answer"), "{err}");
     }
 
     #[tokio::test]

@@ -239,6 +239,9 @@ impl fmt::Display for Command {
                     StepChange::Succeed { .. } => "succeed".to_string(),
                     StepChange::Fail { .. } => "fail".to_string(),
                     StepChange::Stuck { .. } => "stuck".to_string(),
+                    StepChange::HookResult { controller, passed, .. } => {
+                        format!("hook on {controller} {}", if *passed { "passed" } else { "failed" })
+                    }
                 };
                 write!(f, "execution {execution} step {step} attempt {attempt}: {what}")
             }

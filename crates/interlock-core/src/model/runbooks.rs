@@ -421,6 +421,10 @@ pub enum StepChange {
     Fail { detail: String },
     /// Its timeout passed.
     Stuck { detail: String },
+    /// The controller `controller` (bound to `Request::by`) ran the step's
+    /// hook: whether the hook program succeeded, and what it said. The
+    /// coordinator then checks the step's success criterion itself.
+    HookResult { controller: String, passed: bool, output: String },
 }
 
 /// What an operator does to an execution or one of its steps.

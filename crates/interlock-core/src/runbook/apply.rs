@@ -327,12 +327,92 @@ pub(crate) fn drill_effect(state: &mut State, id: u64, command: &Command, fx: &m
     Response::Applied { revision: fx.index }
 }
 
+/// The controller that runs the hooks of `region`: the first registered
+/// there (by id), so that every node names the same one.
+pub fn hook_controller<'a>(state: &'a State, region: &str) -> Option<&'a str> {
+    state.controllers.values().find(|c| c.region == region).map(|c| c.id.as_str())
+}
+
+/// The record of a hook's run, as a step effect: its target.
+pub fn hook_target(controller: &str) -> String {
+    format!("hook:{controller}")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hook_result(
+    state: &mut State,
+    id: u64,
+    index: usize,
+    attempt: u32,
+    controller: &str,
+    passed: bool,
+    output: &str,
+    by: &str,
+    fx: &mut Effects,
+) -> Response {
+    let Some(execution) = state.executions.get(&id) else {
+        return refused(Refusal::NotFound, format!("execution: no execution {id}"));
+    };
+    let (planned, run) = (&execution.plan[index], &execution.steps[index]);
+    let Some(hook) = &planned.spec.hook else {
+        return refused(Refusal::FailedPrecondition, format!("step {} is not a hook step", planned.spec.name));
+    };
+    if run.state != StepState::Running || run.attempt != attempt {
+        return refused(
+            Refusal::FailedPrecondition,
+            format!(
+                "step {} is {:?} at attempt {}, not running attempt {attempt}",
+                planned.spec.name, run.state, run.attempt
+            ),
+        );
+    }
+    if hook_controller(state, &hook.region) != Some(controller) {
+        return refused(
+            Refusal::PermissionDenied,
+            format!("controller_id: {controller} does not run the hooks of {}", hook.region),
+        );
+    }
+    if state.controllers.get(controller).is_none_or(|c| c.identity != by) {
+        return refused(Refusal::PermissionDenied, format!("controller_id: {controller} is not bound to {by}"));
+    }
+    let target = hook_target(controller);
+    if run.effects.iter().any(|e| e.attempt == attempt && e.target == target) {
+        return refused(Refusal::FailedPrecondition, format!("the hook of attempt {attempt} was reported already"));
+    }
+    let word = if passed { "passed" } else { "failed" };
+    let name = planned.spec.name.clone();
+    let note =
+        Command::Note { kind: "runbook.hook".into(), subject: format!("{id}/{name}"), message: output.to_string() };
+    let effect = StepEffect {
+        attempt,
+        target,
+        action: format!("hook {} on {controller} {word}", hook.name),
+        command: Box::new(note),
+        revision: fx.index,
+        at_unix_ms: fx.at_unix_ms,
+        outcome: output.to_string(),
+        replica: String::new(),
+        region: hook.region.clone(),
+        positions_lost: 0,
+    };
+    let detail = format!("hook {} on {controller} {word}: {output}", hook.name);
+    fx.event("runbook.hook", &format!("{id}/{name}"), detail.clone());
+    if let Some(e) = state.executions.get_mut(&id) {
+        e.steps[index].effects.push(effect);
+    }
+    if !passed {
+        finish_step(state, id, index, StepState::Failed, detail, SYSTEM, fx);
+    }
+    Response::Applied { revision: fx.index }
+}
+
 pub(crate) fn step_transition(
     state: &mut State,
     id: u64,
     step: u32,
     attempt: u32,
     change: &StepChange,
+    by: &str,
     fx: &mut Effects,
 ) -> Response {
     let now = fx.at_unix_ms;
@@ -340,6 +420,15 @@ pub(crate) fn step_transition(
         Ok(found) => found,
         Err(r) => return r,
     };
+    if let StepChange::HookResult { controller, passed, output } = change {
+        return hook_result(state, id, index, attempt, controller, *passed, output, by, fx);
+    }
+    if by != SYSTEM {
+        return refused(
+            Refusal::PermissionDenied,
+            "only the coordinator moves a step (operators use ControlExecution)",
+        );
+    }
     let run = &mut execution.steps[index];
     let name = execution.plan[index].spec.name.clone();
     match change {
@@ -362,7 +451,9 @@ pub(crate) fn step_transition(
             fx.event("runbook.step_started", &format!("{id}/{name}"), format!("attempt {attempt}"));
             Response::Applied { revision: fx.index }
         }
-        StepChange::Effect { .. } => refused(Refusal::InvalidArgument, "an effect is applied by the dispatcher"),
+        StepChange::Effect { .. } | StepChange::HookResult { .. } => {
+            refused(Refusal::InvalidArgument, "an effect or hook result is applied elsewhere")
+        }
         StepChange::Succeed { detail } | StepChange::Fail { detail } | StepChange::Stuck { detail } => {
             if run.state != StepState::Running || run.attempt != attempt {
                 return refused(

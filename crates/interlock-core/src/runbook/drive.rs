@@ -5,7 +5,7 @@
 //! whose goal already holds succeeds without acting (a re-run of a
 //! half-done runbook does only what is left).
 
-use super::apply::{active_steps, drill_regions};
+use super::apply::{active_steps, drill_regions, hook_controller, hook_target};
 use crate::failover::policy::{choose_candidate, lag, operator_failover_check, switchover_check, switchover_target};
 use crate::failover::Observations;
 use crate::model::{
@@ -239,6 +239,23 @@ impl View<'_> {
         }
         if let Some(v) = &spec.verify_backup {
             return self.verify_backup(&v.shard);
+        }
+        if let Some(h) = &spec.hook {
+            let Some(controller) = hook_controller(self.state, &h.region) else {
+                return Next::Wait(format!("no controller is registered in {} to run hook {}", h.region, h.name));
+            };
+            let target = hook_target(controller);
+            if !run.effects.iter().any(|e| e.attempt == run.attempt && e.target == target) {
+                return Next::Wait(format!("waiting for {controller} to run hook {}", h.name));
+            }
+            return match h.success.as_ref().map(|c| self.condition(c)) {
+                None => Next::Done(format!("hook {} passed on {controller}", h.name)),
+                Some(Ok(seen)) => Next::Done(format!("hook {} passed on {controller}, and {seen}", h.name)),
+                Some(Err(why)) => Next::Wait(format!(
+                    "hook {} passed on {controller}, but its success criterion does not hold: {why}",
+                    h.name
+                )),
+            };
         }
         Next::Fail("this step kind cannot run here".to_string())
     }
@@ -544,7 +561,8 @@ pub fn dry_run(state: &State, world: &World<'_>, plan: &[PlannedStep], by: &str)
             let waits_by_design = planned.spec.wait_for.is_some()
                 || planned.spec.approval.is_some()
                 || planned.spec.pause.is_some()
-                || planned.spec.verify_backup.is_some();
+                || planned.spec.verify_backup.is_some()
+                || planned.spec.hook.is_some();
             match view.next(planned, run) {
                 Next::Done(detail) => Check { ok: true, check: format!("already holds: {detail}") },
                 Next::Fail(why) => Check { ok: false, check: format!("would fail: {why}") },
@@ -568,4 +586,46 @@ pub fn dry_run(state: &State, world: &World<'_>, plan: &[PlannedStep], by: &str)
             }
         })
         .collect()
+}
+
+/// A hook a controller is to run now: a running hook step of a running
+/// execution, in the controller's region, not yet reported for its attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookJob {
+    pub execution: u64,
+    pub runbook: String,
+    pub step: u32,
+    pub attempt: u32,
+    pub name: String,
+    /// Run the drill variant: production untouched.
+    pub drill: bool,
+    pub params: std::collections::BTreeMap<String, String>,
+}
+
+/// The hooks `controller` is to run now.
+pub fn hook_jobs(state: &State, controller: &str) -> Vec<HookJob> {
+    let mut jobs = Vec::new();
+    for e in state.executions.values().filter(|e| !e.state.is_final()) {
+        for index in active_steps(e) {
+            let (planned, run) = (&e.plan[index], &e.steps[index]);
+            let Some(h) = planned.spec.hook.as_ref().filter(|_| run.state == StepState::Running) else { continue };
+            if hook_controller(state, &h.region) != Some(controller) {
+                continue;
+            }
+            let target = hook_target(controller);
+            if run.effects.iter().any(|x| x.attempt == run.attempt && x.target == target) {
+                continue;
+            }
+            jobs.push(HookJob {
+                execution: e.id,
+                runbook: e.runbook.clone(),
+                step: index as u32,
+                attempt: run.attempt,
+                name: h.name.clone(),
+                drill: e.mode == RunMode::Drill,
+                params: e.params.clone(),
+            });
+        }
+    }
+    jobs
 }

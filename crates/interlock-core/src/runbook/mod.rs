@@ -21,7 +21,10 @@ pub mod report;
 #[cfg(test)]
 mod tests;
 
-pub use apply::{active_steps, drill_regions, effect_allowed, EXECUTIONS_KEPT, RUNBOOKS_MAX, RUNNING_MAX};
+pub use apply::{
+    active_steps, drill_regions, effect_allowed, hook_controller, hook_target, EXECUTIONS_KEPT, RUNBOOKS_MAX,
+    RUNNING_MAX,
+};
 pub(crate) use apply::{
     apply_runbook, check_effect, control, drill_effect, record_effect, start_execution, step_transition,
 };
@@ -339,13 +342,6 @@ fn validate_step(spec: &RunbookSpec, path: &str, step: &StepSpec) -> Result<(), 
             }
         }
         "wait_for" => validate_condition(&format!("{path}.wait_for"), step.wait_for.as_ref().expect("kind checked"))?,
-        "hook" => {
-            return Err(err(
-                format!("{path}.hook"),
-                "hook steps are not supported yet: controllers cannot run named hooks for a runbook (use wait_for \
-                 or pause)",
-            ))
-        }
         _ => {}
     }
     let mut problem = None;

@@ -297,3 +297,49 @@ fn a_two_person_approval_needs_another_operator_and_a_pause_an_explicit_continue
     assert_eq!(e.state, ExecutionState::Succeeded);
     assert_eq!(e.steps[0].approver, "bob");
 }
+
+#[test]
+fn a_hook_runs_on_its_regions_controller_once_and_its_success_criterion_is_checked() {
+    let mut w = World::new();
+    let hooked = spec(
+        "name: hooked\nparams:\n  region: {type: region}\ngroups:\n  - name: g\n    steps:\n      - name: smoke\n        hook:\n          region: '${region}'\n          name: smoke-test\n          success: {no_primaries_in: {region: '${region}'}}\n",
+    );
+    let id = start(&mut w, hooked.clone(), &[("region", "us")], RunMode::Drill);
+    drive(&mut w, &observe([1, 1, 1], &[], &[]), 2);
+    let jobs = super::drive::hook_jobs(&w.state, "c-us");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert!(jobs[0].drill && jobs[0].name == "smoke-test" && jobs[0].params["region"] == "us");
+    assert!(super::drive::hook_jobs(&w.state, "c-eu").is_empty(), "only the region's controller runs it");
+    let report = |controller: &str, passed: bool| Command::StepTransition {
+        execution: id,
+        step: 0,
+        attempt: 1,
+        change: StepChange::HookResult { controller: controller.into(), passed, output: "ok".into() },
+    };
+    let wrong = w.apply(report("c-eu", true));
+    assert!(matches!(wrong, Response::Refused { code: Refusal::PermissionDenied, .. }), "{wrong:?}");
+    assert!(applied(&w.apply(report("c-us", true))));
+    assert!(!applied(&w.apply(report("c-us", true))), "reported once per attempt");
+    assert!(super::drive::hook_jobs(&w.state, "c-us").is_empty());
+    drive(&mut w, &observe([1, 1, 1], &[], &[]), 2);
+    let e = &w.state.executions[&id];
+    assert_eq!(e.state, ExecutionState::Succeeded, "{e:#?}");
+    assert!(e.steps[0].detail.contains("no primary in us"), "the criterion was checked: {}", e.steps[0].detail);
+
+    // A hook that fails fails its step, and the run.
+    let id = {
+        let params = [("region".to_string(), "us".to_string())].into();
+        let r = w.apply_by("alice", Command::StartExecution { runbook: "hooked".into(), params, mode: RunMode::Live });
+        let Response::Applied { revision } = r else { panic!("{r:?}") };
+        revision
+    };
+    drive(&mut w, &observe([1, 1, 1], &[], &[]), 1);
+    let failed = Command::StepTransition {
+        execution: id,
+        step: 0,
+        attempt: 1,
+        change: StepChange::HookResult { controller: "c-us".into(), passed: false, output: "exit 3".into() },
+    };
+    assert!(applied(&w.apply(failed)));
+    assert_eq!(w.state.executions[&id].state, ExecutionState::Failed);
+}

@@ -208,7 +208,13 @@ pub fn required(path: &str) -> Need {
         ("interlock.v1.Cluster", "AddMember" | "RemoveMember") => Need::Operator,
         (
             "interlock.v1.Controller",
-            "Register" | "Heartbeat" | "Acknowledge" | "AckRouting" | "ReportBackup" | "ReportRestoreResult",
+            "Register"
+            | "Heartbeat"
+            | "Acknowledge"
+            | "AckRouting"
+            | "ReportBackup"
+            | "ReportRestoreResult"
+            | "ReportHookResult",
         ) => Need::Controller,
         ("interlock.v1.Controller", "LeaseGrant" | "LeaseKeepAlive" | "LeaseRevoke") => Need::ControllerOrOperator,
         ("interlock.v1.Controller", "LeaseGet" | "Watch") => Need::Read,

@@ -27,7 +27,10 @@ use interlock_proto::v1::{
     LeaseKeepAliveRequest, LeaseKeepAliveResponse, LeaseRevokeRequest, LeaseRevokeResponse, ReadIndexRequest,
     RegisterRequest, RegisterResponse, WatchRequest, WatchResponse,
 };
-use interlock_proto::v1::{ReportBackupRequest, ReportBackupResponse, RestoreResultRequest, RestoreResultResponse};
+use interlock_proto::v1::{
+    HookResultRequest, HookResultResponse, ReportBackupRequest, ReportBackupResponse, RestoreResultRequest,
+    RestoreResultResponse,
+};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -456,6 +459,26 @@ impl Controller for ControllerService {
         let send = to_leader!(ControllerClient, report_restore_result, m);
         match propose(&self.ctx, &caller, &metadata, command, send).await? {
             Proposed::Here(r) => Ok(Response::new(RestoreResultResponse { revision: revision_of(&r) })),
+            Proposed::Forwarded(reply) => Ok(reply),
+        }
+    }
+
+    async fn report_hook_result(
+        &self,
+        request: Request<HookResultRequest>,
+    ) -> Result<Response<HookResultResponse>, Status> {
+        let caller = caller(&request);
+        let (metadata, _, m) = request.into_parts();
+        let change = interlock_core::model::StepChange::HookResult {
+            controller: m.controller_id.clone(),
+            passed: m.passed,
+            output: m.output.clone(),
+        };
+        let command = Command::StepTransition { execution: m.execution_id, step: m.step, attempt: m.attempt, change };
+        command.validate().map_err(invalid)?;
+        let send = to_leader!(ControllerClient, report_hook_result, m);
+        match propose(&self.ctx, &caller, &metadata, command, send).await? {
+            Proposed::Here(r) => Ok(Response::new(HookResultResponse { revision: revision_of(&r) })),
             Proposed::Forwarded(reply) => Ok(reply),
         }
     }

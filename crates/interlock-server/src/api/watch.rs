@@ -83,7 +83,8 @@ pub fn assignment(state: &State, id: &str) -> Assignment {
         })
         .unwrap_or_default();
     let restore_jobs = interlock_proto::convert::restore_jobs(state, id);
-    Assignment { controller_id: id.to_string(), replicas, restore_jobs }
+    let hook_jobs = interlock_proto::convert::hook_jobs(state, id);
+    Assignment { controller_id: id.to_string(), replicas, restore_jobs, hook_jobs }
 }
 
 /// Where a watch is: what it sent last.
