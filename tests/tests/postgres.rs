@@ -183,4 +183,34 @@ async fn a_base_backup_is_restored_and_checked_in_another_region() {
         assert!(Instant::now() < deadline, "scratch restores left behind: {scratch:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A drill's hook step in another region: the newest verified backup is
+    // restored there into a scratch instance, started as a primary, made to
+    // take a write, and torn down; production is untouched.
+    let primary_before = client.shards().await.expect("shards")[0].clone();
+    let yaml = format!(
+        "name: drill-restore\ngroups:\n  - name: g\n    steps:\n      - name: restore\n        hook: {{region: {}, name: drill-restore}}\n",
+        REGIONS[1]
+    );
+    client.apply_runbook(&yaml).await.expect("apply runbook");
+    let request = interlock_client::RunRunbookRequest {
+        name: "drill-restore".into(),
+        params: Default::default(),
+        mode: interlock_client::RunMode::Drill as i32,
+    };
+    let id = client.run_runbook(request).await.expect("run").execution_id;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let execution = loop {
+        let e = client.executions(id).await.expect("execution").remove(0);
+        if e.r#final {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the drill did not end within 120 s: {e:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(execution.state, "SUCCEEDED", "{execution:#?}");
+    let said = &execution.steps[0].effects[0].outcome;
+    assert!(said.contains("restored, started as a primary, 100 rows, newest 100, took a write"), "{said}");
+    let primary_after = client.shards().await.expect("shards")[0].clone();
+    assert_eq!((primary_after.primary, primary_after.epoch), (primary_before.primary, primary_before.epoch));
 }

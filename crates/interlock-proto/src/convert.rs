@@ -607,6 +607,43 @@ pub fn hook_jobs(state: &interlock_core::State, controller: &str) -> Vec<v1::Hoo
             name: j.name,
             drill: j.drill,
             params: j.params.into_iter().collect(),
+            restores: verified_restores(state, controller, j.execution),
+        })
+        .collect()
+}
+
+/// The newest verified backup of each shard `controller` runs a replica of,
+/// as restore jobs numbered `job_id`.
+fn verified_restores(state: &interlock_core::State, controller: &str, job_id: u64) -> Vec<v1::RestoreJob> {
+    let Some(c) = state.controllers.get(controller) else { return Vec::new() };
+    let mut shards: Vec<String> = c
+        .replicas
+        .iter()
+        .filter_map(|r| state.replicas.get(r))
+        .map(|r| interlock_core::vocab::shard_key(&r.service, &r.shard))
+        .collect();
+    shards.dedup();
+    shards
+        .iter()
+        .filter_map(|key| {
+            let catalogue = state.backups.get(key)?;
+            let verified = catalogue.last_verified.as_ref()?;
+            let backup = catalogue.backups.iter().find(|b| b.id == verified.backup)?;
+            let policy = interlock_core::backup::policy(state, key);
+            let (service, shard) = key.split_once('/').unwrap_or((key, ""));
+            Some(v1::RestoreJob {
+                job_id,
+                service: service.to_string(),
+                shard: shard.to_string(),
+                backup_id: backup.id.clone(),
+                source_region: backup.source_region.clone(),
+                location: backup.location.clone(),
+                checksum: backup.checksum.clone(),
+                size_bytes: backup.size_bytes,
+                deadline_unix_ms: 0,
+                check_table: policy.check_table.clone(),
+                check_column: policy.check_column.clone(),
+            })
         })
         .collect()
 }
