@@ -130,6 +130,8 @@ async fn a_drill_leaves_production_alone_and_a_live_evacuation_empties_the_regio
             "drill-region-loss",
             "--param",
             "region=eu-west",
+            "--param",
+            "restore_in=us-east",
             "--drill",
             "--wait",
             "--wait-timeout",
@@ -140,6 +142,8 @@ async fn a_drill_leaves_production_alone_and_a_live_evacuation_empties_the_regio
     assert_eq!(drill["state"], "SUCCEEDED", "{drill}");
     assert_eq!(drill["mode"], "drill");
     assert!(drill["rto_ms"].as_u64().is_some(), "the drill measured its RTO: {drill}");
+    let restored = step(&drill, "restore-and-start")["effects"][0]["outcome"].as_str().unwrap_or_default().to_string();
+    assert!(restored.contains("orders/0: backup") && restored.contains("restored and checked"), "{drill}");
     let targets: Vec<String> = drill["target_regions"]
         .as_array()
         .map_or(vec![], |r| r.iter().filter_map(|v| v.as_str().map(str::to_string)).collect());

@@ -342,9 +342,10 @@ impl ReplicaDriver for DemoDatabase {
         std::future::ready(self.test_restore(job))
     }
 
-    /// One built-in runbook hook, `smoke-test`: every database this agent
-    /// runs is up (it fails naming the one that is down). It reads only, so
-    /// its drill variant is itself.
+    /// Built-in runbook hooks: `smoke-test` (every database this agent runs
+    /// is up; it fails naming the one that is down) and `drill-restore`
+    /// (the newest verified backups restored in scratch space). Both read
+    /// only, so their drill variants are themselves.
     fn hook(&self, job: &interlock_client::HookJob) -> impl Future<Output = Result<String, String>> + Send {
         let outcome = match job.name.as_str() {
             "smoke-test" => {
@@ -354,7 +355,22 @@ impl ReplicaDriver for DemoDatabase {
                     None => Ok(format!("smoke-test: {} database(s) up", inner.replicas.len())),
                 }
             }
-            other => Err(format!("the demo database has no hook {other:?} (it has: smoke-test)")),
+            // The drill variant of a failover, as far as a model goes: the
+            // newest verified backup of each shard restored and checked in
+            // scratch space here (production untouched).
+            "drill-restore" if job.restores.is_empty() => {
+                Err("drill-restore: no verified backup of a shard this agent runs".to_string())
+            }
+            "drill-restore" => job
+                .restores
+                .iter()
+                .map(|r| {
+                    self.test_restore(r)
+                        .map(|_| format!("{}/{}: backup {} restored and checked", r.service, r.shard, r.backup_id))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(|done| done.join("; ")),
+            other => Err(format!("the demo database has no hook {other:?} (it has: smoke-test, drill-restore)")),
         };
         std::future::ready(outcome)
     }

@@ -9,7 +9,8 @@ use std::fmt::Write;
 /// Measures a finished execution. RTO: from its start to the end of the
 /// last switchover or failover step that moved a primary (the primary
 /// acknowledged, so writable, in its target region; in a drill, moved in
-/// the drill copy). RPO: the positions the promoted replicas were behind
+/// the drill copy) — in a drill, or of its last `hook` step (the database
+/// side of the drill). RPO: the positions the promoted replicas were behind
 /// the best known position when promoted, summed.
 pub fn measure(execution: &Execution) -> ExecutionReport {
     let mut report = ExecutionReport::default();
@@ -21,6 +22,15 @@ pub fn measure(execution: &Execution) -> ExecutionReport {
         }
         if let Some(d) = &spec.drain {
             push_unique(&mut report.source_regions, d.region.clone());
+        }
+        // In a drill, a hook is the database side (a restored instance took
+        // a write in the target region): the service is back when it ends.
+        let drill_hook = execution.mode == RunMode::Drill && spec.hook.is_some();
+        if run.state == StepState::Succeeded && drill_hook {
+            if let Some(end) = run.finished_at_unix_ms {
+                let rto = end.saturating_sub(execution.started_at_unix_ms);
+                report.rto_ms = Some(report.rto_ms.map_or(rto, |r| r.max(rto)));
+            }
         }
         if mover.is_none() || run.state != StepState::Succeeded {
             continue;
