@@ -1,7 +1,7 @@
 //! The simulation's runbook operator (SPEC §7): from the start of the
-//! faults to near the end it keeps a drill of a region's loss and a live
-//! drain-and-undrain of it running back to back, retrying every STUCK
-//! step, so that executions live through partitions, crashes and leader
+//! faults it keeps a drill of a region's loss (to near the end) and a live
+//! drain-and-undrain of it (until 10 s before the faults end) running back
+//! to back, retrying every STUCK step, so that executions live through partitions, crashes and leader
 //! changes. The observer records the events and the executions it reads
 //! last; `invariants/runbooks.rs` checks them.
 
@@ -59,8 +59,18 @@ on_abort:
     timeout_seconds: 10
 ";
 
-/// Runs until `until_ms` (true time) against region `seed % 3`.
-pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, until_ms: u64) -> turmoil::Result {
+/// Runs until `until_ms` (true time) against region `seed % 3`; starts live
+/// runs only until `live_until_ms` (a drained region's replicas cannot be
+/// promoted, and routing must settle before the end: the liveness and
+/// convergence checks after healing are the system's, not the runbook's).
+pub async fn operator(
+    client: Client,
+    shared: Shared,
+    seed: u64,
+    from_ms: u64,
+    live_until_ms: u64,
+    until_ms: u64,
+) -> turmoil::Result {
     let note = |line: String| shared.lock().note(true_ms(), line);
     tokio::time::sleep(Duration::from_millis(from_ms)).await;
     let region = REGIONS[(seed % REGIONS.len() as u64) as usize];
@@ -97,7 +107,14 @@ pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, u
             }
         }
         for (name, mode) in [("sim-region-loss", RunMode::Drill), ("sim-drain", RunMode::Live)] {
-            if executions.iter().any(|e| e.runbook == name && !e.r#final) {
+            let late = mode == RunMode::Live && true_ms() >= live_until_ms;
+            if late || executions.iter().any(|e| e.runbook == name && !e.r#final) {
+                continue;
+            }
+            // A live drain only while every region serves (as a careful
+            // operator would): two drained regions leave a shard no
+            // candidate, and the rules may then hold the undrain back.
+            if mode == RunMode::Live && !all_active(&client).await {
                 continue;
             }
             let params = [("region".to_string(), region.to_string())].into();
@@ -107,7 +124,29 @@ pub async fn operator(client: Client, shared: Shared, seed: u64, from_ms: u64, u
                 Err(e) => note(format!("runbooks: {name} not started: {e}")),
             }
         }
+        if true_ms() >= live_until_ms && !executions.iter().any(|e| e.mode == "live" && !e.r#final) {
+            undrain_if_needed(&client, region, &note).await;
+        }
         tokio::time::sleep(Duration::from_millis(1_000)).await;
     }
     Ok(())
+}
+
+async fn all_active(client: &Client) -> bool {
+    client.regions().await.is_ok_and(|regions| regions.iter().all(|r| r.state == "ACTIVE"))
+}
+
+/// After the live runs, as an operator would: a region a failed run (or
+/// its failed compensation) left drained is undrained.
+async fn undrain_if_needed(client: &Client, region: &str, note: &impl Fn(String)) {
+    let Ok(regions) = client.regions().await else { return };
+    let Some(r) = regions.iter().find(|r| r.id == region) else { return };
+    if r.state == "DRAINED" || r.state == "DRAINING" {
+        let outcome = client.drain(region, true, 5_000, Duration::from_millis(1_000), "runbooks: clean-up").await;
+        note(format!(
+            "runbooks: undrain {region} ({}): {}",
+            r.state,
+            outcome.map_or_else(|e| e.to_string(), |o| o.message)
+        ));
+    }
 }

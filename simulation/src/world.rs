@@ -288,7 +288,8 @@ pub fn run(config: &RunConfig) -> Report {
         let tls = pki.tls(OPERATORS[0]);
         sim.client("runbooks", async move {
             let client = client(&endpoints, &tls)?;
-            crate::runbooks::operator(client, shared, seed, FAULTS_FROM_MS + 1_000, end_ms - 4_000).await
+            let (from, live_until) = (FAULTS_FROM_MS + 1_000, FAULTS_UNTIL_MS - 10_000);
+            crate::runbooks::operator(client, shared, seed, from, live_until, end_ms - 4_000).await
         });
     }
 
