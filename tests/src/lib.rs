@@ -570,10 +570,13 @@ pub fn sample_topology() -> interlock_client::Topology {
 impl TestCluster {
     /// `interlockctl ARGS -o json` as `identity`, without a terminal: its
     /// exit code, its JSON answer (Null if none) and everything it printed.
+    /// It retries an unreachable cluster for 30 s (an election on a loaded
+    /// machine is not what these tests are about).
     pub fn ctl_json(&self, identity: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
         let out = Command::new(bin("interlockctl"))
             .arg("--endpoints")
             .arg(self.endpoints().join(","))
+            .args(["--timeout", "30s"])
             .args(args)
             .args(["-o", "json"])
             .envs(self.ctl_env(identity))
