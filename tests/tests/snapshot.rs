@@ -64,7 +64,15 @@ async fn a_100_mb_state_machine_reaches_a_new_member_through_a_snapshot() {
             let mut last = 0;
             for i in (w..VALUES).step_by(16) {
                 let value = vec![(i % 251) as u8; VALUE_BYTES];
-                last = client.put(&format!("big/{i:05}"), value).await.expect("write");
+                // A put of the same key and value is idempotent: one whose
+                // outcome is unknown (a slow disk under 16 writers) is retried.
+                last = loop {
+                    match client.put(&format!("big/{i:05}"), value.clone()).await {
+                        Ok(revision) => break revision,
+                        Err(interlock_client::ClientError::OutcomeUnknown(_)) => continue,
+                        Err(e) => panic!("write: {e:?}"),
+                    }
+                };
             }
             last
         }));
