@@ -389,6 +389,13 @@ impl ReplicaDriver for DemoDatabase {
         let result = if self.lock().refuse_demotes && self.acting(replica).is_some() {
             Err("the database refuses a graceful demote".to_string())
         } else {
+            // Demoted, it comes back as a standby even if its process is dead
+            // now (the PostgreSQL driver writes standby.signal either way).
+            // Found by the simulation (seed 133): a demote of a dead primary
+            // that left it to restart as one.
+            if let Some(r) = self.lock().replicas.get_mut(replica) {
+                r.restarts_as = None;
+            }
             self.stop(replica, reason);
             Ok(())
         };
@@ -514,5 +521,10 @@ mod tests {
         db.restart("o-eu");
         assert!(db.status()[0].healthy);
         assert_eq!(db.acting("o-eu"), None, "fenced while down: it comes back as a standby");
+        db.promote("o-eu", 3, 9).await.expect("promote");
+        db.fail("o-eu");
+        db.demote("o-eu", "epoch 4 replaces it").await.expect("demote");
+        db.restart("o-eu");
+        assert_eq!(db.acting("o-eu"), None, "demoted while down: it comes back as a standby");
     }
 }
