@@ -64,6 +64,8 @@ pub struct Cut {
     pub until_ms: u64,
     /// (replica, shard, position) of its acting primaries at `from_ms`.
     pub primaries: Vec<(String, String, u64)>,
+    /// Whether the region held the Raft leader (the latest term's) then.
+    pub held_leader: bool,
 }
 
 /// Everything recorded during one run.

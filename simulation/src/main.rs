@@ -99,15 +99,32 @@ fn run_in_process(seed: u64, mutation: Option<Mutation>, lease_ttl_s: Option<u64
 
 /// Failover times over every run: region cut off -> every shard it held
 /// has a primary acting elsewhere (cuts that healed first are counted apart).
-fn failover_stats(reports: &[Report], of: impl Fn(&Report) -> &[Option<u64>]) -> serde_json::Value {
-    let mut times: Vec<u64> = reports.iter().flat_map(|r| of(r).iter().flatten().copied()).collect();
-    let healed_first = reports.iter().flat_map(&of).filter(|f| f.is_none()).count();
+fn failover_stats(times: impl Iterator<Item = Option<u64>>) -> serde_json::Value {
+    let times: Vec<Option<u64>> = times.collect();
+    let healed_first = times.iter().filter(|t| t.is_none()).count();
+    let mut times: Vec<u64> = times.into_iter().flatten().collect();
     times.sort_unstable();
     let at = |q: f64| times.get(((times.len() as f64 * q).ceil() as usize).saturating_sub(1)).copied();
+    let within_5s = times.iter().filter(|t| **t <= 5_000).count();
     serde_json::json!({
         "completed": times.len(), "healed_first": healed_first,
-        "p50": at(0.5), "p99": at(0.99), "max": times.last(),
+        "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": times.last(), "within_5s": within_5s,
     })
+}
+
+/// Region-cut failover times: all, then split by whether the region held
+/// the Raft leader (an election comes first) or not.
+fn region_failover_stats(reports: &[Report]) -> serde_json::Value {
+    let cuts = || {
+        reports.iter().flat_map(|r| {
+            let leader = r.failovers_leader_lost.iter().copied().chain(std::iter::repeat(false));
+            r.failovers.iter().copied().zip(leader)
+        })
+    };
+    let mut all = failover_stats(cuts().map(|(t, _)| t));
+    all["leader_region"] = failover_stats(cuts().filter(|(_, l)| *l).map(|(t, _)| t));
+    all["other_region"] = failover_stats(cuts().filter(|(_, l)| !*l).map(|(t, _)| t));
+    all
 }
 
 fn reproduce(seed: u64, mutation: Option<Mutation>, lease_ttl_s: Option<u64>) -> String {
@@ -198,8 +215,8 @@ fn main() -> std::process::ExitCode {
     let failures: Vec<u64> = reports.iter().filter(|r| !r.violations.is_empty()).map(|r| r.seed).collect();
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     let simulated_s: f64 = reports.iter().map(|r| r.simulated_ms as f64 / 1000.0).sum();
-    let failover = failover_stats(&reports, |r| &r.failovers);
-    let dead_primary = failover_stats(&reports, |r| &r.dead_primary_failovers);
+    let failover = region_failover_stats(&reports);
+    let dead_primary = failover_stats(reports.iter().flat_map(|r| r.dead_primary_failovers.iter().copied()));
     if cli.json {
         let value = serde_json::json!({
             "scenario": cli.scenario,

@@ -126,6 +126,9 @@ pub struct Report {
     /// back first).
     #[serde(default)]
     pub failovers: Vec<Option<u64>>,
+    /// For each of `failovers`: whether the region held the Raft leader.
+    #[serde(default)]
+    pub failovers_leader_lost: Vec<bool>,
     /// The same for each database that died under a primary while its
     /// region lived (None: it restarted first).
     #[serde(default)]
@@ -311,6 +314,8 @@ pub fn run(config: &RunConfig) -> Report {
     let history = shared.take();
     let mut violations = crate::invariants::check_all(&history, LIVENESS_BOUND_MS);
     let failovers = crate::invariants::failover_times(&history.cuts, &history.acting);
+    let failovers_leader_lost =
+        history.cuts.iter().filter(|c| !c.primaries.is_empty()).map(|c| c.held_leader).collect();
     let dead_primary_failovers = crate::invariants::failover_times(&history.db_downs, &history.acting);
     let applied: Vec<(String, BTreeMap<String, u64>)> = dbs
         .iter()
@@ -324,6 +329,7 @@ pub fn run(config: &RunConfig) -> Report {
     Report {
         seed: config.seed,
         failovers,
+        failovers_leader_lost,
         dead_primary_failovers,
         lost_declared: history.lost_declared.len(),
         digest: history.digest(),
@@ -396,7 +402,9 @@ fn region_hosts(r: usize) -> [String; 3] {
 /// primaries had written.
 fn cut(shared: &Shared, db: &DemoDatabase, r: usize, now: u64, until: u64) {
     let primaries = db.primaries();
-    shared.lock().cuts.push(crate::history::Cut { region: r, from_ms: now, until_ms: until, primaries });
+    let mut h = shared.lock();
+    let held_leader = h.leaders_by_term.values().next_back().is_some_and(|l| l.contains(&(r as u64 + 1)));
+    h.cuts.push(crate::history::Cut { region: r, from_ms: now, until_ms: until, primaries, held_leader });
 }
 
 fn apply(
@@ -451,6 +459,7 @@ fn apply(
                     from_ms: now,
                     until_ms: scheduled.until_ms,
                     primaries,
+                    held_leader: false,
                 });
                 crate::clock::at(now, || {
                     (0..controllers::SHARDS).for_each(|k| dbs[r].fail(&controllers::replica_name(k, r)))

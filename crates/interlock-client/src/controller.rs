@@ -680,12 +680,19 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
             if !self.healthy() {
                 return;
             }
+            // A primary lease is renewed every eighth of its TTL (not the
+            // keeper's default quarter): a deadline then still has ~3/4 of
+            // the TTL to run when the Raft leader dies, enough for an
+            // election (about 1.1 s with `wan`) and a renewal with the new
+            // leader, so that a leader's loss fences no primary elsewhere.
+            let ttl = Duration::from_millis(a.lease_ttl_ms.max(interlock_core::lease::TTL_MIN_MS));
+            let mut options = self.lease.clone();
+            options.keepalive_every = options.keepalive_every.or(Some((ttl / 8).max(Duration::from_millis(50))));
             let keeper = if a.lease_token != 0 {
-                LeaseKeeper::adopt(&self.client, &a.primary_lease_key, a.lease_token, self.lease.clone()).await
+                LeaseKeeper::adopt(&self.client, &a.primary_lease_key, a.lease_token, options).await
             } else {
                 // The lease ran out while we were away; as the primary we may take it again.
-                let ttl = Duration::from_millis(a.lease_ttl_ms.max(interlock_core::lease::TTL_MIN_MS));
-                LeaseKeeper::acquire(&self.client, &a.primary_lease_key, &self.replica, ttl, self.lease.clone()).await
+                LeaseKeeper::acquire(&self.client, &a.primary_lease_key, &self.replica, ttl, options).await
             };
             let mut keeper = match keeper {
                 Ok(k) if k.is_held() => k,

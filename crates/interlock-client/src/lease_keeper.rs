@@ -239,6 +239,10 @@ async fn keep(
     mut deadline: Instant,
 ) {
     let every = options.keepalive_every.unwrap_or(Duration::from_millis((ttl_ms / 4).max(50)));
+    // A stream that answers nothing for this long leads to a node that died
+    // or was cut off without closing it: try another node, well before the
+    // deadline (a new leader may be there already).
+    let stalled_after = (every * 2).min(Duration::from_millis(ttl_ms / 4)).max(Duration::from_millis(200));
     let mut index = client.preferred_index();
     let mut seq = 0u64;
     loop {
@@ -268,6 +272,10 @@ async fn keep(
         let broken = loop {
             tokio::select! {
                 _ = ticker.tick() => {
+                    if sent.first_key_value().is_some_and(|(_, at)| at.elapsed() > stalled_after) {
+                        index = (index + 1) % client.endpoints().len();
+                        break format!("no answer for {stalled_after:?}");
+                    }
                     seq += 1;
                     sent.insert(seq, Instant::now());
                     while sent.len() > IN_FLIGHT_MAX {

@@ -24,6 +24,13 @@ pub fn seed_thread_rng(seed: u64) {
     RNG.with(|rng| *rng.borrow_mut() = Some(StdRng::seed_from_u64(seed)));
 }
 
+/// A number in `lo..=hi` from this thread's generator (seeded in the
+/// simulation, like openraft's election timeouts).
+pub fn between(lo: u64, hi: u64) -> u64 {
+    use rand::Rng;
+    with_rng(|r| r.gen_range(lo..=hi.max(lo)))
+}
+
 /// A handle on this thread's generator.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ThreadRng;

@@ -54,10 +54,13 @@ pub struct Timing {
 impl TimingPreset {
     pub fn timing(self) -> Timing {
         match self {
-            // openraft 0.9: a follower calls an election only after
-            // election_max (the leader lease it grants) + its own random
-            // timeout in [min, max] without hearing the leader: a new leader
-            // 0.75-0.9 s after a death here, 2.4-2.8 s for wan (plus a vote).
+            // election_max is the leader lease a follower grants: it votes
+            // for nobody until that long after it last heard the leader.
+            // The pre-vote driver (`raft::prevote`) campaigns as soon as a
+            // majority's leases have run out: a new leader about
+            // election_max + 2 round trips after a death (about 1.1 s for
+            // wan). openraft's own timer, election_max + a random timeout in
+            // [min, max] (0.75-0.9 s here, 1.4-1.6 s for wan), is the fallback.
             TimingPreset::Lan => Timing {
                 heartbeat: Duration::from_millis(50),
                 election_min: Duration::from_millis(300),
@@ -65,8 +68,8 @@ impl TimingPreset {
             },
             TimingPreset::Wan => Timing {
                 heartbeat: Duration::from_millis(300),
-                election_min: Duration::from_millis(1000),
-                election_max: Duration::from_millis(1400),
+                election_min: Duration::from_millis(600),
+                election_max: Duration::from_millis(800),
             },
         }
     }

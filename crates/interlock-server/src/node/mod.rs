@@ -141,6 +141,7 @@ impl Node {
         });
         let _ = parts.auth.ctx.set(Arc::downgrade(&ctx));
         tokio::spawn(mirror_raft_metrics(raft.clone(), parts.metrics));
+        tokio::spawn(crate::raft::prevote::run_election_driver(ctx.clone()));
         let lease_table = Arc::new(LeaseTable::default());
         tokio::spawn(run_expiry_loop(ctx.clone(), lease_table.clone(), parts.mutations));
         let batcher = KeepaliveBatcher::start(ctx.clone(), lease_table.clone(), parts.mutations);

@@ -175,6 +175,11 @@ impl RaftService for RaftRpcServer {
         encode_reply(&self.raft.install_snapshot(rpc).await)
     }
 
+    async fn pre_vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
+        let _: super::prevote::PreVoteRequest = self.accept(request)?;
+        encode_reply(&super::prevote::answer(&self.raft).await)
+    }
+
     async fn propose(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
         let request: interlock_core::Request = self.accept(request)?;
         // Only what a follower may not propose itself: audit records.
