@@ -171,3 +171,41 @@ async fn grpc_health_serves_with_a_leader_and_not_without_one() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_filtered_watch_gets_only_its_kinds_and_keys() {
+    let cluster = TestCluster::start(1, ClusterOptions::default()).await;
+    let client = cluster.client();
+    let filter = |prefix: &str, kinds: &[&str]| interlock_client::WatchFilter {
+        key_prefix: prefix.to_string(),
+        kinds: kinds.iter().map(|k| k.to_string()).collect(),
+    };
+    let mut watcher = client.watch_filtered("events", 0, filter("lock/", &["lease.released", "lease.granted"]));
+    for i in 0..30 {
+        client.lease_grant(&format!("bench/{i}"), "h", 60_000).await.expect("grant");
+        if i % 10 == 0 {
+            client.lease_grant(&format!("lock/{i}"), "h", 60_000).await.expect("grant");
+        }
+    }
+    client.lease_grant("lock/last", "h", 60_000).await.expect("grant");
+    let mut subjects = Vec::new();
+    while subjects.last().map(String::as_str) != Some("lock/last") {
+        let message =
+            tokio::time::timeout(Duration::from_secs(10), watcher.next()).await.expect("in time").expect("watch");
+        subjects.extend(message.events.iter().map(|e| e.subject.clone()));
+        assert!(message.events.iter().all(|e| e.kind == "lease.granted"), "{:?}", message.events);
+    }
+    assert_eq!(subjects, ["lock/0", "lock/10", "lock/20", "lock/last"]);
+
+    // A filter the coordinator cannot honour is refused, naming the field.
+    let mut bad = client.watch_filtered("events", 0, filter("", &["Lease Granted"]));
+    match tokio::time::timeout(Duration::from_secs(10), bad.next()).await.expect("in time") {
+        Err(interlock_client::ClientError::InvalidArgument(m)) => assert!(m.contains("kinds[0]"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    let mut bad = client.watch_filtered("controller/c1", 0, filter("x", &[]));
+    match tokio::time::timeout(Duration::from_secs(10), bad.next()).await.expect("in time") {
+        Err(interlock_client::ClientError::InvalidArgument(m)) => assert!(m.contains("key_prefix"), "{m}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+}

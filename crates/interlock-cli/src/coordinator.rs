@@ -96,6 +96,28 @@ pub struct EventsArgs {
     /// Only events after this version.
     #[arg(long, default_value_t = 0)]
     after: u64,
+    /// Only events of this kind (repeat for several; "shard." is every
+    /// shard.* kind). With --follow the coordinator filters, so a burst of
+    /// other events costs this watch nothing.
+    #[arg(long = "kind", value_name = "KIND")]
+    kinds: Vec<String>,
+    /// Only events whose subject starts with this (a shard "orders/", a
+    /// region "eu-west", a lease key "lock/").
+    #[arg(long, value_name = "PREFIX", default_value = "")]
+    subject_prefix: String,
+}
+
+impl EventsArgs {
+    fn filter(&self) -> interlock_client::WatchFilter {
+        interlock_client::WatchFilter { key_prefix: self.subject_prefix.clone(), kinds: self.kinds.clone() }
+    }
+
+    /// The same test as the coordinator's, for the events read without --follow.
+    fn wants(&self, e: &Event) -> bool {
+        e.subject.starts_with(&self.subject_prefix)
+            && (self.kinds.is_empty()
+                || self.kinds.iter().any(|k| *k == e.kind || (k.ends_with('.') && e.kind.starts_with(k.as_str()))))
+    }
 }
 
 /// Reads and parses a topology file, naming the file and the position on error.
@@ -324,7 +346,8 @@ fn print_event(e: &Event) {
 
 pub async fn events(client: &Client, out: &Printer, args: &EventsArgs) -> Result<(), Failure> {
     if !args.follow {
-        let events = client.events(args.after, 0).await?;
+        let mut events = client.events(args.after, 0).await?;
+        events.retain(|e| args.wants(e));
         let value = json!({"events": events.iter().map(event_json).collect::<Vec<_>>()});
         return out.record(&value, || {
             let mut t = table(&["VERSION", "KIND", "SUBJECT", "MESSAGE"]);
@@ -334,7 +357,7 @@ pub async fn events(client: &Client, out: &Printer, args: &EventsArgs) -> Result
             t.to_string()
         });
     }
-    let mut watcher = client.watch("events", args.after);
+    let mut watcher = client.watch_filtered("events", args.after, args.filter());
     loop {
         let message = tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),

@@ -45,7 +45,7 @@ pub use controller::{
 pub use error::ClientError;
 pub use interlock_tls::{Pem, Tls, TlsFiles};
 pub use lease_keeper::{LeaseKeeper, LeaseOptions, LeaseState};
-pub use watch::Watcher;
+pub use watch::{WatchFilter, Watcher};
 
 use interlock_proto::v1::cluster_client::ClusterClient;
 use interlock_proto::v1::kv_client::KvClient;

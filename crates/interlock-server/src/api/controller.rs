@@ -2,7 +2,7 @@
 //! and watches — the contract region controllers live by.
 
 use super::auth::{caller, deny, Caller};
-use super::watch::{parse_topic, run_watch, WATCH_BUFFER};
+use super::watch::{parse_topic, run_watch, Filter, WATCH_BUFFER};
 use super::{
     ask_approval, awaiting_approval, invalid, linearizable, on_leader, propose, propose_here, revision_of, to_leader,
     BoxStream, Proposed,
@@ -389,6 +389,7 @@ impl Controller for ControllerService {
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, message) = request.into_parts();
         let topic = parse_topic(&message.topic).map_err(invalid)?;
+        let filter = Filter::parse(&topic, &message.key_prefix, &message.kinds).map_err(invalid)?;
         let index = self.read_index(&metadata).await?;
         let caught_up = tokio::time::timeout(WATCH_CATCH_UP_TIMEOUT, self.ctx.state.wait_applied(index)).await;
         if !matches!(caught_up, Ok(true)) {
@@ -400,7 +401,7 @@ impl Controller for ControllerService {
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let leases = self.leases.clone();
         let clock = self.ctx.clock.clone();
-        tokio::spawn(run_watch(self.ctx.state.clone(), topic, message.after_version, tx, move |key, ttl| {
+        tokio::spawn(run_watch(self.ctx.state.clone(), topic, filter, message.after_version, tx, move |key, ttl| {
             leases.remaining_ms(key, clock.monotonic_ms()).unwrap_or(ttl)
         }));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

@@ -51,6 +51,61 @@ pub fn parse_topic(topic: &str) -> Result<Topic, InvalidArgument> {
     }
 }
 
+/// Most kinds one watch may filter on.
+pub const WATCH_KINDS_MAX: usize = 32;
+
+/// What a watcher asked to see of its topic (`key_prefix`, `kinds`): a
+/// watcher of a few keys is not woken, and sent nothing, for the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub key_prefix: String,
+    pub kinds: Vec<String>,
+}
+
+impl Filter {
+    /// Checks the filter against its topic; each refusal names its field.
+    pub fn parse(topic: &Topic, key_prefix: &str, kinds: &[String]) -> Result<Filter, InvalidArgument> {
+        if !key_prefix.is_empty() {
+            if matches!(topic, Topic::Controller(_)) {
+                return Err(InvalidArgument::new("key_prefix", "a controller's assignment is not filtered"));
+            }
+            if key_prefix.len() > 256 || key_prefix.chars().any(char::is_control) {
+                return Err(InvalidArgument::new(
+                    "key_prefix",
+                    "at most 256 characters, none of them control characters",
+                ));
+            }
+        }
+        if !kinds.is_empty() && *topic != Topic::Events {
+            return Err(InvalidArgument::new("kinds", "only the \"events\" topic has kinds"));
+        }
+        if kinds.len() > WATCH_KINDS_MAX {
+            return Err(InvalidArgument::new("kinds", format!("at most {WATCH_KINDS_MAX}, not {}", kinds.len())));
+        }
+        for (i, kind) in kinds.iter().enumerate() {
+            let word = |w: &str| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_');
+            let family = kind.strip_suffix('.').unwrap_or(kind);
+            if kind.len() > 64 || !family.split('.').all(word) {
+                return Err(InvalidArgument::new(
+                    format!("kinds[{i}]"),
+                    format!("{kind:?} is not an event kind (like \"shard.promoted\", or \"shard.\" for the family)"),
+                ));
+            }
+        }
+        Ok(Filter { key_prefix: key_prefix.to_string(), kinds: kinds.to_vec() })
+    }
+
+    fn key(&self, key: &str) -> bool {
+        key.starts_with(&self.key_prefix)
+    }
+
+    fn event(&self, kind: &str, subject: &str) -> bool {
+        self.key(subject)
+            && (self.kinds.is_empty()
+                || self.kinds.iter().any(|k| k == kind || (k.ends_with('.') && kind.starts_with(k.as_str()))))
+    }
+}
+
 /// The assignment of controller `id` in `state`.
 pub fn assignment(state: &State, id: &str) -> Assignment {
     let replicas = state
@@ -102,6 +157,7 @@ struct Cursor {
 fn next_message(
     state: &State,
     topic: &Topic,
+    filter: &Filter,
     cursor: &mut Cursor,
     remaining_ms: &impl Fn(&str, u64) -> u64,
 ) -> Option<WatchResponse> {
@@ -109,17 +165,22 @@ fn next_message(
         Topic::Events => {
             let resync = cursor.after < state.events_evicted_through;
             let mut events: Vec<Event> = Vec::new();
+            // Read through: the last version looked at, sent or filtered out.
+            let mut through = cursor.after.max(state.events_evicted_through);
             for e in state.events_after(cursor.after) {
                 // Never split one version's events across messages.
                 if events.len() >= WATCH_EVENTS_PER_MESSAGE && events.last().is_some_and(|l| l.version != e.version) {
                     break;
                 }
-                events.push(e.into());
+                through = e.version;
+                if filter.event(&e.kind, &e.subject) {
+                    events.push(e.into());
+                }
             }
+            cursor.after = through;
             if events.is_empty() && !resync {
                 return None;
             }
-            cursor.after = events.last().map_or(state.events_evicted_through, |e| e.version);
             Some(WatchResponse { version: cursor.after, resync, events, ..WatchResponse::default() })
         }
         Topic::Controller(id) => {
@@ -132,7 +193,12 @@ fn next_message(
         }
         Topic::Leases => {
             // Compare without the remaining time, which changes constantly.
-            let current: Vec<LeaseInfo> = state.leases.values().map(|l| lease_info(l, 0)).collect();
+            let current: Vec<LeaseInfo> = state
+                .leases
+                .range(filter.key_prefix.clone()..)
+                .take_while(|(k, _)| filter.key(k))
+                .map(|(_, l)| lease_info(l, 0))
+                .collect();
             if cursor.last_leases.as_ref() == Some(&current) {
                 return None;
             }
@@ -142,12 +208,13 @@ fn next_message(
             Some(WatchResponse { version: state.revision, leases, ..WatchResponse::default() })
         }
         Topic::Routing => {
-            let versions: Vec<(String, u64)> = state.routing.values().map(|r| (r.service.clone(), r.version)).collect();
+            let tables = || state.routing.values().filter(|r| filter.key(&r.service));
+            let versions: Vec<(String, u64)> = tables().map(|r| (r.service.clone(), r.version)).collect();
             if cursor.last_routing.as_ref() == Some(&versions) {
                 return None;
             }
             cursor.last_routing = Some(versions);
-            let routing = state.routing.values().map(routing_table).collect();
+            let routing = tables().map(routing_table).collect();
             Some(WatchResponse { version: state.revision, routing, ..WatchResponse::default() })
         }
     }
@@ -168,6 +235,7 @@ pub fn routing_table(r: &interlock_core::model::Routing) -> RoutingTable {
 pub async fn run_watch(
     state: StateReader,
     topic: Topic,
+    filter: Filter,
     after_version: u64,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     remaining_ms: impl Fn(&str, u64) -> u64 + Send + 'static,
@@ -177,7 +245,7 @@ pub async fn run_watch(
     loop {
         let message = {
             let applied = state.read();
-            next_message(&applied.state, &topic, &mut cursor, &remaining_ms)
+            next_message(&applied.state, &topic, &filter, &mut cursor, &remaining_ms)
         };
         match message {
             // More may be pending (a capped batch): look again before waiting.
@@ -213,12 +281,12 @@ mod tests {
         }
         let none = |_: &str, ttl: u64| ttl;
         let mut cursor = Cursor { after: 2, last_assignment: None, last_leases: None, last_routing: None };
-        let first = next_message(&state, &Topic::Events, &mut cursor, &none).expect("events");
+        let first = next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &none).expect("events");
         assert_eq!(first.events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(!first.resync);
-        assert_eq!(next_message(&state, &Topic::Events, &mut cursor, &none), None, "nothing twice");
+        assert_eq!(next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &none), None, "nothing twice");
         grant(&mut state, 6, "k6");
-        let next = next_message(&state, &Topic::Events, &mut cursor, &none).expect("new event");
+        let next = next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &none).expect("new event");
         assert_eq!(next.events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![6]);
     }
 
@@ -229,10 +297,60 @@ mod tests {
             grant(&mut state, i, &format!("k{i}"));
         }
         let mut cursor = Cursor { after: 3, last_assignment: None, last_leases: None, last_routing: None };
-        let message = next_message(&state, &Topic::Events, &mut cursor, &|_: &str, t: u64| t).expect("message");
+        let message = next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &|_: &str, t: u64| t)
+            .expect("message");
         assert!(message.resync);
         assert_eq!(message.events.first().map(|e| e.version), Some(11));
         assert_eq!(message.events.len(), WATCH_EVENTS_PER_MESSAGE);
+    }
+
+    #[test]
+    fn a_filtered_watch_sends_only_what_it_asked_for_and_moves_past_the_rest() {
+        let mut state = State::default();
+        for (i, key) in ["lock/a", "bench/1", "lock/b", "bench/2"].iter().enumerate() {
+            grant(&mut state, i as u64 + 1, key);
+        }
+        let kind = state.events_after(0).next().map(|e| e.kind.clone()).expect("a grant leaves an event");
+        let none = |_: &str, ttl: u64| ttl;
+        let filter = Filter::parse(&Topic::Events, "lock/", std::slice::from_ref(&kind)).expect("valid");
+        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
+        let message = next_message(&state, &Topic::Events, &filter, &mut cursor, &none).expect("events");
+        let subjects: Vec<&str> = message.events.iter().map(|e| e.subject.as_str()).collect();
+        assert_eq!(subjects, ["lock/a", "lock/b"]);
+        // Events it does not want move the cursor on, and send nothing.
+        grant(&mut state, 5, "bench/3");
+        assert_eq!(next_message(&state, &Topic::Events, &filter, &mut cursor, &none), None);
+        assert_eq!(cursor.after, 5);
+        // A family of kinds, and a kind it does not want.
+        let family = format!("{}.", kind.split('.').next().unwrap_or_default());
+        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
+        let all = Filter::parse(&Topic::Events, "", &[family]).expect("valid");
+        assert_eq!(next_message(&state, &Topic::Events, &all, &mut cursor, &none).map(|m| m.events.len()), Some(5));
+        let other = Filter::parse(&Topic::Events, "", &["region.lost".to_string()]).expect("valid");
+        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
+        assert_eq!(next_message(&state, &Topic::Events, &other, &mut cursor, &none), None);
+        // Leases by key prefix.
+        let leases = Filter::parse(&Topic::Leases, "lock/", &[]).expect("valid");
+        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
+        let message = next_message(&state, &Topic::Leases, &leases, &mut cursor, &none).expect("leases");
+        assert_eq!(message.leases.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), ["lock/a", "lock/b"]);
+        grant(&mut state, 6, "bench/4");
+        assert_eq!(next_message(&state, &Topic::Leases, &leases, &mut cursor, &none), None, "not its keys");
+    }
+
+    #[test]
+    fn a_bad_filter_is_refused_by_field() {
+        let field = |topic: Topic, prefix: &str, kinds: &[&str]| {
+            let kinds: Vec<String> = kinds.iter().map(|k| k.to_string()).collect();
+            Filter::parse(&topic, prefix, &kinds).err().map(|e| e.field)
+        };
+        assert_eq!(field(Topic::Events, "orders/", &["shard.promoted", "region."]), None);
+        assert_eq!(field(Topic::Controller("c".into()), "x", &[]), Some("key_prefix".into()));
+        assert_eq!(field(Topic::Leases, "lock/", &["shard.promoted"]), Some("kinds".into()));
+        assert_eq!(field(Topic::Events, "", &["shard.promoted", "Shard Promoted"]), Some("kinds[1]".into()));
+        assert_eq!(field(Topic::Events, "", &["shard..x"]), Some("kinds[0]".into()));
+        assert_eq!(field(Topic::Events, "a\nb", &[]), Some("key_prefix".into()));
+        assert_eq!(field(Topic::Events, "", &["a"; WATCH_KINDS_MAX + 1]), Some("kinds".into()));
     }
 
     #[test]
