@@ -1,7 +1,9 @@
 //! Compiles `proto/` with protox (pure Rust: no protoc on the machines).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not baked in with env!(): a build script compiled
+    // for one checkout is reused by another sharing the target directory.
+    let root = std::path::PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let files = [
         "interlock/raft/v1/raft.proto",
         "interlock/v1/cluster.proto",
