@@ -114,9 +114,7 @@ impl EventsArgs {
 
     /// The same test as the coordinator's, for the events read without --follow.
     fn wants(&self, e: &Event) -> bool {
-        e.subject.starts_with(&self.subject_prefix)
-            && (self.kinds.is_empty()
-                || self.kinds.iter().any(|k| *k == e.kind || (k.ends_with('.') && e.kind.starts_with(k.as_str()))))
+        e.subject.starts_with(&self.subject_prefix) && interlock_core::vocab::kind_selected(&self.kinds, &e.kind)
     }
 }
 

@@ -166,6 +166,13 @@ pub fn validate_text(text: &str, field: &str) -> Result<(), InvalidArgument> {
     Ok(())
 }
 
+/// Whether an event of `kind` is one that `kinds` asks for: empty asks for
+/// every kind; an entry ending in "." is a family ("shard." is every shard.*
+/// kind). The watch filter on the server and `interlockctl events` share it.
+pub fn kind_selected(kinds: &[String], kind: &str) -> bool {
+    kinds.is_empty() || kinds.iter().any(|k| k == kind || (k.ends_with('.') && kind.starts_with(k.as_str())))
+}
+
 /// Checks an identifier: 1-63 characters of a-z, 0-9, '-', '_' and '.'.
 pub fn validate_id(value: &str, field: &str) -> Result<(), InvalidArgument> {
     let ok = !value.is_empty()

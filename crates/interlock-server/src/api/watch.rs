@@ -100,9 +100,7 @@ impl Filter {
     }
 
     fn event(&self, kind: &str, subject: &str) -> bool {
-        self.key(subject)
-            && (self.kinds.is_empty()
-                || self.kinds.iter().any(|k| k == kind || (k.ends_with('.') && kind.starts_with(k.as_str()))))
+        self.key(subject) && interlock_core::vocab::kind_selected(&self.kinds, kind)
     }
 }
 
