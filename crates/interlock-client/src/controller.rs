@@ -681,10 +681,11 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
                 return;
             }
             // A primary lease is renewed every eighth of its TTL (not the
-            // keeper's default quarter): a deadline then still has ~3/4 of
-            // the TTL to run when the Raft leader dies, enough for an
-            // election (about 1.1 s with `wan`) and a renewal with the new
-            // leader, so that a leader's loss fences no primary elsewhere.
+            // keeper's default quarter): a deadline then has more of the TTL
+            // left when the Raft leader dies, for the election (about 1.3 s
+            // with `wan`) and a renewal through the new leader. At the
+            // default 2 s that is still not always enough: docs/simulation.md
+            // ("a leader's loss still fences most primaries").
             let ttl = Duration::from_millis(a.lease_ttl_ms.max(interlock_core::lease::TTL_MIN_MS));
             let mut options = self.lease.clone();
             options.keepalive_every = options.keepalive_every.or(Some((ttl / 8).max(Duration::from_millis(50))));

@@ -58,7 +58,7 @@ impl TimingPreset {
             // for nobody until that long after it last heard the leader.
             // The pre-vote driver (`raft::prevote`) campaigns as soon as a
             // majority's leases have run out: a new leader about
-            // election_max + 2 round trips after a death (about 1.1 s for
+            // election_max + 2 round trips after a death (about 1.3 s for
             // wan). openraft's own timer, election_max + a random timeout in
             // [min, max] (0.75-0.9 s here, 1.4-1.6 s for wan), is the fallback.
             TimingPreset::Lan => Timing {
