@@ -112,6 +112,11 @@ pub struct History {
 }
 
 impl History {
+    /// The node id that leads in the latest term seen (None before any).
+    pub fn latest_leader(&self) -> Option<u64> {
+        self.leaders_by_term.values().next_back().and_then(|l| l.iter().next().copied())
+    }
+
     pub fn note(&mut self, at_ms: u64, line: String) {
         self.trace.push(format!("{at_ms:>8} {line}"));
     }

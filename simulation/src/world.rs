@@ -403,7 +403,7 @@ fn region_hosts(r: usize) -> [String; 3] {
 fn cut(shared: &Shared, db: &DemoDatabase, r: usize, now: u64, until: u64) {
     let primaries = db.primaries();
     let mut h = shared.lock();
-    let held_leader = h.leaders_by_term.values().next_back().is_some_and(|l| l.contains(&(r as u64 + 1)));
+    let held_leader = h.latest_leader() == Some(r as u64 + 1);
     h.cuts.push(crate::history::Cut { region: r, from_ms: now, until_ms: until, primaries, held_leader });
 }
 
@@ -490,7 +490,7 @@ fn apply(
             }
         }
         Fault::KillLeader => {
-            let leader = shared.lock().leaders_by_term.iter().next_back().and_then(|(_, l)| l.iter().next().copied());
+            let leader = shared.lock().latest_leader();
             if let Some(id) = leader {
                 let name = node_name(id as usize - 1);
                 sim.crash(name.as_str());
