@@ -52,8 +52,14 @@ pub fn free_port() -> u16 {
 /// `n` different loopback ports that were free a moment ago (the OS picks
 /// them; all are held until the last is picked, so none repeats).
 pub fn free_ports(n: usize) -> Vec<u16> {
+    free_ports_on(&vec!["127.0.0.1"; n])
+}
+
+/// A port the OS says is free on each of `hosts` (loopback addresses), all
+/// held until the last is picked.
+pub fn free_ports_on(hosts: &[&str]) -> Vec<u16> {
     let held: Vec<std::net::TcpListener> =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("free port")).collect();
+        hosts.iter().map(|h| std::net::TcpListener::bind((*h, 0)).expect("free port")).collect();
     held.iter().map(|l| l.local_addr().expect("free port").port()).collect()
 }
 

@@ -3,7 +3,7 @@
 //! writer that inserts sequence numbers through the primary it is pointed
 //! at, and a sampler that asks every instance `pg_is_in_recovery()`.
 
-use crate::{eventually, free_ports, TestAgent, TestCluster};
+use crate::{eventually, free_ports_on, TestAgent, TestCluster};
 use interlock_agent::drivers::postgres::{PostgresConfig, PostgresDriver};
 use interlock_agent::probes::Reachability;
 use interlock_client::Client;
@@ -15,6 +15,11 @@ use std::time::{Duration, Instant};
 pub const BIN_DIR: &str = "/usr/lib/postgresql/15/bin";
 pub const REGIONS: [&str; 3] = ["eu-west", "us-east", "ap-south"];
 pub const IDS: [&str; 3] = ["o0-eu", "o0-us", "o0-ap"];
+/// Each instance listens on its own loopback address. Outgoing connections
+/// all leave from 127.0.0.1, so the port of an instance that is down (a
+/// killed postmaster, a rewind) cannot be taken meanwhile as some
+/// connection's local port, which would keep it from starting again.
+pub const HOSTS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
 
 /// The three instances' configuration, as one driver (for initdb and the
 /// final stop) and as each agent's `[postgres]` section.
@@ -36,7 +41,7 @@ impl Instances {
             let user = nix::unistd::User::from_name("postgres").expect("getpwnam").expect("a postgres user");
             nix::unistd::chown(&root, Some(user.uid), Some(user.gid)).expect("chown");
         }
-        let ports = free_ports(3);
+        let ports = free_ports_on(&HOSTS);
         let text = Instances::section(&root, &ports, &IDS);
         let config: PostgresConfig = toml::from_str(&text).expect("postgres config");
         let replicas = IDS.iter().map(|id| (id.to_string(), "orders/0".to_string())).collect();
@@ -51,7 +56,8 @@ impl Instances {
         for id in ids {
             let k = IDS.iter().position(|i| i == id).expect("known id");
             let data = root.join(id).display().to_string();
-            text.push_str(&format!("[instances.{id}]\ndata_dir = {data:?}\nport = {}\n", ports[k]));
+            let (host, port) = (HOSTS[k], ports[k]);
+            text.push_str(&format!("[instances.{id}]\ndata_dir = {data:?}\nhost = {host:?}\nport = {port}\n"));
         }
         text
     }
@@ -69,7 +75,7 @@ impl Instances {
     }
 
     pub fn address(&self, k: usize) -> String {
-        format!("127.0.0.1:{}", self.ports[k])
+        format!("{}:{}", HOSTS[k], self.ports[k])
     }
 
     pub fn kill_postmaster(&self, k: usize) {
@@ -262,28 +268,40 @@ pub async fn writes_resume(acked: &Acked, address: &str, since: Instant) -> Dura
     first.expect("a write").duration_since(since)
 }
 
-/// Every acknowledged number is in the table on `address`.
-pub async fn nothing_lost(acked: &Acked, address: &str) {
-    let c = connect(address, Duration::from_secs(2)).await.expect("connect to the primary");
-    let rows = c.query("SELECT n FROM seq", &[]).await.expect("read back");
+/// The acknowledged numbers missing from the table on `address`. The
+/// writer may still be writing: the acknowledgements are taken before the
+/// table is read, so one that arrives in between is not counted as lost.
+pub async fn missing(acked: &Acked, address: &str) -> Result<Vec<i64>, String> {
+    let c = connect(address, Duration::from_secs(5)).await?;
+    let acked: Vec<i64> = acked.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(n, _, _)| *n).collect();
+    let rows = c.query("SELECT n FROM seq", &[]).await.map_err(|e| format!("read back: {e}"))?;
     let present: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let acked = acked.lock().expect("acked");
-    let lost: Vec<i64> = acked.iter().map(|(n, _, _)| *n).filter(|n| !present.contains(n)).collect();
+    Ok(acked.into_iter().filter(|n| !present.contains(n)).collect())
+}
+
+/// Every number acknowledged before the check is in the table on `address`.
+pub async fn nothing_lost(acked: &Acked, address: &str) {
+    let lost = missing(acked, address).await.expect("read the table back from the primary");
     assert!(lost.is_empty(), "{} acknowledged inserts lost: {:?}", lost.len(), &lost[..lost.len().min(20)]);
 }
 
-/// The old primary `k` is a standby again, streaming from `primary`.
+/// The old primary `k` is a standby again, streaming from `primary` and
+/// answering queries in recovery.
 pub async fn follows(instances: &Instances, k: usize, primary: usize) {
     let name = IDS[k];
-    eventually(&format!("{name} streams from {}", IDS[primary]), Duration::from_secs(90), || async {
+    let what = format!("{name} streams from {} and answers as a standby", IDS[primary]);
+    eventually(&what, Duration::from_secs(90), || async {
         let Ok(c) = connect(&instances.address(primary), Duration::from_secs(1)).await else { return false };
         let q = "SELECT count(*) FROM pg_stat_replication WHERE application_name = $1 AND state = 'streaming'";
-        c.query_one(q, &[&name]).await.is_ok_and(|r| r.get::<_, i64>(0) == 1)
+        if !c.query_one(q, &[&name]).await.is_ok_and(|r| r.get::<_, i64>(0) == 1) {
+            return false;
+        }
+        // It may stream before it accepts connections (hot standby starts
+        // once it is consistent).
+        let Ok(c) = connect(&instances.address(k), Duration::from_secs(1)).await else { return false };
+        c.query_one("SELECT pg_is_in_recovery()", &[]).await.is_ok_and(|r| r.get::<_, bool>(0))
     })
     .await;
-    let c = connect(&instances.address(k), Duration::from_secs(1)).await.expect("connect to the old primary");
-    let row = c.query_one("SELECT pg_is_in_recovery()", &[]).await.expect("query");
-    assert!(row.get::<_, bool>(0), "{name} must be a standby");
 }
 
 /// Every replica is reported healthy to the coordinator.

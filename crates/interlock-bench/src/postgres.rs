@@ -11,7 +11,7 @@
 
 use crate::Row;
 use interlock_tests::postgres::{
-    all_healthy, connect, follows, promoted_after, topology, writer, Acked, Find, Instances, BIN_DIR, IDS,
+    all_healthy, connect, follows, missing, promoted_after, topology, writer, Acked, Find, Instances, BIN_DIR, IDS,
 };
 use interlock_tests::{free_ports, TestAgent, TestCluster};
 use std::path::{Path, PathBuf};
@@ -63,15 +63,6 @@ async fn first_insert_any(
         anyhow::ensure!(Instant::now() < deadline, "no insert acknowledged through {addresses:?} within {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Acknowledged inserts missing from the table on `address`.
-async fn missing(acked: &Acked, address: &str) -> anyhow::Result<u64> {
-    let c = connect(address, Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
-    let rows = c.query("SELECT n FROM seq", &[]).await?;
-    let present: std::collections::BTreeSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-    let acked = acked.lock().unwrap_or_else(|p| p.into_inner());
-    Ok(acked.iter().filter(|(n, _, _)| !present.contains(n)).count() as u64)
 }
 
 fn postmaster_pid(data_dir: &Path) -> Option<i32> {
@@ -132,7 +123,7 @@ pub async fn interlock(cluster: &mut TestCluster, rounds: usize) -> anyhow::Resu
     stop.store(true, Ordering::SeqCst);
     writing.await?;
     let primary = primary_index(&client).await;
-    out.lost = missing(&acked, &instances.address(primary)).await?;
+    out.lost = missing(&acked, &instances.address(primary)).await.map_err(anyhow::Error::msg)?.len() as u64;
     out.acked = acked.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
     drop(agents);
     Ok(out)
@@ -394,7 +385,7 @@ async fn patroni_rounds(p: &mut Patroni, timing: PatroniTiming, rounds: usize) -
     stop.store(true, Ordering::SeqCst);
     writing.await?;
     let leader = p.settled(Duration::from_secs(120)).await?;
-    out.lost = missing(&acked, &p.address(leader)).await?;
+    out.lost = missing(&acked, &p.address(leader)).await.map_err(anyhow::Error::msg)?.len() as u64;
     out.acked = acked.lock().unwrap_or_else(|p| p.into_inner()).len() as u64;
     Ok(out)
 }
