@@ -608,11 +608,20 @@ impl PostgresDriver {
                 self.kill(i).await?;
             }
             self.kill(i).await?; // and wait until the postmaster is gone
-                                 // A former standby needs no rewind (it never wrote WAL; it follows
-                                 // the new timeline). A former primary is rewound. pg_rewind first
-                                 // completes crash recovery in single-user mode, which refuses
-                                 // standby mode: the signal goes back right after.
+
+            // A former standby needs no rewind (it never wrote WAL; it follows
+            // the new timeline). A former primary is rewound. pg_rewind first
+            // completes crash recovery in single-user mode, which refuses
+            // standby mode: the signal goes back right after.
             if self.was_primary(i).await? {
+                // A just-promoted source writes its new timeline into
+                // pg_control only at its end-of-recovery checkpoint, and
+                // pg_rewind reads it from there: rewound against the old
+                // timeline, this instance never starts again ("requested
+                // timeline does not contain minimum recovery point").
+                let port: u16 = port.parse().map_err(|_| format!("primary address {address:?}: bad port"))?;
+                let primary = self.connect_at(host, port).await?;
+                primary.batch_execute("CHECKPOINT").await.map_err(|e| format!("CHECKPOINT on {address}: {e}"))?;
                 let _ = std::fs::remove_file(i.data_dir.join("standby.signal"));
                 let args = ["--target-pgdata".to_string(), path(&i.data_dir), format!("--source-server={source}")];
                 let rewound = self.tool("pg_rewind", &args).await;
