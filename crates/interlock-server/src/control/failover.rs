@@ -60,7 +60,10 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
                 _ => None,
             };
             let promotion = matches!(command, Command::Promote { .. });
-            let label = command.to_string();
+            let label = match &command {
+                Command::Promote { reason, .. } => format!("{command}: {reason}"),
+                _ => command.to_string(),
+            };
             if !propose(&ctx, command).await {
                 continue;
             }
