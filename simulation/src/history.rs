@@ -1,7 +1,7 @@
 //! What the simulation observed, in true simulated time: the oracle's record
 //! that the invariants are checked against.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A holder's belief that it holds a lease, from when its acquire returned
@@ -71,8 +71,8 @@ pub struct Cut {
 /// Everything recorded during one run.
 #[derive(Debug, Default)]
 pub struct History {
-    /// Nodes seen as leader, by term.
-    pub leaders_by_term: BTreeMap<u64, BTreeSet<u64>>,
+    /// Nodes seen as leader, by term, in the order they were elected.
+    pub leaders_by_term: BTreeMap<u64, Vec<u64>>,
     pub beliefs: Vec<Belief>,
     pub fenced: FencedStore,
     /// Writes the SDK acknowledged: key -> value.
@@ -112,9 +112,19 @@ pub struct History {
 }
 
 impl History {
-    /// The node id that leads in the latest term seen (None before any).
+    /// The node elected last in the latest term seen (None before any).
     pub fn latest_leader(&self) -> Option<u64> {
-        self.leaders_by_term.values().next_back().and_then(|l| l.iter().next().copied())
+        self.leaders_by_term.values().next_back().and_then(|l| l.last().copied())
+    }
+
+    /// Records that node `id` became leader in `term`; a node that leads
+    /// again in a term it led (openraft re-establishes a restarted leader's
+    /// committed vote) is not a new election.
+    pub fn elected(&mut self, term: u64, id: u64) {
+        let leaders = self.leaders_by_term.entry(term).or_default();
+        if !leaders.contains(&id) {
+            leaders.push(id);
+        }
     }
 
     pub fn note(&mut self, at_ms: u64, line: String) {

@@ -4,6 +4,7 @@
 //! interlock-sim --seeds 0..100 --jobs 2
 //! interlock-sim --seed 17 --trace                 # replay one seed, print its trace
 //! interlock-sim --seeds 0..200 --mutation holder-no-drift --stop-at-first
+//! interlock-sim --seeds 0..200 --jobs 2 --lossy     # ±50 ms jitter, 2% loss
 //! ```
 
 use clap::Parser;
@@ -41,6 +42,11 @@ struct Cli {
     /// holder-no-drift mutation needs.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=60))]
     lease_ttl_s: Option<u64>,
+    /// A lossy WAN under the faults: ±50 ms of jitter on every cross-region
+    /// message and 2% segment loss, modelled as TCP's retransmission stalls
+    /// (docs/simulation.md, "A lossy WAN").
+    #[arg(long)]
+    lossy: bool,
     /// Seeds run in parallel (one thread each).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
@@ -80,16 +86,10 @@ fn on_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Runs one seed in a fresh child process: process-wide state (tokio's task
 /// ids, for one) would otherwise carry from one run into the next and make a
 /// seed's trace depend on what ran before it.
-fn run_in_process(seed: u64, mutation: Option<Mutation>, lease_ttl_s: Option<u64>) -> Result<Report, String> {
+fn run_in_process(config: &RunConfig) -> Result<Report, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut command = std::process::Command::new(exe);
-    command.args(["--worker", "--seed", &seed.to_string()]);
-    if let Some(m) = mutation {
-        command.args(["--mutation", m.name()]);
-    }
-    if let Some(ttl) = lease_ttl_s {
-        command.args(["--lease-ttl-s", &ttl.to_string()]);
-    }
+    command.args(["--worker", "--seed", &config.seed.to_string()]).args(flags(config));
     let output = command.stderr(std::process::Stdio::inherit()).output().map_err(|e| e.to_string())?;
     if !output.status.success() {
         return Err(format!("exit status {}", output.status));
@@ -127,10 +127,24 @@ fn region_failover_stats(reports: &[Report]) -> serde_json::Value {
     all
 }
 
-fn reproduce(seed: u64, mutation: Option<Mutation>, lease_ttl_s: Option<u64>) -> String {
-    let m = mutation.map(|m| format!(" --mutation {}", m.name())).unwrap_or_default();
-    let ttl = lease_ttl_s.map(|t| format!(" --lease-ttl-s {t}")).unwrap_or_default();
-    format!("cargo run -p interlock-simulation --bin interlock-sim -- --seed {seed}{m}{ttl} --trace")
+/// The flags that give a run `config`, besides its seed.
+fn flags(config: &RunConfig) -> Vec<String> {
+    let mut flags = Vec::new();
+    if let Some(m) = config.mutation {
+        flags.extend(["--mutation".to_string(), m.name().to_string()]);
+    }
+    if let Some(ttl) = config.lease_ttl_s {
+        flags.extend(["--lease-ttl-s".to_string(), ttl.to_string()]);
+    }
+    if config.lossy {
+        flags.push("--lossy".to_string());
+    }
+    flags
+}
+
+fn reproduce(config: &RunConfig) -> String {
+    let flags: String = flags(config).iter().map(|f| format!(" {f}")).collect();
+    format!("cargo run -p interlock-simulation --bin interlock-sim -- --seed {}{flags} --trace", config.seed)
 }
 
 fn main() -> std::process::ExitCode {
@@ -159,10 +173,11 @@ fn main() -> std::process::ExitCode {
         Some(s) => s..s + 1,
         None => cli.seeds.clone(),
     };
+    let config = |seed: u64| RunConfig { seed, mutation, lease_ttl_s: cli.lease_ttl_s, lossy: cli.lossy };
     if cli.worker {
         // One seed in this fresh process: no state left by another run.
-        let lease_ttl_s = cli.lease_ttl_s;
-        let report = on_big_stack(move || run(&RunConfig { seed: seeds.start, mutation, lease_ttl_s }));
+        let config = config(seeds.start);
+        let report = on_big_stack(move || run(&config));
         println!("{}", serde_json::to_string(&report).unwrap_or_default());
         return std::process::ExitCode::SUCCESS;
     }
@@ -176,7 +191,7 @@ fn main() -> std::process::ExitCode {
                 if seed >= seeds.end || stop.load(Ordering::SeqCst) {
                     return;
                 }
-                let report = match run_in_process(seed, mutation, cli.lease_ttl_s) {
+                let report = match run_in_process(&config(seed)) {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("seed {seed}: the worker failed: {e}");
@@ -216,11 +231,17 @@ fn main() -> std::process::ExitCode {
     let violations: usize = reports.iter().map(|r| r.violations.len()).sum();
     let simulated_s: f64 = reports.iter().map(|r| r.simulated_ms as f64 / 1000.0).sum();
     let failover = region_failover_stats(&reports);
+    let false_declarations = reports
+        .iter()
+        .flat_map(|r| &r.violations)
+        .filter(|v| v.starts_with(interlock_simulation::invariants::FALSE_DECLARATION))
+        .count();
     let dead_primary = failover_stats(reports.iter().flat_map(|r| r.dead_primary_failovers.iter().copied()));
     if cli.json {
         let value = serde_json::json!({
             "scenario": cli.scenario,
             "mutation": mutation.map(|m| m.name()),
+            "lossy": cli.lossy,
             "seeds": format!("{}..{}", seeds.start, seeds.end),
             "runs": reports.len(),
             "violations": violations,
@@ -230,6 +251,7 @@ fn main() -> std::process::ExitCode {
             "lease_holdings": reports.iter().map(|r| r.lease_handovers).sum::<usize>(),
             "acknowledged_writes": reports.iter().map(|r| r.acked_writes).sum::<usize>(),
             "region_loss_declarations": reports.iter().map(|r| r.lost_declared).sum::<usize>(),
+            "false_declarations": false_declarations,
             "failover_ms": failover,
             "dead_primary_failover_ms": dead_primary,
             "digests": reports.iter().map(|r| format!("{:016x}", r.digest)).collect::<Vec<_>>(),
@@ -246,7 +268,7 @@ fn main() -> std::process::ExitCode {
         println!("region cut off -> its shards' primaries acting elsewhere: {failover}");
         println!("primary's database dead, region alive -> primaries acting elsewhere: {dead_primary}");
         for seed in &failures {
-            println!("  reproduce: {}", reproduce(*seed, mutation, cli.lease_ttl_s));
+            println!("  reproduce: {}", reproduce(&config(*seed)));
         }
     }
     if failures.is_empty() {

@@ -115,7 +115,22 @@ pub struct RunConfig {
     /// Overrides the lease TTL drawn from the seed (the draw still happens,
     /// so the rest of the run's randomness is unchanged).
     pub lease_ttl_s: Option<u64>,
+    /// A lossy WAN ([`LOSSY_JITTER_MS`], [`STALLS_PER_S`]) under the faults.
+    pub lossy: bool,
 }
+
+/// On a lossy WAN, a cross-region message takes its link's latency ± this
+/// (at least 1 ms).
+pub const LOSSY_JITTER_MS: u64 = 50;
+/// On a lossy WAN, how often each cross-region host pair loses a segment,
+/// per second. Turmoil's TCP never loses a byte, so a loss is modelled as
+/// what TCP makes of it: the stream stalls until the retransmission, for
+/// [`STALL_MS`]. 2% of the ~15 segments a second that heartbeats, Raft and
+/// keepalives put on a pair is 0.3.
+pub const STALLS_PER_S: f64 = 0.3;
+/// A retransmission timeout: Linux's minimum RTO is 200 ms, doubled once
+/// when the retransmission is lost too.
+pub const STALL_MS: std::ops::RangeInclusive<u64> = 200..=400;
 
 /// The outcome of one seed.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -296,12 +311,19 @@ pub fn run(config: &RunConfig) -> Report {
         });
     }
 
-    // Latencies: cross-region links per the matrix, with jitter.
+    // Latencies: cross-region links per the matrix, with jitter (a lossy
+    // WAN's is ±LOSSY_JITTER_MS, spread by an Exp(2) curve: mean near the
+    // link's latency, one message in seven at the upper bound).
+    let jitter = |ms: u64| if config.lossy { (LOSSY_JITTER_MS, LOSSY_JITTER_MS) } else { (0, ms / 5) };
+    if config.lossy {
+        sim.set_message_latency_curve(2.0);
+    }
     for (a, b, ms) in CROSS_REGION_MS {
+        let (below, above) = jitter(ms);
         for x in region_hosts(a) {
             for y in region_hosts(b) {
-                sim.set_link_latency(x.as_str(), y.as_str(), Duration::from_millis(ms));
-                sim.set_link_max_message_latency(x.as_str(), y.as_str(), Duration::from_millis(ms + ms / 5));
+                sim.set_link_latency(x.as_str(), y.as_str(), Duration::from_millis(ms.saturating_sub(below).max(1)));
+                sim.set_link_max_message_latency(x.as_str(), y.as_str(), Duration::from_millis(ms + above));
             }
         }
         sim.set_link_latency("writer", node_name(b).as_str(), Duration::from_millis(if a == 0 { ms } else { 1 }));
@@ -309,7 +331,8 @@ pub fn run(config: &RunConfig) -> Report {
 
     let schedule = plan(&mut rng, FAULTS_FROM_MS, FAULTS_UNTIL_MS, lease_ttl.as_millis() as u64);
     let fault_lines: Vec<String> = schedule.iter().map(|s| s.to_string()).collect();
-    drive(&mut sim, &schedule, &shared, &dbs, end_ms);
+    let loss = config.lossy.then(|| Loss::new(config.seed));
+    drive(&mut sim, &schedule, &shared, &dbs, end_ms, loss);
 
     let history = shared.take();
     let mut violations = crate::invariants::check_all(&history, LIVENESS_BOUND_MS);
@@ -344,22 +367,99 @@ pub fn run(config: &RunConfig) -> Report {
 }
 
 /// Steps the simulation, applying and healing faults on schedule.
-fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, dbs: &[Arc<DemoDatabase>], end_ms: u64) {
+/// The stalls of a lossy WAN: each cross-region host pair stalls at random
+/// ([`STALLS_PER_S`], for [`STALL_MS`]), unless a fault holds the link.
+struct Loss {
+    rng: StdRng,
+    pairs: Vec<(String, String)>,
+    /// Index in `pairs` -> when its stall ends.
+    stalled: BTreeMap<usize, u64>,
+}
+
+impl Loss {
+    fn new(seed: u64) -> Loss {
+        let pairs = CROSS_REGION_MS
+            .iter()
+            .flat_map(|(a, b, _)| {
+                region_hosts(*a)
+                    .into_iter()
+                    .flat_map(move |x| region_hosts(*b).into_iter().map(move |y| (x.clone(), y)))
+            })
+            .collect();
+        Loss { rng: StdRng::seed_from_u64(seed ^ 0x105E_105E), pairs, stalled: BTreeMap::new() }
+    }
+
+    /// One millisecond: stalls end and begin. A pair a fault has cut or
+    /// held (`faulted`) belongs to the fault until it heals.
+    fn tick(&mut self, sim: &mut turmoil::Sim<'_>, faulted: &Faulted, now: u64) {
+        let per_ms = STALLS_PER_S / 1000.0;
+        for (k, (a, b)) in self.pairs.iter().enumerate() {
+            let owned = faulted.contains(a, b);
+            match self.stalled.get(&k).copied() {
+                Some(until) if now >= until || owned => {
+                    self.stalled.remove(&k);
+                    if !owned {
+                        sim.release(a.as_str(), b.as_str());
+                    }
+                }
+                Some(_) => {}
+                None if !owned && self.rng.gen_bool(per_ms) => {
+                    sim.hold(a.as_str(), b.as_str());
+                    self.stalled.insert(k, now + self.rng.gen_range(STALL_MS));
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// The host pairs the active faults have partitioned or held (in either
+/// direction); cleared when they heal.
+#[derive(Default)]
+struct Faulted(std::collections::BTreeSet<(String, String)>);
+
+impl Faulted {
+    fn note(&mut self, a: &str, b: &str) {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        self.0.insert((x.to_string(), y.to_string()));
+    }
+
+    fn contains(&self, a: &str, b: &str) -> bool {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        self.0.contains(&(x.to_string(), y.to_string()))
+    }
+
+    fn partition(&mut self, sim: &mut turmoil::Sim<'_>, a: &str, b: &str) {
+        self.note(a, b);
+        sim.partition(a, b);
+    }
+}
+
+fn drive(
+    sim: &mut turmoil::Sim<'_>,
+    schedule: &[Scheduled],
+    shared: &Shared,
+    dbs: &[Arc<DemoDatabase>],
+    end_ms: u64,
+    mut loss: Option<Loss>,
+) {
     let hosts: Vec<String> = (0..REGIONS.len()).flat_map(region_hosts).chain(CLIENTS.map(String::from)).collect();
     let mut started = vec![false; schedule.len()];
     let mut ended = vec![false; schedule.len()];
     let mut crashed: Vec<String> = Vec::new();
+    let mut faulted = Faulted::default();
     let mut healed = false;
     loop {
         let now = sim.elapsed().as_millis() as u64;
         for (k, s) in schedule.iter().enumerate() {
             if !started[k] && now >= s.from_ms {
                 started[k] = true;
-                apply(sim, s, shared, dbs, &mut crashed, now);
+                apply(sim, s, shared, dbs, &mut crashed, &mut faulted, now);
             }
             if started[k] && !ended[k] && now >= s.until_ms {
                 ended[k] = true;
                 heal(sim, &hosts, &mut crashed);
+                faulted = Faulted::default();
                 if s.fault == Fault::PrimaryDatabaseDown {
                     crate::clock::at(now, || {
                         for (r, db) in dbs.iter().enumerate() {
@@ -373,9 +473,13 @@ fn drive(sim: &mut turmoil::Sim<'_>, schedule: &[Scheduled], shared: &Shared, db
         if !healed && now >= FAULTS_UNTIL_MS {
             healed = true;
             heal(sim, &hosts, &mut crashed);
+            faulted = Faulted::default();
             let mut h = shared.lock();
             h.healed_at_ms = Some(now);
             h.note(now, "all faults healed".to_string());
+        }
+        if let Some(loss) = loss.as_mut() {
+            loss.tick(sim, &faulted, now);
         }
         if now >= end_ms {
             return;
@@ -413,6 +517,7 @@ fn apply(
     shared: &Shared,
     dbs: &[Arc<DemoDatabase>],
     crashed: &mut Vec<String>,
+    faulted: &mut Faulted,
     now: u64,
 ) {
     let fault = &scheduled.fault;
@@ -423,30 +528,33 @@ fn apply(
             for other in (0..REGIONS.len()).filter(|o| o != r) {
                 for a in region_hosts(*r) {
                     for b in region_hosts(other) {
-                        sim.partition(a.as_str(), b.as_str());
+                        faulted.partition(sim, a.as_str(), b.as_str());
                     }
                 }
-                sim.partition(node_name(*r).as_str(), "writer");
+                faulted.partition(sim, node_name(*r).as_str(), "writer");
             }
         }
         Fault::CutHolder(r) => {
             for n in 0..REGIONS.len() {
-                sim.partition(holder_name(*r).as_str(), node_name(n).as_str());
+                faulted.partition(sim, holder_name(*r).as_str(), node_name(n).as_str());
             }
         }
-        Fault::OneWay(a, b) => sim.partition_oneway(node_name(*a).as_str(), node_name(*b).as_str()),
+        Fault::OneWay(a, b) => {
+            faulted.note(&node_name(*a), &node_name(*b));
+            sim.partition_oneway(node_name(*a).as_str(), node_name(*b).as_str());
+        }
         Fault::CrashNode(n) => {
             sim.crash(node_name(*n).as_str());
             crashed.push(node_name(*n));
         }
         Fault::CoordinatorOnly(r) => {
             for n in (0..REGIONS.len()).filter(|n| n != r) {
-                sim.partition(node_name(*r).as_str(), node_name(n).as_str());
+                faulted.partition(sim, node_name(*r).as_str(), node_name(n).as_str());
             }
         }
         Fault::ControllerCut(r) => {
             for n in 0..REGIONS.len() {
-                sim.partition(controllers::controller_name(*r).as_str(), node_name(n).as_str());
+                faulted.partition(sim, controllers::controller_name(*r).as_str(), node_name(n).as_str());
             }
         }
         Fault::PrimaryDatabaseDown => {
@@ -480,12 +588,15 @@ fn apply(
                 belief.until_ms = Some(now);
             }
         }
-        Fault::DelayBurst(a, b) => sim.hold(node_name(*a).as_str(), node_name(*b).as_str()),
+        Fault::DelayBurst(a, b) => {
+            faulted.note(&node_name(*a), &node_name(*b));
+            sim.hold(node_name(*a).as_str(), node_name(*b).as_str());
+        }
         Fault::CutCurrentHolder => {
             let holder = shared.lock().beliefs.iter().rev().find(|b| b.until_ms.is_none()).map(|b| b.holder.clone());
             if let Some(holder) = holder {
                 for n in 0..REGIONS.len() {
-                    sim.partition(holder.as_str(), node_name(n).as_str());
+                    faulted.partition(sim, holder.as_str(), node_name(n).as_str());
                 }
             }
         }
@@ -576,7 +687,7 @@ async fn observe_leadership(raft: interlock_store::Raft, id: u64, shared: Shared
         if state == openraft::ServerState::Leader && last != Some(term) {
             last = Some(term);
             let mut h = shared.lock();
-            h.leaders_by_term.entry(term).or_default().insert(id);
+            h.elected(term, id);
             h.note(true_ms(), format!("n{id} leader in term {term}"));
         }
         if rx.changed().await.is_err() {

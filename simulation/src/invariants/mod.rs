@@ -12,7 +12,7 @@ mod region_loss;
 mod routing;
 mod runbooks;
 
-pub use region_loss::failover_times;
+pub use region_loss::{failover_times, FALSE_DECLARATION};
 pub use routing::converged as routing_converged;
 
 use crate::history::History;

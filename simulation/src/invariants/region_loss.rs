@@ -7,6 +7,9 @@ use crate::controllers::MAX_LAG;
 use crate::history::{Acting, Cut, History};
 use crate::world::REGIONS;
 
+/// How a false declaration's violation begins.
+pub const FALSE_DECLARATION: &str = "false region loss";
+
 /// A declaration may be seen this long after its cut healed (detection,
 /// commit and the observer's watch all take time).
 pub const DECLARATION_SLACK_MS: u64 = 10_000;
@@ -22,8 +25,10 @@ pub fn check(history: &History) -> Vec<String> {
         let explained =
             history.cuts.iter().any(|c| c.region == *r && c.from_ms <= *at && *at <= c.until_ms + DECLARATION_SLACK_MS);
         if !explained {
-            violations
-                .push(format!("false region loss: {} declared LOST at {at} ms while it was not cut off", REGIONS[*r]));
+            violations.push(format!(
+                "{FALSE_DECLARATION}: {} declared LOST at {at} ms while it was not cut off",
+                REGIONS[*r]
+            ));
         }
     }
     // A primary whose database died while its region lived is replaced
