@@ -73,6 +73,11 @@ pub struct Cut {
 pub struct History {
     /// Nodes seen as leader, by term, in the order they were elected.
     pub leaders_by_term: BTreeMap<u64, Vec<u64>>,
+    /// Log index -> the leader id (term, node) it was applied under, as the
+    /// first node that applied it reported.
+    pub applied: BTreeMap<u64, (u64, u64)>,
+    /// Indexes a node applied under another leader id than a node before.
+    pub applied_conflicts: Vec<String>,
     pub beliefs: Vec<Belief>,
     pub fenced: FencedStore,
     /// Writes the SDK acknowledged: key -> value.
@@ -124,6 +129,17 @@ impl History {
         let leaders = self.leaders_by_term.entry(term).or_default();
         if !leaders.contains(&id) {
             leaders.push(id);
+        }
+    }
+
+    /// Records that node `by` applied log index `index`, written by leader
+    /// (term, node) `leader`.
+    pub fn applied(&mut self, by: u64, index: u64, leader: (u64, u64)) {
+        let first = *self.applied.entry(index).or_insert(leader);
+        if first != leader {
+            self.applied_conflicts.push(format!(
+                "index {index} applied by n{by} as written by leader {leader:?}, by another node as by {first:?}"
+            ));
         }
     }
 

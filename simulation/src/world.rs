@@ -675,15 +675,19 @@ fn openraft_config(
     Ok(config.validate()?)
 }
 
-/// Records every (term, leader) a node reports about itself.
+/// Records every (term, leader) a node reports about itself, and the log id
+/// of every last applied entry it reports.
 async fn observe_leadership(raft: interlock_store::Raft, id: u64, shared: Shared) {
     let mut rx = raft.metrics();
     let mut last = None;
     loop {
-        let (state, term) = {
+        let (state, term, applied) = {
             let m = rx.borrow_and_update();
-            (m.state, m.current_term)
+            (m.state, m.current_term, m.last_applied)
         };
+        if let Some(log_id) = applied {
+            shared.lock().applied(id, log_id.index, (log_id.leader_id.term, log_id.leader_id.node_id));
+        }
         if state == openraft::ServerState::Leader && last != Some(term) {
             last = Some(term);
             let mut h = shared.lock();
