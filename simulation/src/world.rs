@@ -366,11 +366,11 @@ pub fn run(config: &RunConfig) -> Report {
     }
 }
 
-/// Steps the simulation, applying and healing faults on schedule.
 /// The stalls of a lossy WAN: each cross-region host pair stalls at random
 /// ([`STALLS_PER_S`], for [`STALL_MS`]), unless a fault holds the link.
 struct Loss {
     rng: StdRng,
+    /// Host pairs, each in [`Faulted::pair`]'s order.
     pairs: Vec<(String, String)>,
     /// Index in `pairs` -> when its stall ends.
     stalled: BTreeMap<usize, u64>,
@@ -383,7 +383,7 @@ impl Loss {
             .flat_map(|(a, b, _)| {
                 region_hosts(*a)
                     .into_iter()
-                    .flat_map(move |x| region_hosts(*b).into_iter().map(move |y| (x.clone(), y)))
+                    .flat_map(move |x| region_hosts(*b).into_iter().map(move |y| Faulted::pair(&x, &y)))
             })
             .collect();
         Loss { rng: StdRng::seed_from_u64(seed ^ 0x105E_105E), pairs, stalled: BTreeMap::new() }
@@ -393,8 +393,9 @@ impl Loss {
     /// held (`faulted`) belongs to the fault until it heals.
     fn tick(&mut self, sim: &mut turmoil::Sim<'_>, faulted: &Faulted, now: u64) {
         let per_ms = STALLS_PER_S / 1000.0;
-        for (k, (a, b)) in self.pairs.iter().enumerate() {
-            let owned = faulted.contains(a, b);
+        for (k, pair) in self.pairs.iter().enumerate() {
+            let owned = faulted.0.contains(pair);
+            let (a, b) = pair;
             match self.stalled.get(&k).copied() {
                 Some(until) if now >= until || owned => {
                     self.stalled.remove(&k);
@@ -419,14 +420,14 @@ impl Loss {
 struct Faulted(std::collections::BTreeSet<(String, String)>);
 
 impl Faulted {
-    fn note(&mut self, a: &str, b: &str) {
+    /// The pair of hosts `a` and `b`, in one order whichever is given.
+    fn pair(a: &str, b: &str) -> (String, String) {
         let (x, y) = if a <= b { (a, b) } else { (b, a) };
-        self.0.insert((x.to_string(), y.to_string()));
+        (x.to_string(), y.to_string())
     }
 
-    fn contains(&self, a: &str, b: &str) -> bool {
-        let (x, y) = if a <= b { (a, b) } else { (b, a) };
-        self.0.contains(&(x.to_string(), y.to_string()))
+    fn note(&mut self, a: &str, b: &str) {
+        self.0.insert(Faulted::pair(a, b));
     }
 
     fn partition(&mut self, sim: &mut turmoil::Sim<'_>, a: &str, b: &str) {
@@ -435,6 +436,7 @@ impl Faulted {
     }
 }
 
+/// Steps the simulation, applying and healing faults on schedule.
 fn drive(
     sim: &mut turmoil::Sim<'_>,
     schedule: &[Scheduled],
@@ -458,8 +460,7 @@ fn drive(
             }
             if started[k] && !ended[k] && now >= s.until_ms {
                 ended[k] = true;
-                heal(sim, &hosts, &mut crashed);
-                faulted = Faulted::default();
+                heal(sim, &hosts, &mut crashed, &mut faulted);
                 if s.fault == Fault::PrimaryDatabaseDown {
                     crate::clock::at(now, || {
                         for (r, db) in dbs.iter().enumerate() {
@@ -472,8 +473,7 @@ fn drive(
         }
         if !healed && now >= FAULTS_UNTIL_MS {
             healed = true;
-            heal(sim, &hosts, &mut crashed);
-            faulted = Faulted::default();
+            heal(sim, &hosts, &mut crashed, &mut faulted);
             let mut h = shared.lock();
             h.healed_at_ms = Some(now);
             h.note(now, "all faults healed".to_string());
@@ -611,7 +611,10 @@ fn apply(
     }
 }
 
-fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[String], crashed: &mut Vec<String>) {
+/// Repairs and releases every link, restarts the crashed hosts, and hands
+/// the links back from the faults (`faulted`).
+fn heal(sim: &mut turmoil::Sim<'_>, hosts: &[String], crashed: &mut Vec<String>, faulted: &mut Faulted) {
+    faulted.0.clear();
     for a in hosts.iter().map(String::as_str) {
         for b in hosts.iter().map(String::as_str) {
             if a != b {
