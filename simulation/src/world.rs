@@ -75,10 +75,14 @@ pub enum Mutation {
     /// running (a run's progress kept in the leader's memory): a step's
     /// effect happens twice.
     RerunRunbookEffects,
+    /// Every grant and promotion in a log entry takes the entry's index as
+    /// its token (as before entries were shared): promotions applied
+    /// together hold one token.
+    SharedEntryToken,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 8] = [
+    pub const ALL: [Mutation; 9] = [
         Mutation::SkipKeepaliveConfirmation,
         Mutation::NoResetOnNewTerm,
         Mutation::HolderNoDrift,
@@ -87,6 +91,7 @@ impl Mutation {
         Mutation::TrustFailedDemote,
         Mutation::GiveUpUnfenced,
         Mutation::RerunRunbookEffects,
+        Mutation::SharedEntryToken,
     ];
 
     pub fn name(self) -> &'static str {
@@ -99,6 +104,7 @@ impl Mutation {
             Mutation::TrustFailedDemote => "trust-failed-demote",
             Mutation::GiveUpUnfenced => "give-up-unfenced",
             Mutation::RerunRunbookEffects => "rerun-runbook-effects",
+            Mutation::SharedEntryToken => "shared-entry-token",
         }
     }
 
@@ -210,6 +216,8 @@ pub fn run(config: &RunConfig) -> Report {
         revoke_frees_at_once: config.mutation == Some(Mutation::RevokeFreesAtOnce),
         rerun_runbook_effects: config.mutation == Some(Mutation::RerunRunbookEffects),
     };
+    // The state machine's mutation is per thread, and the whole run is on this one.
+    interlock_core::lease::mutate_shared_entry_token(config.mutation == Some(Mutation::SharedEntryToken));
     let pki = Arc::new(Pki::new());
     let peers: BTreeMap<u64, NodeInfo> = (0..REGIONS.len())
         .map(|i| {

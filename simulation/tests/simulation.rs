@@ -104,3 +104,8 @@ fn giving_up_a_dead_primary_without_fencing_it_is_caught() {
 fn a_runbook_step_re_run_after_a_leader_change_is_caught() {
     caught("rerun-runbook-effects");
 }
+
+#[test]
+fn promotions_sharing_an_entry_and_its_index_as_their_token_are_caught() {
+    caught("shared-entry-token");
+}

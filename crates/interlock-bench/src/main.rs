@@ -101,6 +101,29 @@ enum Workload {
         #[arg(long, value_delimiter = ',', default_value = "interlock,patroni-defaults,patroni-fast")]
         systems: Vec<String>,
     },
+    /// --leases leases expiring at one moment (TTL 5 s, renewed together)
+    /// while --controllers controllers watch routing: --changes routing
+    /// changes timed before (quiet) and from just before the expiry, then
+    /// how long after the deadline the last lease was gone.
+    ExpiryBurst {
+        #[arg(long, default_value_t = 10_000)]
+        leases: usize,
+        #[arg(long, default_value_t = 1000)]
+        controllers: usize,
+        #[arg(long, default_value_t = 20)]
+        changes: usize,
+    },
+    /// A mass failover with real agents (the demo database, one per region):
+    /// --shards shards, the first --lost with their primary in eu-west; kill
+    /// -9 eu-west's node and agent, then time each of those shards until it
+    /// has a primary elsewhere (promoted) and that primary is acknowledged.
+    /// The max of each row is the whole region's failover.
+    MassFailover {
+        #[arg(long, default_value_t = 10_000)]
+        shards: usize,
+        #[arg(long, default_value_t = 5_000)]
+        lost: usize,
+    },
     /// One change (a lease grant) -> every watcher of "events" notified;
     /// latency from sending the change to each watcher receiving it.
     Watch {
@@ -154,6 +177,7 @@ fn print_ratios(rows: &[Row]) {
 
 #[cfg(feature = "etcd")]
 mod etcd;
+mod fleet;
 mod postgres;
 mod workloads;
 
@@ -297,6 +321,10 @@ async fn main() -> anyhow::Result<()> {
         Workload::Leases { leases, streams, grant_clients, duration } => {
             workloads::leases(&cluster, leases, streams, grant_clients, duration).await?
         }
+        Workload::ExpiryBurst { leases, controllers, changes } => {
+            workloads::expiry_burst(&cluster, leases, controllers, changes).await?
+        }
+        Workload::MassFailover { shards, lost } => fleet::mass_failover(&mut cluster, shards, lost).await?,
         Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],
         Workload::Routing { controllers, changes } => workloads::routing(&cluster, controllers, changes).await?,
         Workload::PgFailover { rounds, systems } => {

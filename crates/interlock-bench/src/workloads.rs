@@ -53,6 +53,42 @@ async fn keep_share(
     Ok((latencies, failures))
 }
 
+/// Grants `leases` leases `bench/lease/N` of `ttl_ms` from `clients`
+/// concurrent closed loops: the (key, token) granted, each grant's latency
+/// in µs, and the seconds it all took.
+async fn grant_all(
+    cluster: &TestCluster,
+    leases: usize,
+    clients: usize,
+    ttl_ms: u64,
+) -> anyhow::Result<(Vec<(String, u64)>, Vec<u64>, f64)> {
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let client = cluster.client();
+        tasks.push(tokio::spawn(async move {
+            let mut granted = Vec::new();
+            let mut latencies = Vec::new();
+            for i in (c..leases).step_by(clients) {
+                let key = format!("bench/lease/{i}");
+                let sent = Instant::now();
+                if let Ok((token, _)) = client.lease_grant(&key, "bench", ttl_ms).await {
+                    latencies.push(sent.elapsed().as_micros() as u64);
+                    granted.push((key, token));
+                }
+            }
+            (granted, latencies)
+        }));
+    }
+    let (mut granted, mut latencies) = (Vec::new(), Vec::new());
+    for task in tasks {
+        let (g, l) = task.await?;
+        granted.extend(g);
+        latencies.extend(l);
+    }
+    Ok((granted, latencies, started.elapsed().as_secs_f64()))
+}
+
 /// Grants `leases` leases with `grant_clients` concurrent clients (a grants/s
 /// row), then keeps them alive over `streams` streams for `duration`.
 pub async fn leases(
@@ -62,32 +98,7 @@ pub async fn leases(
     grant_clients: usize,
     duration: Duration,
 ) -> anyhow::Result<Vec<Row>> {
-    // Grants.
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for c in 0..grant_clients {
-        let client = cluster.client();
-        tasks.push(tokio::spawn(async move {
-            let mut granted = Vec::new();
-            let mut latencies = Vec::new();
-            for i in (c..leases).step_by(grant_clients) {
-                let key = format!("bench/lease/{i}");
-                let sent = Instant::now();
-                if let Ok((token, _)) = client.lease_grant(&key, "bench", 60_000).await {
-                    latencies.push(sent.elapsed().as_micros() as u64);
-                    granted.push((key, token));
-                }
-            }
-            (granted, latencies)
-        }));
-    }
-    let (mut granted, mut grant_latencies) = (Vec::new(), Vec::new());
-    for task in tasks {
-        let (g, l) = task.await?;
-        granted.extend(g);
-        grant_latencies.extend(l);
-    }
-    let grant_seconds = started.elapsed().as_secs_f64();
+    let (granted, grant_latencies, grant_seconds) = grant_all(cluster, leases, grant_clients, 60_000).await?;
     let errors = (leases - granted.len()) as u64;
     let grants = Row::from_latencies("lease-grants", grant_clients, grant_latencies, grant_seconds, errors);
 
@@ -131,8 +142,9 @@ fn watcher_clients(cluster: &TestCluster, watchers: usize) -> anyhow::Result<Vec
         .collect()
 }
 
-/// `watchers` watch "events" (spread over the nodes, 100 streams per
-/// connection); each of `changes` lease grants is timed to every watcher.
+/// `watchers` watch the `lease.granted` events of `bench/watch/` (spread over
+/// the nodes, 100 streams per connection); each of `changes` lease grants is
+/// timed to every watcher.
 pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> anyhow::Result<Row> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
     let clients = watcher_clients(cluster, watchers)?;
@@ -144,7 +156,13 @@ pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> an
         ready.push(ready_rx);
         tokio::spawn(async move {
             let start_after = client.events(0, 0).await.ok().and_then(|e| e.last().map(|e| e.version)).unwrap_or(0);
-            let mut watcher = client.watch("events", start_after);
+            // What it needs, as etcd's side watches its key prefix: the
+            // grants of the timed keys, not every lease that expires.
+            let filter = interlock_client::WatchFilter {
+                key_prefix: "bench/watch/".to_string(),
+                kinds: vec!["lease.granted".to_string()],
+            };
+            let mut watcher = client.watch_filtered("events", start_after, filter);
             let _ = ready_tx.send(());
             while let Ok(message) = watcher.next().await {
                 let now = Instant::now();
@@ -178,94 +196,159 @@ pub async fn watch(cluster: &TestCluster, watchers: usize, changes: usize) -> an
 /// sending the change to each controller receiving it (routing-notify) and to
 /// the leader accepting its acknowledgement (routing-ack).
 pub async fn routing(cluster: &TestCluster, controllers: usize, changes: usize) -> anyhow::Result<Vec<Row>> {
-    let admin = cluster.client();
-    admin.apply_topology(&interlock_tests::sample_topology(), false).await?;
-    let regions = ["eu-west", "us-east", "ap-south"];
-    let mut registrations = Vec::new();
-    for chunk in (0..controllers).collect::<Vec<_>>().chunks(controllers.div_ceil(16).max(1)) {
-        let (client, chunk) = (cluster.client(), chunk.to_vec());
-        registrations.push(tokio::spawn(async move {
-            for i in chunk {
-                let region = regions[i % regions.len()];
-                client.register_controller(&format!("bench-c{i}"), region, "bench", &[]).await?;
-            }
-            Ok::<_, interlock_client::ClientError>(())
-        }));
-    }
-    for r in registrations {
-        r.await??;
-    }
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool, Instant)>();
-    let clients = watcher_clients(cluster, controllers)?;
-    let mut ready = Vec::new();
-    for c in 0..controllers {
-        let client = clients[c / WATCHERS_PER_CONNECTION].clone();
-        let tx = tx.clone();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        ready.push(ready_rx);
-        tokio::spawn(async move {
-            let mut watcher = client.watch("routing", 0);
-            let mut ready_tx = Some(ready_tx);
-            let mut seen = 0;
-            while let Ok(message) = watcher.next().await {
-                if let Some(r) = ready_tx.take() {
-                    let _ = r.send(());
+    let mut watchers = RoutingWatchers::start(cluster, controllers).await?;
+    watchers.time(changes, "").await
+}
+
+/// Controllers watching "routing" and acknowledging every version, and the
+/// operator that changes it.
+struct RoutingWatchers {
+    admin: Client,
+    controllers: usize,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(u64, bool, Instant)>,
+    changed: usize,
+}
+
+impl RoutingWatchers {
+    /// Registers `controllers` controllers and opens their watches.
+    async fn start(cluster: &TestCluster, controllers: usize) -> anyhow::Result<RoutingWatchers> {
+        let admin = cluster.client();
+        admin.apply_topology(&interlock_tests::sample_topology(), false).await?;
+        let regions = ["eu-west", "us-east", "ap-south"];
+        let mut registrations = Vec::new();
+        for chunk in (0..controllers).collect::<Vec<_>>().chunks(controllers.div_ceil(16).max(1)) {
+            let (client, chunk) = (cluster.client(), chunk.to_vec());
+            registrations.push(tokio::spawn(async move {
+                for i in chunk {
+                    let region = regions[i % regions.len()];
+                    client.register_controller(&format!("bench-c{i}"), region, "bench", &[]).await?;
                 }
-                for table in message.routing {
-                    if table.version <= seen {
-                        continue;
-                    }
-                    seen = table.version;
-                    let _ = tx.send((table.version, false, Instant::now()));
-                    match client.ack_routing(&format!("bench-c{c}"), &table.service, table.version).await {
-                        Ok(()) => {
-                            let _ = tx.send((table.version, true, Instant::now()));
-                        }
-                        Err(e) => eprintln!("bench-c{c}: acknowledging version {}: {e}", table.version),
-                    }
-                }
-            }
-        });
-    }
-    for r in ready {
-        let _ = r.await;
-    }
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let (mut notified, mut acked, mut missing) = (Vec::new(), Vec::new(), 0u64);
-    let started = Instant::now();
-    for c in 0..changes {
-        // Alternate between two tables one safe step apart.
-        let eu = if c % 2 == 0 { 4_000 } else { 3_334 };
-        let weights: BTreeMap<String, u32> = [("eu-west", eu), ("us-east", 3_333), ("ap-south", 10_000 - eu - 3_333)]
-            .map(|(r, w)| (r.to_string(), w))
-            .into();
-        let sent = Instant::now();
-        let version = admin.set_routing("orders", &weights, &[], "benchmark").await?.revision;
-        let (mut n, mut a) = (0, 0);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while a < controllers {
-            match tokio::time::timeout_at(deadline.into(), rx.recv()).await {
-                Ok(Some((v, is_ack, at))) if v == version => {
-                    let us = at.duration_since(sent).as_micros() as u64;
-                    if is_ack {
-                        acked.push(us);
-                        a += 1;
-                    } else {
-                        notified.push(us);
-                        n += 1;
-                    }
-                }
-                Ok(Some(_)) => {}
-                _ => break,
-            }
+                Ok::<_, interlock_client::ClientError>(())
+            }));
         }
-        missing += (controllers - a.min(n)) as u64;
+        for r in registrations {
+            r.await??;
+        }
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool, Instant)>();
+        let clients = watcher_clients(cluster, controllers)?;
+        let mut ready = Vec::new();
+        for c in 0..controllers {
+            let client = clients[c / WATCHERS_PER_CONNECTION].clone();
+            let tx = tx.clone();
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            ready.push(ready_rx);
+            tokio::spawn(async move {
+                let mut watcher = client.watch("routing", 0);
+                let mut ready_tx = Some(ready_tx);
+                let mut seen = 0;
+                while let Ok(message) = watcher.next().await {
+                    if let Some(r) = ready_tx.take() {
+                        let _ = r.send(());
+                    }
+                    for table in message.routing {
+                        if table.version <= seen {
+                            continue;
+                        }
+                        seen = table.version;
+                        let _ = tx.send((table.version, false, Instant::now()));
+                        match client.ack_routing(&format!("bench-c{c}"), &table.service, table.version).await {
+                            Ok(()) => {
+                                let _ = tx.send((table.version, true, Instant::now()));
+                            }
+                            Err(e) => eprintln!("bench-c{c}: acknowledging version {}: {e}", table.version),
+                        }
+                    }
+                }
+            });
+        }
+        for r in ready {
+            let _ = r.await;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        Ok(RoutingWatchers { admin, controllers, rx, changed: 0 })
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    Ok(vec![
-        Row::from_latencies("routing-notify", controllers, notified, elapsed, missing),
-        Row::from_latencies("routing-ack", controllers, acked, elapsed, missing),
-    ])
+
+    /// Times `changes` routing changes, one after the other: the rows
+    /// routing-notify and routing-ack, their names followed by `suffix`.
+    async fn time(&mut self, changes: usize, suffix: &str) -> anyhow::Result<Vec<Row>> {
+        let controllers = self.controllers;
+        let (mut notified, mut acked, mut missing) = (Vec::new(), Vec::new(), 0u64);
+        let started = Instant::now();
+        for _ in 0..changes {
+            // Alternate between two tables one safe step apart.
+            let eu = if self.changed.is_multiple_of(2) { 4_000 } else { 3_334 };
+            self.changed += 1;
+            let weights: BTreeMap<String, u32> =
+                [("eu-west", eu), ("us-east", 3_333), ("ap-south", 10_000 - eu - 3_333)]
+                    .map(|(r, w)| (r.to_string(), w))
+                    .into();
+            let sent = Instant::now();
+            let version = self.admin.set_routing("orders", &weights, &[], "benchmark").await?.revision;
+            let (mut n, mut a) = (0, 0);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while a < controllers {
+                match tokio::time::timeout_at(deadline.into(), self.rx.recv()).await {
+                    Ok(Some((v, is_ack, at))) if v == version => {
+                        let us = at.duration_since(sent).as_micros() as u64;
+                        if is_ack {
+                            acked.push(us);
+                            a += 1;
+                        } else {
+                            notified.push(us);
+                            n += 1;
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            missing += (controllers - a.min(n)) as u64;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        Ok(vec![
+            Row::from_latencies(&format!("routing-notify{suffix}"), controllers, notified, elapsed, missing),
+            Row::from_latencies(&format!("routing-ack{suffix}"), controllers, acked, elapsed, missing),
+        ])
+    }
+}
+
+/// The TTL of the leases of [`expiry_burst`].
+const BURST_TTL: Duration = Duration::from_secs(5);
+
+/// Issue 17, part 5: `leases` leases expiring at the same moment must not
+/// delay routing notifications. Opens `controllers` routing watchers,
+/// grants the leases (TTL 5 s), renews them all in one keepalive round so
+/// that their deadlines line up, and from just before that deadline times
+/// `changes` routing changes back to back; then how long the leader took to
+/// expire them all.
+pub async fn expiry_burst(
+    cluster: &TestCluster,
+    leases: usize,
+    controllers: usize,
+    changes: usize,
+) -> anyhow::Result<Vec<Row>> {
+    let mut watchers = RoutingWatchers::start(cluster, controllers).await?;
+    let mut rows = watchers.time(changes, " (quiet)").await?;
+    let (granted, _, _) = grant_all(cluster, leases, 64, BURST_TTL.as_millis() as u64).await?;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
+    let leader_addr = cluster.nodes.iter().find(|n| n.id == leader).map(|n| n.grpc.clone()).unwrap_or_default();
+    let operator_tls = cluster.options_as(interlock_tests::OPERATOR).tls;
+    // Keepalive rounds for a second: the last round renews every lease
+    // within a few milliseconds of the others.
+    let now = Instant::now();
+    let (_, refused) = keep_share(leader_addr, operator_tls, granted, now, now + Duration::from_secs(1)).await?;
+    let renewed_at = Instant::now();
+    anyhow::ensure!(refused == 0, "{refused} keepalives refused");
+    tokio::time::sleep_until((renewed_at + BURST_TTL - Duration::from_millis(200)).into()).await;
+    rows.extend(watchers.time(changes, &format!(" ({leases} leases expiring)")).await?);
+    let (mut left, drained) = (usize::MAX, Instant::now() + Duration::from_secs(120));
+    while left > 0 && Instant::now() < drained {
+        left = watchers.admin.leases().await.map(|l| l.len()).unwrap_or(usize::MAX);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let took = renewed_at.elapsed().saturating_sub(BURST_TTL).as_micros() as u64;
+    rows.push(Row::from_latencies("expiry-burst-drained", leases, vec![took], 0.0, (left > 0) as u64));
+    Ok(rows)
 }
 
 /// Kills the Interlock leader with SIGKILL; returns the time from the kill to

@@ -28,15 +28,8 @@ impl State {
         let response = dispatch(self, by, &request.command, &mut fx);
         if let Command::Audit { action, outcome } = &request.command {
             audit::record(self, request.at_unix_ms, by, action.clone(), outcome.clone());
-        } else if audit::is_audited(by, &request.command) {
-            let action = match &request.command {
-                Command::Approve { id } => match self.approvals.get(id) {
-                    Some(a) => format!("Approve {{ id: {id} }} of {} asked for by {}", a.action, a.requested_by),
-                    None => audit::describe(&request.command),
-                },
-                other => audit::describe(other),
-            };
-            audit::record(self, request.at_unix_ms, by, action, audit::outcome(&response));
+        } else {
+            record_audited(self, request.at_unix_ms, by, &request.command, &response);
         }
         let events = std::mem::take(&mut fx.events);
         self.record(events);
@@ -45,14 +38,46 @@ impl State {
     }
 }
 
+/// Records `command` of `by` in the audit trail if it is an administrative
+/// action (each command of a batch on its own), with its outcome.
+fn record_audited(state: &mut State, at_unix_ms: u64, by: &str, command: &Command, response: &Response) {
+    if let (Command::Batch { commands }, Response::Batch { responses }) = (command, response) {
+        for (command, response) in commands.iter().zip(responses) {
+            record_audited(state, at_unix_ms, by, command, response);
+        }
+        return;
+    }
+    if !audit::is_audited(by, command) {
+        return;
+    }
+    let action = match command {
+        Command::Approve { id } => match state.approvals.get(id) {
+            Some(a) => format!("Approve {{ id: {id} }} of {} asked for by {}", a.action, a.requested_by),
+            None => audit::describe(command),
+        },
+        other => audit::describe(other),
+    };
+    audit::record(state, at_unix_ms, by, action, audit::outcome(response));
+}
+
 /// Hands `command`, proposed by `by`, to the capability that owns it.
 fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) -> Response {
     let index = fx.index;
     let response = match command {
-        Command::Put { .. } | Command::Delete { .. } => apply_kv(state, index, command),
-        Command::Batch { commands } => {
-            Response::Batch { responses: commands.iter().map(|c| apply_kv(state, index, c)).collect() }
-        }
+        Command::Put { key, value } => kv::put(state, index, key, value),
+        Command::Delete { key } => kv::delete(state, index, key),
+        Command::Batch { commands } => Response::Batch {
+            responses: commands
+                .iter()
+                .map(|command| match command {
+                    // Validation admits nothing else; never panic on a log entry.
+                    c if !c.is_batchable() => {
+                        Response::refused(Refusal::InvalidArgument, format!("{c} cannot be batched"))
+                    }
+                    c => dispatch(state, by, c, fx),
+                })
+                .collect(),
+        },
         Command::ApplyTopology { topology } => {
             let response = topology::apply(state, topology, fx);
             backup::trim_to_topology(state);
@@ -188,16 +213,6 @@ fn dispatch(state: &mut State, by: &str, command: &Command, fx: &mut Effects) ->
     response
 }
 
-/// A key-value write at `index`, on its own or as part of a batch.
-fn apply_kv(state: &mut State, index: u64, command: &Command) -> Response {
-    match command {
-        Command::Put { key, value } => kv::put(state, index, key, value),
-        Command::Delete { key } => kv::delete(state, index, key),
-        // Batch validation admits nothing else; never panic on a log entry.
-        other => Response::refused(Refusal::InvalidArgument, format!("{other} cannot be batched")),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,10 +249,56 @@ mod tests {
         assert_eq!((state.revision, state.last_at_unix_ms), (7, 9));
 
         // A batch that validation refuses changes nothing but the revision.
-        let grant = Command::LeaseGrant { key: "l".into(), holder: "h".into(), ttl_ms: 1000 };
-        let refused = state.apply(8, &Request::system(10, Command::Batch { commands: vec![grant] }));
+        let put = Command::Put { key: "c".into(), value: b"1".to_vec() };
+        let note = Command::Note { kind: "k".into(), subject: "s".into(), message: "m".into() };
+        let refused = state.apply(8, &Request::system(10, Command::Batch { commands: vec![put, note] }));
         assert!(matches!(refused, Response::Refused { code: Refusal::InvalidArgument, .. }), "{refused:?}");
-        assert!(state.leases.is_empty());
+        assert!(!state.kv.contains_key("c"));
+    }
+
+    #[test]
+    fn grants_sharing_an_entry_get_distinct_tokens_that_keep_increasing() {
+        let mut state = State::default();
+        let grant = |key: &str| Command::LeaseGrant { key: key.into(), holder: "h".into(), ttl_ms: 1000 };
+        let tokens = |response: &Response| match response {
+            Response::Batch { responses } => responses
+                .iter()
+                .map(|r| match r {
+                    Response::Lease { token, .. } => *token,
+                    other => panic!("{other:?}"),
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(state.apply(3, &Request::by(1, "alice", grant("solo"))), Response::Lease { token: 3, ttl_ms: 1000 });
+        let batch = Command::Batch { commands: vec![grant("a"), grant("b"), grant("c")] };
+        assert_eq!(tokens(&state.apply(4, &Request::by(1, "alice", batch))), [4, 5, 6]);
+        // The next entry's index (5) was taken: its grant gets the token after the last.
+        assert_eq!(state.apply(5, &Request::by(1, "alice", grant("d"))), Response::Lease { token: 7, ttl_ms: 1000 });
+        // A refused grant in the middle takes no token; the others are applied.
+        let batch = Command::Batch { commands: vec![grant("e"), grant("a"), grant("f")] };
+        let response = state.apply(9, &Request::by(1, "bob", batch));
+        let Response::Batch { responses } = &response else { panic!("{response:?}") };
+        assert!(matches!(responses[1], Response::Refused { code: Refusal::FailedPrecondition, .. }), "{response:?}");
+        assert_eq!((state.leases["e"].token, state.leases["f"].token, state.last_token), (9, 10, 10));
+        assert_eq!(state.apply(30, &Request::by(1, "bob", grant("g"))), Response::Lease { token: 30, ttl_ms: 1000 });
+        let mut all: Vec<u64> = state.leases.values().map(|l| l.token).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), state.leases.len(), "a token was handed out twice: {:?}", state.leases);
+    }
+
+    #[test]
+    fn an_operators_batch_is_audited_command_by_command() {
+        let mut state = State::default();
+        let grant = |key: &str| Command::LeaseGrant { key: key.into(), holder: "h".into(), ttl_ms: 1000 };
+        state.apply(1, &Request::by(1, "alice", Command::Batch { commands: vec![grant("a"), grant("b")] }));
+        let revoke = |key: &str| Command::LeaseRevoke { key: key.into(), token: None, reason: RevokeReason::Revoked };
+        state.apply(2, &Request::by(2, "bob", Command::Batch { commands: vec![revoke("a"), revoke("zz")] }));
+        let trail: Vec<(&str, &str)> = state.audit.iter().map(|e| (e.by.as_str(), e.outcome.as_str())).collect();
+        assert_eq!(trail.len(), 2, "{:?}", state.audit);
+        assert!(trail.iter().all(|(by, _)| *by == "bob"), "{trail:?}");
+        assert!(trail[0].1.starts_with("applied") && trail[1].1.contains("not held"), "{trail:?}");
     }
 
     #[test]

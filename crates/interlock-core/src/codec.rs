@@ -10,9 +10,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// The only format written and read today. 2: leases bound to their owner,
-/// approvals and the audit trail. Version 1 is not migrated (no release had
-/// it); a node given version-1 data refuses it, naming both versions.
-pub const FORMAT: u8 = 2;
+/// approvals and the audit trail. 3: the backup catalogue, runbooks, and
+/// fencing tokens shared by an entry (`State::last_token`). Older versions
+/// are not migrated (no release had them); a node given such data refuses
+/// it, naming both versions.
+pub const FORMAT: u8 = 3;
 
 /// Upper bound on a decoded blob, so a corrupt length prefix cannot make the
 /// decoder allocate without limit.

@@ -99,7 +99,7 @@ impl Command {
                 if let Some(other) = commands.iter().find(|c| !c.is_batchable()) {
                     return Err(InvalidArgument::new("commands", format!("{other} cannot be batched")));
                 }
-                let bytes: usize = commands.iter().map(Command::kv_bytes).sum();
+                let bytes: usize = commands.iter().map(Command::batch_bytes).sum();
                 if bytes > BATCH_MAX_BYTES {
                     return Err(InvalidArgument::new(
                         "commands",

@@ -34,6 +34,9 @@ pub struct State {
     pub replicas: BTreeMap<String, Replica>,
     pub controllers: BTreeMap<String, Controller>,
     pub leases: BTreeMap<String, Lease>,
+    /// The last fencing token handed out, by a grant or a promotion (0
+    /// before any); see `lease::next_token`.
+    pub last_token: u64,
     /// The most recent [`EVENTS_KEPT`] events, oldest first.
     pub events: VecDeque<Event>,
     /// The version of the newest event dropped from `events` (0: none yet).
@@ -140,8 +143,11 @@ impl State {
         if let Some((key, entry)) = self.kv.iter().find(|(_, e)| e.mod_revision > self.revision) {
             return Err(format!("key {key} has mod_revision {} beyond revision {}", entry.mod_revision, self.revision));
         }
-        if let Some(lease) = self.leases.values().find(|l| l.token > self.revision) {
-            return Err(format!("lease {} has token {} beyond revision {}", lease.key, lease.token, self.revision));
+        if let Some(lease) = self.leases.values().find(|l| l.token > self.last_token) {
+            return Err(format!(
+                "lease {} has token {} beyond the last handed out, {}",
+                lease.key, lease.token, self.last_token
+            ));
         }
         for (key, shard) in &self.shards {
             if let Some(primary) = &shard.primary {

@@ -87,13 +87,15 @@ impl NodeCtx {
 
     /// Proposes `command` (already validated) on behalf of the caller `by`,
     /// waits until it is applied, and returns the state machine's answer; a
-    /// refusal becomes its status. Key-value writes (whose caller the state
-    /// machine does not need) are batched.
+    /// refusal becomes its status. Batchable commands go through the
+    /// leader's batcher; key-value writes (whose caller the state machine
+    /// does not need) are batched across callers, as the coordinator's.
     pub async fn propose_by(&self, by: &str, command: Command) -> Result<Response, ProposeError> {
         let proposed = async {
             // A follower answers "ask the leader" at once instead of queueing.
             if command.is_batchable() && self.is_leader() {
-                self.write_batcher.propose(command).await
+                let by = if command.needs_caller() { by } else { SYSTEM };
+                self.write_batcher.propose(by, command).await
             } else {
                 crate::raft::proposer::write(&self.raft, Request::by(self.clock.unix_ms(), by, command)).await
             }

@@ -198,13 +198,14 @@ pub(crate) fn promote(
     if let Some(r) = state.replicas.get_mut(replica_id) {
         r.role = ReplicaRole::Primary;
     }
+    let token = crate::lease::next_token(state, fx);
     state.leases.insert(
         lease_key.clone(),
         Lease {
             key: lease_key,
             holder: replica_id.to_string(),
             ttl_ms,
-            token: fx.index,
+            token,
             granted_at_unix_ms: fx.at_unix_ms,
             // Bound to whoever runs the replica now: only it may renew it.
             owner: owner.unwrap_or_default(),
@@ -226,7 +227,7 @@ pub(crate) fn promote(
     fx.event(
         "shard.promoted",
         shard_key,
-        format!("{replica_id} in {region} promoted {from} ({mode:?}), epoch {epoch}, token {}: {reason}", fx.index),
+        format!("{replica_id} in {region} promoted {from} ({mode:?}), epoch {epoch}, token {token}: {reason}"),
     );
     Response::Applied { revision: fx.index }
 }

@@ -27,18 +27,19 @@ pub(crate) fn grant(state: &mut State, key: &str, holder: &str, ttl_ms: u64, by:
             format!("lease {key} is held by {} as {} (token {}){why}", lease.holder, lease.owner, lease.token),
         );
     }
+    let token = super::next_token(state, fx);
     let lease = Lease {
         key: key.to_string(),
         holder: holder.to_string(),
         ttl_ms,
-        token: fx.index,
+        token,
         granted_at_unix_ms: fx.at_unix_ms,
         owner: by.to_string(),
         revoked: false,
     };
     state.leases.insert(key.to_string(), lease);
-    fx.event("lease.granted", key, format!("to {holder} ({by}) for {ttl_ms} ms, token {}", fx.index));
-    Response::Lease { token: fx.index, ttl_ms }
+    fx.event("lease.granted", key, format!("to {holder} ({by}) for {ttl_ms} ms, token {token}"));
+    Response::Lease { token, ttl_ms }
 }
 
 pub(crate) fn revoke(

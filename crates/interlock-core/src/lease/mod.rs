@@ -3,8 +3,11 @@
 //! record is [`crate::model::Lease`].
 //!
 //! The three pieces and why they are safe together:
-//! - A grant goes through Raft; its token is the grant's log index, so tokens
-//!   only increase, across keys, leader changes and restarts.
+//! - A grant goes through Raft; its token is the grant's log index — or,
+//!   when an earlier grant or promotion of the same entry took that index,
+//!   one more than the last token handed out ([`next_token`]). So tokens
+//!   strictly increase in log order and no two grants share one, across
+//!   keys, leader changes, restarts and commands that share an entry.
 //! - The leader keeps each lease's deadline in memory ([`LeaseDeadlines`]),
 //!   on its monotonic clock. A keepalive received at `r` moves the deadline to
 //!   `r + ttl`, but only after a leadership confirmation that *started after*
@@ -27,7 +30,35 @@ pub use apply::renewable;
 pub(crate) use apply::{grant, revoke};
 pub use deadlines::LeaseDeadlines;
 
+use crate::state::{Effects, State};
 use crate::vocab::InvalidArgument;
+use std::cell::Cell;
+
+/// The fencing token of a grant or promotion applied at `fx.index`: the
+/// index itself, unless a command earlier in the same entry (a
+/// [`crate::Command::Batch`]) already took it, or the one after the last
+/// token handed out. Strictly greater than every earlier token, and equal
+/// to the index whenever no entry shared its tokens before.
+pub(crate) fn next_token(state: &mut State, fx: &Effects) -> u64 {
+    let token =
+        if SHARED_ENTRY_TOKEN_IS_THE_INDEX.get() { fx.index } else { fx.index.max(state.last_token.saturating_add(1)) };
+    state.last_token = state.last_token.max(token);
+    token
+}
+
+thread_local! {
+    static SHARED_ENTRY_TOKEN_IS_THE_INDEX: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A deliberate bug for the simulation (never set in production): every
+/// grant and promotion in an entry takes the entry's index as its token, as
+/// tokens were before entries were shared — so two promotions applied
+/// together hold the same token. Per thread: the simulation runs a whole
+/// cluster on its one thread.
+#[doc(hidden)]
+pub fn mutate_shared_entry_token(on: bool) {
+    SHARED_ENTRY_TOKEN_IS_THE_INDEX.set(on);
+}
 
 /// Shortest lease TTL accepted, in milliseconds.
 pub const TTL_MIN_MS: u64 = 500;

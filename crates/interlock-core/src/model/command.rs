@@ -13,7 +13,7 @@ use std::fmt;
 
 /// Most commands in one [`Command::Batch`].
 pub const BATCH_MAX_COMMANDS: usize = 1024;
-/// Most key and value bytes in one [`Command::Batch`]: with openraft's 300
+/// Most payload bytes ([`Command::batch_bytes`]) in one [`Command::Batch`]: with openraft's 300
 /// entries per append, an append of full batches stays well under the
 /// transport's message limit.
 pub const BATCH_MAX_BYTES: usize = 128 * 1024;
@@ -99,10 +99,13 @@ pub enum Command {
     Drain { region: String, undrain: bool, step_bps: u32, interval_ms: u64, reason: String },
     /// One step of the drain of `region`, if its fraction is still `expected_fraction_bps`.
     DrainStep { region: String, expected_fraction_bps: u32 },
-    /// Key-value writes of several clients that reached the leader together,
-    /// applied in order in one log entry (see `interlock-server`'s
-    /// `proposer`). Only `Put` and `Delete` may be batched: they share the
-    /// entry's index as their revision, which a fencing token must not.
+    /// Commands of one caller (`Request::by`) that reached the leader
+    /// together, applied in order in one log entry, each as if alone (see
+    /// `interlock-server`'s `proposer`). Only the commands of
+    /// [`Command::is_batchable`]: they take no id from the entry's index but
+    /// their revision, and fencing tokens stay unique because a grant or a
+    /// promotion after the first in an entry takes the token after the last
+    /// one handed out (`lease::next_token`).
     Batch { commands: Vec<Command> },
     /// Ask a second operator to approve a dangerous `action` (SPEC §9); the
     /// request's id is this entry's index. It does nothing once
@@ -168,16 +171,43 @@ impl fmt::Display for Action {
 }
 
 impl Command {
-    /// Whether the command may travel in a [`Command::Batch`].
+    /// Whether the command may travel in a [`Command::Batch`]: key-value
+    /// writes, lease grants and revokes, and the commands a mass failover
+    /// is made of (promotions, acknowledgements, fences). Not the commands
+    /// whose id is the entry's index (approvals, restore jobs, executions),
+    /// nor those that change regions or the topology.
     pub fn is_batchable(&self) -> bool {
-        matches!(self, Command::Put { .. } | Command::Delete { .. })
+        matches!(
+            self,
+            Command::Put { .. }
+                | Command::Delete { .. }
+                | Command::LeaseGrant { .. }
+                | Command::LeaseRevoke { .. }
+                | Command::Promote { .. }
+                | Command::Acknowledge { .. }
+                | Command::Fence { .. }
+        )
     }
 
-    /// Key and value bytes the command carries, for bounding a batch.
-    pub fn kv_bytes(&self) -> usize {
+    /// Whether the state machine needs to know who proposed the command; a
+    /// key-value write's caller is checked at the API and not recorded, so
+    /// writes of different callers may share an entry.
+    pub fn needs_caller(&self) -> bool {
+        !matches!(self, Command::Put { .. } | Command::Delete { .. })
+    }
+
+    /// The variable-length bytes a batchable command carries (keys, values,
+    /// ids, reasons), for bounding a batch.
+    pub fn batch_bytes(&self) -> usize {
         match self {
             Command::Put { key, value } => key.len() + value.len(),
             Command::Delete { key } => key.len(),
+            Command::LeaseGrant { key, holder, .. } => key.len() + holder.len(),
+            Command::LeaseRevoke { key, .. } => key.len(),
+            Command::Promote { shard, replica, reason, .. } | Command::Fence { shard, replica, reason, .. } => {
+                shard.len() + replica.len() + reason.len()
+            }
+            Command::Acknowledge { replica, .. } => replica.len(),
             _ => 0,
         }
     }
@@ -218,7 +248,7 @@ impl fmt::Display for Command {
             Command::DrainStep { region, expected_fraction_bps } => {
                 write!(f, "drain step of {region} from {expected_fraction_bps} bps")
             }
-            Command::Batch { commands } => write!(f, "batch of {} key-value writes", commands.len()),
+            Command::Batch { commands } => write!(f, "batch of {} commands", commands.len()),
             Command::RequestApproval { action, .. } => write!(f, "ask for approval of: {action}"),
             Command::Approve { id } => write!(f, "approve request {id}"),
             Command::Audit { action, .. } => write!(f, "audit {action}"),

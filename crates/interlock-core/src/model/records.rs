@@ -22,7 +22,8 @@ pub struct Lease {
     pub key: String,
     pub holder: String,
     pub ttl_ms: u64,
-    /// The log index of the grant: the fencing token.
+    /// The fencing token: the grant's log index, or above it when the grant
+    /// shared its entry (strictly increasing in log order, never reused).
     pub token: u64,
     /// The proposing leader's wall clock at the grant (for display).
     pub granted_at_unix_ms: u64,

@@ -54,23 +54,23 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
         for (region, reason) in &plan.not_declared {
             not_declared.note(&ctx, region, reason).await;
         }
-        for command in plan.commands {
+        // Region commands first, in order: they change what the shard
+        // commands meet. The shard commands (one per shard) are proposed all
+        // at once, so that the promotions of a lost region share entries.
+        let (regions, shards): (Vec<Command>, Vec<Command>) = plan
+            .commands
+            .into_iter()
+            .partition(|c| matches!(c, Command::DeclareRegionLost { .. } | Command::SetRegionState { .. }));
+        for command in regions {
             let lost_region = match &command {
                 Command::DeclareRegionLost { region, .. } => Some(region.clone()),
                 _ => None,
             };
-            let promotion = matches!(command, Command::Promote { .. });
-            let label = match &command {
-                Command::Promote { reason, .. } => format!("{command}: {reason}"),
-                _ => command.to_string(),
-            };
+            let label = command.to_string();
             if !propose(&ctx, command).await {
                 continue;
             }
             tracing::info!("failover loop: {label}");
-            if promotion {
-                ctx.metrics.failovers.inc();
-            }
             if let Some(region) = lost_region {
                 // Detection time: from the last heartbeat heard from the region.
                 let last_heard = {
@@ -82,6 +82,23 @@ pub async fn run_failover_loop(ctx: Arc<NodeCtx>, liveness: Arc<Liveness>) {
                 ctx.metrics.detection_seconds.observe(now_ms.saturating_sub(since) as f64 / 1000.0);
             }
         }
+        let proposals = shards.into_iter().map(|command| {
+            let ctx = &ctx;
+            async move {
+                let promotion = matches!(command, Command::Promote { .. });
+                let label = match &command {
+                    Command::Promote { reason, .. } => format!("{command}: {reason}"),
+                    _ => command.to_string(),
+                };
+                if propose(ctx, command).await {
+                    tracing::info!("failover loop: {label}");
+                    if promotion {
+                        ctx.metrics.failovers.inc();
+                    }
+                }
+            }
+        });
+        futures::future::join_all(proposals).await;
     }
 }
 

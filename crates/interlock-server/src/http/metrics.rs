@@ -94,7 +94,7 @@ impl Metrics {
         );
         registry.register(
             "write_batch_writes",
-            "Key-value writes this node proposed together in one log entry (as leader)",
+            "Commands this node proposed together in one log entry (as leader): key-value writes, lease grants and revokes, promotions, acknowledgements",
             metrics.write_batch_writes.clone(),
         );
         registry.register(

@@ -1,5 +1,5 @@
-//! Proposal batching: key-value writes that reach the leader while earlier
-//! ones are still in Raft travel together, as one [`Command::Batch`] entry.
+//! Proposal batching: writes that reach the leader while earlier ones are
+//! still in Raft travel together, as one [`Command::Batch`] entry.
 //!
 //! Why: openraft 0.9 appends every `client_write` as its own log entry and
 //! waits for that append to be flushed (an fsync) before it takes the next
@@ -7,11 +7,14 @@
 //! per write. Here at most [`IN_FLIGHT`] proposal is in Raft at a time;
 //! writes that arrive meanwhile queue up and leave as one entry when a slot
 //! frees. A lone client sees no delay (its write leaves at once); under load
-//! one fsync and one replication round serve many writes.
+//! one fsync and one replication round serve many writes — a thousand lease
+//! expiries, the promotions of a lost region, their acknowledgements.
 //!
-//! Only `Put` and `Delete` are batched ([`Command::is_batchable`]): they
-//! share the entry's index as their revision, which fencing tokens (the log
-//! index of a lease grant) must not.
+//! Only the commands of [`Command::is_batchable`] are batched, and an entry
+//! carries one caller (`Request::by`, which the state machine checks for
+//! everything but key-value writes): the queue is grouped by caller, oldest
+//! first, so controllers acknowledging at the same time do not split each
+//! other's batches.
 
 use crate::ctx::ProposeError;
 use crate::http::metrics::Metrics;
@@ -19,6 +22,7 @@ use interlock_core::command::{BATCH_MAX_BYTES, BATCH_MAX_COMMANDS};
 use interlock_core::{Command, Request, Response};
 use interlock_store::Raft;
 use openraft::error::{ClientWriteError, RaftError};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::Status;
@@ -34,8 +38,9 @@ const QUEUE: usize = 4 * BATCH_MAX_COMMANDS;
 
 type Reply = oneshot::Sender<Result<Response, ProposeError>>;
 
-/// A write waiting to be proposed, and where its answer goes.
+/// A write waiting to be proposed, on behalf of `by`, and where its answer goes.
 struct Pending {
+    by: String,
     command: Command,
     reply: Reply,
 }
@@ -54,39 +59,35 @@ impl WriteBatcher {
         WriteBatcher { queue }
     }
 
-    /// Proposes `command` (batchable, validated) with whatever else is
-    /// waiting, and returns its own answer once the entry is applied.
-    pub async fn propose(&self, command: Command) -> Result<Response, ProposeError> {
+    /// Proposes `command` (batchable, validated) on behalf of `by` with
+    /// whatever else `by` has waiting, and returns its own answer once the
+    /// entry is applied.
+    pub async fn propose(&self, by: &str, command: Command) -> Result<Response, ProposeError> {
         let (reply, answer) = oneshot::channel();
         let stopped = || ProposeError::Status(Status::unavailable("the node is shutting down"));
-        self.queue.send(Pending { command, reply }).await.map_err(|_| stopped())?;
+        let pending = Pending { by: by.to_string(), command, reply };
+        self.queue.send(pending).await.map_err(|_| stopped())?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
 async fn run(raft: Raft, clock: Arc<dyn crate::ctx::Clock>, metrics: Arc<Metrics>, mut rx: mpsc::Receiver<Pending>) {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let mut carried: Option<Pending> = None;
+    // Taken from the channel, not proposed yet: oldest first.
+    let mut waiting: VecDeque<Pending> = VecDeque::new();
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
-        let first = match carried.take() {
-            Some(p) => p,
-            None => match rx.recv().await {
-                Some(p) => p,
+        if waiting.is_empty() {
+            match rx.recv().await {
+                Some(p) => waiting.push_back(p),
                 None => return,
-            },
-        };
-        let mut bytes = first.command.kv_bytes();
-        let mut batch = vec![first];
-        while batch.len() < BATCH_MAX_COMMANDS {
-            let Ok(next) = rx.try_recv() else { break };
-            bytes += next.command.kv_bytes();
-            if bytes > BATCH_MAX_BYTES {
-                carried = Some(next);
-                break;
             }
-            batch.push(next);
         }
+        while waiting.len() < QUEUE {
+            let Ok(next) = rx.try_recv() else { break };
+            waiting.push_back(next);
+        }
+        let batch = take_batch(&mut waiting);
         metrics.write_batch_writes.observe(batch.len() as f64);
         let (raft, at_unix_ms) = (raft.clone(), clock.unix_ms());
         tokio::spawn(async move {
@@ -96,27 +97,53 @@ async fn run(raft: Raft, clock: Arc<dyn crate::ctx::Clock>, metrics: Arc<Metrics
     }
 }
 
+/// Takes the next batch out of `waiting` (not empty): the oldest write and
+/// the writes of the same caller after it, in order, within the bounds of a
+/// batch. The others keep their places.
+fn take_batch(waiting: &mut VecDeque<Pending>) -> Vec<Pending> {
+    let Some(first) = waiting.pop_front() else { return Vec::new() };
+    let mut bytes = first.command.batch_bytes();
+    let mut batch = vec![first];
+    let mut others = VecDeque::new();
+    while let Some(next) = waiting.pop_front() {
+        if batch.len() >= BATCH_MAX_COMMANDS || bytes + next.command.batch_bytes() > BATCH_MAX_BYTES {
+            waiting.push_front(next);
+            break;
+        }
+        if next.by == batch[0].by {
+            bytes += next.command.batch_bytes();
+            batch.push(next);
+        } else {
+            others.push_back(next);
+        }
+    }
+    others.append(waiting);
+    *waiting = others;
+    batch
+}
+
 /// Proposes `batch` as one entry (a lone write as itself) and answers each
 /// waiter with its own response.
 async fn propose_batch(raft: &Raft, at_unix_ms: u64, batch: Vec<Pending>) {
+    let by = batch.first().map(|p| p.by.clone()).unwrap_or_default();
     let (commands, replies): (Vec<Command>, Vec<Reply>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
     let count = replies.len();
     let command = match <[Command; 1]>::try_from(commands) {
         Ok([lone]) => lone,
         Err(commands) => Command::Batch { commands },
     };
-    match (count, write(raft, Request::system(at_unix_ms, command)).await) {
+    match (count, write(raft, Request::by(at_unix_ms, &by, command)).await) {
         (1, outcome) => answer_all(replies, || outcome.clone()),
         (_, Ok(Response::Batch { responses })) if responses.len() == count => {
             for (reply, response) in replies.into_iter().zip(responses) {
                 let _ = reply.send(Ok(response));
             }
         }
-        // The whole entry was refused (nothing changed): each write was.
+        // The whole entry was refused (nothing changed): each command was.
         (_, Ok(refused @ Response::Refused { .. })) => answer_all(replies, || Ok(refused.clone())),
         (_, Ok(other)) => answer_all(replies, || {
             Err(ProposeError::Status(Status::internal(format!(
-                "a batch of {count} writes was answered with {other:?}; their outcome is unknown"
+                "a batch of {count} commands was answered with {other:?}; their outcome is unknown"
             ))))
         }),
         (_, Err(e)) => answer_all(replies, || Err(e.clone())),
@@ -145,6 +172,7 @@ mod tests {
     use crate::ctx::SystemClock;
     use crate::raft::channels::{tcp_channel_maker, Channels};
     use crate::raft::network::Network;
+    use interlock_core::vocab::SYSTEM;
     use interlock_core::NodeInfo;
     use interlock_store::{MemLogStore, NoObserver, SnapshotVault, StateMachineStore};
     use std::collections::{BTreeMap, BTreeSet};
@@ -181,7 +209,7 @@ mod tests {
                 let batcher = batcher.clone();
                 tokio::spawn(async move {
                     let command = Command::Put { key: format!("k{i}"), value: vec![i as u8; 100] };
-                    (i, batcher.propose(command).await)
+                    (i, batcher.propose(SYSTEM, command).await)
                 })
             })
             .collect();
@@ -201,9 +229,8 @@ mod tests {
         );
 
         // A lone write afterwards is proposed as itself, not as a batch of one.
-        let Ok(Response::Applied { revision }) = batcher.propose(Command::Delete { key: "k0".into() }).await else {
-            panic!("the delete was not applied")
-        };
+        let lone = batcher.propose(SYSTEM, Command::Delete { key: "k0".into() }).await;
+        let Ok(Response::Applied { revision }) = lone else { panic!("the delete was not applied") };
         assert!(!state.read().state.kv.contains_key("k0"));
         use openraft::RaftLogReader;
         let entries = log.try_get_log_entries(revision..=revision).await.expect("log");
@@ -213,5 +240,24 @@ mod tests {
             "{payload:?}"
         );
         let _ = raft.shutdown().await;
+    }
+
+    #[test]
+    fn a_batch_is_one_callers_oldest_first_and_the_others_keep_their_places() {
+        let pending = |by: &str, key: &str| Pending {
+            by: by.to_string(),
+            command: Command::Delete { key: key.to_string() },
+            reply: oneshot::channel().0,
+        };
+        let mut waiting: VecDeque<Pending> =
+            [("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("b", "5"), ("a", "6")].map(|(b, k)| pending(b, k)).into();
+        let keys = |batch: &[Pending]| -> Vec<String> {
+            batch.iter().map(|p| format!("{}{}", p.by, p.command.to_string().trim_start_matches("delete "))).collect()
+        };
+        assert_eq!(keys(&take_batch(&mut waiting)), ["a1", "a3", "a6"]);
+        assert_eq!(keys(waiting.make_contiguous()), ["b2", "c4", "b5"]);
+        assert_eq!(keys(&take_batch(&mut waiting)), ["b2", "b5"]);
+        assert_eq!(keys(&take_batch(&mut waiting)), ["c4"]);
+        assert!(take_batch(&mut waiting).is_empty());
     }
 }
