@@ -222,6 +222,11 @@ impl TestNode {
         self.child.is_some()
     }
 
+    /// The process id of this run of the node, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether the process was started and has exited since (it is then
     /// no longer running).
     pub fn exited(&mut self) -> bool {

@@ -113,6 +113,19 @@ enum Workload {
         #[arg(long, default_value_t = 20)]
         changes: usize,
     },
+    /// The fleet at rest: --shards shards with an agent per region (one
+    /// primary lease per shard kept alive), --controllers controllers in
+    /// all, the others heartbeating every 250 ms; for --duration, every
+    /// heartbeat's answer and a probe lease's keepalives are timed, and each
+    /// node's CPU share and memory read.
+    Fleet {
+        #[arg(long, default_value_t = 10_000)]
+        shards: usize,
+        #[arg(long, default_value_t = 1000)]
+        controllers: usize,
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+    },
     /// A mass failover with real agents (the demo database, one per region):
     /// --shards shards, the first --lost with their primary in eu-west; kill
     /// -9 eu-west's node and agent, then time each of those shards until it
@@ -323,6 +336,9 @@ async fn main() -> anyhow::Result<()> {
         }
         Workload::ExpiryBurst { leases, controllers, changes } => {
             workloads::expiry_burst(&cluster, leases, controllers, changes).await?
+        }
+        Workload::Fleet { shards, controllers, duration } => {
+            fleet::scale(&cluster, shards, controllers, duration).await?
         }
         Workload::MassFailover { shards, lost } => fleet::mass_failover(&mut cluster, shards, lost).await?,
         Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],

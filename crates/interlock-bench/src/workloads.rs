@@ -8,23 +8,28 @@ use interlock_tests::TestCluster;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+/// A channel of its own to the node at `addr` (one HTTP/2 connection).
+pub async fn connect(addr: &str, tls: Option<interlock_client::Tls>) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
+    Ok(match tls {
+        Some(tls) => endpoint.connect_with_connector(interlock_tls::stream::tcp_connector(tls)).await?,
+        None => endpoint.connect().await?,
+    })
+}
+
 /// Drives one keepalive stream directly (the SDK's LeaseKeeper sends one
 /// keepalive per TTL/4, which is not a load test): each round sends a
 /// keepalive for every lease in `share`, then reads all the answers.
 /// Returns the latencies (µs) of answers sent after `measure_from`, and how
 /// many of those were refusals.
-async fn keep_share(
+pub async fn keep_share(
     addr: String,
     tls: Option<interlock_client::Tls>,
     share: Vec<(String, u64)>,
     measure_from: Instant,
     stop_at: Instant,
 ) -> anyhow::Result<(Vec<u64>, u64)> {
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.tcp_nodelay(true);
-    let channel = match tls {
-        Some(tls) => endpoint.connect_with_connector(interlock_tls::stream::tcp_connector(tls)).await?,
-        None => endpoint.connect().await?,
-    };
+    let channel = connect(&addr, tls).await?;
     let (tx, rx) = tokio::sync::mpsc::channel(share.len() * 2 + 1);
     let mut inbound = ControllerClient::new(channel)
         .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -329,19 +334,29 @@ pub async fn expiry_burst(
 ) -> anyhow::Result<Vec<Row>> {
     let mut watchers = RoutingWatchers::start(cluster, controllers).await?;
     let mut rows = watchers.time(changes, " (quiet)").await?;
-    let (granted, _, _) = grant_all(cluster, leases, 64, BURST_TTL.as_millis() as u64).await?;
+    let (granted, _, seconds) = grant_all(cluster, leases, 64, BURST_TTL.as_millis() as u64).await?;
+    eprintln!("{} leases granted in {seconds:.1} s", granted.len());
     let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let leader_addr = cluster.nodes.iter().find(|n| n.id == leader).map(|n| n.grpc.clone()).unwrap_or_default();
     let operator_tls = cluster.options_as(interlock_tests::OPERATOR).tls;
     // Keepalive rounds for a second: the last round renews every lease
     // within a few milliseconds of the others.
     let now = Instant::now();
-    let (_, refused) = keep_share(leader_addr, operator_tls, granted, now, now + Duration::from_secs(1)).await?;
+    let mut renewals = Vec::new();
+    for share in granted.chunks(granted.len().div_ceil(64).max(1)) {
+        let (addr, tls, share) = (leader_addr.clone(), operator_tls.clone(), share.to_vec());
+        renewals.push(tokio::spawn(keep_share(addr, tls, share, now, now + Duration::from_secs(1))));
+    }
+    let mut refused = 0;
+    for renewal in renewals {
+        refused += renewal.await??.1;
+    }
     let renewed_at = Instant::now();
     anyhow::ensure!(refused == 0, "{refused} keepalives refused");
+    eprintln!("renewed together; timing routing changes from just before they expire");
     tokio::time::sleep_until((renewed_at + BURST_TTL - Duration::from_millis(200)).into()).await;
     rows.extend(watchers.time(changes, &format!(" ({leases} leases expiring)")).await?);
-    let (mut left, drained) = (usize::MAX, Instant::now() + Duration::from_secs(120));
+    let (mut left, drained) = (usize::MAX, Instant::now() + Duration::from_secs(60));
     while left > 0 && Instant::now() < drained {
         left = watchers.admin.leases().await.map(|l| l.len()).unwrap_or(usize::MAX);
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -57,6 +57,12 @@ pub trait ReplicaDriver: Send + Sync + 'static {
     /// whose database cannot be reached is reported unhealthy (and is never
     /// promoted).
     fn status(&self) -> Vec<ReplicaStatus>;
+    /// The status of `replica` alone (None: not run here). The default
+    /// filters [`ReplicaDriver::status`]; a driver of thousands of replicas
+    /// should answer it directly, since each replica's actor asks it.
+    fn replica_status(&self, replica: &str) -> Option<ReplicaStatus> {
+        self.status().into_iter().find(|s| s.replica_id == replica)
+    }
     /// The other regions this controller can reach right now.
     fn reachable_regions(&self) -> Vec<String>;
     /// Whether `replica`'s database accepts writes as a primary right now,
@@ -588,11 +594,11 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
     }
 
     fn position(&self) -> u64 {
-        self.driver.status().into_iter().find(|s| s.replica_id == self.replica).map_or(0, |s| s.position)
+        self.driver.replica_status(&self.replica).map_or(0, |s| s.position)
     }
 
     fn healthy(&self) -> bool {
-        self.driver.status().into_iter().any(|s| s.replica_id == self.replica && s.healthy)
+        self.driver.replica_status(&self.replica).is_some_and(|s| s.healthy)
     }
 
     /// A primary whose database stays unhealthy past `give_up_after` is

@@ -277,12 +277,19 @@ impl DemoDatabase {
     pub fn apply_probe(&self, reply: &str) -> bool {
         let Some((region, lines)) = parse_probe(reply) else { return false };
         self.reachable.saw(region);
-        let mut inner = self.lock();
+        // One pass over the answer, one over the replicas: an agent of
+        // 10 000 replicas gets thousands of lines per probe.
+        let mut positions: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
         for line in lines {
             let Some((shard, position)) = line.split_once(' ') else { continue };
             let Ok(position) = position.trim().parse::<u64>() else { continue };
-            for r in inner.replicas.values_mut().filter(|r| r.shard == shard && r.acting.is_none() && !r.down) {
-                r.position = r.position.max(position);
+            let best = positions.entry(shard).or_default();
+            *best = (*best).max(position);
+        }
+        let mut inner = self.lock();
+        for r in inner.replicas.values_mut().filter(|r| r.acting.is_none() && !r.down) {
+            if let Some(position) = positions.get(r.shard.as_str()) {
+                r.position = r.position.max(*position);
             }
         }
         true
@@ -306,6 +313,12 @@ impl ReplicaDriver for DemoDatabase {
             .iter()
             .map(|(id, r)| ReplicaStatus { replica_id: id.clone(), position: r.position, lag: 0, healthy: !r.down })
             .collect()
+    }
+
+    fn replica_status(&self, replica: &str) -> Option<ReplicaStatus> {
+        let inner = self.lock();
+        let r = inner.replicas.get(replica)?;
+        Some(ReplicaStatus { replica_id: replica.to_string(), position: r.position, lag: 0, healthy: !r.down })
     }
 
     fn reachable_regions(&self) -> Vec<String> {
