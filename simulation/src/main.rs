@@ -33,8 +33,9 @@ struct Cli {
     scenario: String,
     /// Switch on a deliberate bug: skip-keepalive-confirmation,
     /// no-reset-on-new-term, holder-no-drift, no-witnesses,
-    /// revoke-frees-at-once, trust-failed-demote, give-up-unfenced or
-    /// rerun-runbook-effects (docs/simulation.md says what each breaks).
+    /// revoke-frees-at-once, trust-failed-demote, give-up-unfenced,
+    /// rerun-runbook-effects or shared-entry-token (docs/simulation.md says
+    /// what each breaks).
     #[arg(long)]
     mutation: Option<String>,
     /// Pin the lease TTL (seconds) instead of drawing it from the seed
