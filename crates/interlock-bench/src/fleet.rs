@@ -61,7 +61,7 @@ async fn place(cluster: &TestCluster, shards: usize, lost: usize) -> anyhow::Res
     // not the model database, is what is measured.
     let agents: Vec<TestAgent> =
         REGIONS.iter().map(|r| TestAgent::start_with(cluster, r, "write_every_ms = 1000\n")).collect();
-    let settle = Duration::from_secs(std::env::var("BENCH_SETTLE_S").ok().and_then(|s| s.parse().ok()).unwrap_or(300));
+    let settle = Duration::from_secs(300);
     loop {
         let now = match admin.shards().await {
             Ok(now) => now,
