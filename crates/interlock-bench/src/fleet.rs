@@ -56,11 +56,21 @@ async fn place(cluster: &TestCluster, shards: usize, lost: usize) -> anyhow::Res
     anyhow::ensure!(lost <= shards, "--lost: {lost} is more than --shards {shards}");
     let admin = cluster.client();
     let started = Instant::now();
+    // Automation waits until every agent runs: else the first agent up
+    // would win the first election of every shard, wherever it prefers.
+    admin.set_maintenance(None, true, "bench: the agents are starting").await?;
     admin.apply_topology(&topology(shards, lost)?, false).await?;
     // The demo database writes once a second per primary: the coordinator,
     // not the model database, is what is measured.
     let agents: Vec<TestAgent> =
         REGIONS.iter().map(|r| TestAgent::start_with(cluster, r, "write_every_ms = 1000\n")).collect();
+    while admin.controllers().await.map_or(0, |c| c.len()) < agents.len() {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the agents did not register within 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Their first heartbeats, so that every candidate is seen as alive.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    admin.set_maintenance(None, false, "bench: every agent runs").await?;
     let settle = Duration::from_secs(300);
     loop {
         let now = match admin.shards().await {

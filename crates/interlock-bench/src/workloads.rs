@@ -41,7 +41,7 @@ pub async fn keep_share(
         for (key, token) in &share {
             seq += 1;
             sent.insert(seq, Instant::now());
-            tx.send(LeaseKeepAliveRequest { key: key.clone(), token: *token, seq }).await?;
+            tx.send(LeaseKeepAliveRequest { key: key.clone(), token: *token, seq, batch: Vec::new() }).await?;
         }
         for _ in 0..share.len() {
             let answer = inbound.message().await?.ok_or_else(|| anyhow::anyhow!("keepalive stream closed"))?;

@@ -30,8 +30,7 @@
 //!   reports each result (a failure with its reason).
 
 use crate::{
-    Assignment, Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus, RestoreJob,
-    RoutingTable,
+    Client, ClientError, LeaseKeeper, LeaseOptions, ReplicaAssignment, ReplicaStatus, RestoreJob, RoutingTable,
 };
 use interlock_proto::v1::controller_client::ControllerClient;
 use interlock_proto::v1::{
@@ -232,7 +231,9 @@ impl RegionController {
             };
             tokio::spawn(actor.run(rx));
         }
-        let (latest, _) = watch::channel(None::<Assignment>);
+        // The whole assignment, per replica, kept from the watch's first
+        // (full) message and the partial ones after it.
+        let (latest, _) = watch::channel(BTreeMap::<String, ReplicaAssignment>::new());
         if let Some(every) = config.backup_every {
             tokio::spawn(backups(client.clone(), config.clone(), driver.clone(), latest.subscribe(), every));
         }
@@ -245,12 +246,22 @@ impl RegionController {
                     let Some(assignment) = message.assignment else { continue };
                     restores.start(&client, &config.id, &driver, &assignment.restore_jobs);
                     hooks.start(&client, &config.id, &driver, &assignment.hook_jobs);
+                    // Only the replicas in the message changed (all of them
+                    // in a full one): the other actors are not woken.
                     for replica in &assignment.replicas {
                         if let Some(tx) = actors.get(&replica.replica_id) {
                             tx.send_replace(Some(replica.clone()));
                         }
                     }
-                    latest.send_replace(Some(assignment));
+                    latest.send_modify(|all| {
+                        if !assignment.partial {
+                            all.clear();
+                        }
+                        for r in &assignment.removed {
+                            all.remove(r);
+                        }
+                        all.extend(assignment.replicas.into_iter().map(|r| (r.replica_id.clone(), r)));
+                    });
                 }
                 Err(e) => {
                     tracing::debug!("assignment watch: {e}; retrying");
@@ -267,18 +278,13 @@ async fn backups<D: ReplicaDriver>(
     client: Client,
     config: ControllerConfig,
     driver: Arc<D>,
-    assignment: watch::Receiver<Option<Assignment>>,
+    assignment: watch::Receiver<BTreeMap<String, ReplicaAssignment>>,
     every: Duration,
 ) {
     loop {
         tokio::time::sleep(every).await;
-        let primaries: Vec<ReplicaAssignment> = assignment
-            .borrow()
-            .iter()
-            .flat_map(|a| a.replicas.iter())
-            .filter(|r| r.role == "PRIMARY" && r.acknowledged)
-            .cloned()
-            .collect();
+        let primaries: Vec<ReplicaAssignment> =
+            assignment.borrow().values().filter(|r| r.role == "PRIMARY" && r.acknowledged).cloned().collect();
         for r in primaries {
             let taken = match driver.backup(&r.replica_id).await {
                 Ok(taken) => taken,

@@ -10,7 +10,7 @@
 use crate::{Client, ClientError};
 use interlock_core::lease::{holder_deadline, DEFAULT_DRIFT};
 use interlock_proto::v1::controller_client::ControllerClient;
-use interlock_proto::v1::LeaseKeepAliveRequest;
+use interlock_proto::v1::{LeaseKeepAliveRequest, LeaseKeepAliveResponse};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -133,7 +133,7 @@ impl LeaseKeeper {
     ) -> Result<LeaseKeeper, ClientError> {
         options.validate()?;
         let sent = Instant::now();
-        let request = LeaseKeepAliveRequest { key: key.to_string(), token, seq: 0 };
+        let request = LeaseKeepAliveRequest { key: key.to_string(), token, seq: 0, batch: Vec::new() };
         let answer = client
             .call(crate::Idempotence::Idempotent, |ch| {
                 let request = request.clone();
@@ -227,8 +227,9 @@ impl Drop for LeaseKeeper {
     }
 }
 
-/// The keepalive loop: one stream at a time to the leader, reconnecting on
-/// failure, until the lease is lost.
+/// The keepalive loop of one lease: a keepalive every period through the
+/// client's shared stream ([`KeepaliveMux`]), the deadline moved on by each
+/// confirmed one, until the lease is lost.
 async fn keep(
     client: Client,
     key: String,
@@ -240,24 +241,94 @@ async fn keep(
 ) {
     let every = options.keepalive_every.unwrap_or(Duration::from_millis((ttl_ms / 4).max(50)));
     // A stream that answers nothing for this long leads to a node that died
-    // or was cut off without closing it: try another node, well before the
-    // deadline (a new leader may be there already).
+    // or was cut off without closing it: the mux tries another node, well
+    // before the deadline (a new leader may be there already).
     let stalled_after = (every * 2).min(Duration::from_millis(ttl_ms / 4)).max(Duration::from_millis(200));
-    let mut index = client.preferred_index();
+    let mux = client.keepalive_mux();
+    let (reply, mut answers) = mpsc::channel(IN_FLIGHT_MAX);
+    let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
     let mut seq = 0u64;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        if Instant::now() >= deadline {
-            state.send_replace(LeaseState::Lost { reason: "the deadline passed without a renewal".to_string() });
-            return;
+        tokio::select! {
+            _ = ticker.tick() => {
+                seq += 1;
+                sent.insert(seq, Instant::now());
+                while sent.len() > IN_FLIGHT_MAX {
+                    sent.pop_first();
+                }
+                let request = LeaseKeepAliveRequest { key: key.clone(), token, seq, batch: Vec::new() };
+                // A full mux queue loses this one: the next period sends again.
+                let _ = mux.try_send(MuxRequest { request, stalled_after, reply: reply.clone() });
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                state.send_replace(LeaseState::Lost { reason: "the deadline passed without a renewal".to_string() });
+                return;
+            }
+            Some(a) = answers.recv() => {
+                if !a.ok {
+                    state.send_replace(LeaseState::Lost { reason: a.error });
+                    return;
+                }
+                if let Some(send) = sent.remove(&a.seq) {
+                    let renewed = deadline_from(send, a.ttl_ms, &options);
+                    if renewed > deadline {
+                        deadline = renewed;
+                        state.send_replace(LeaseState::Held { deadline });
+                    }
+                }
+                sent.retain(|s, _| *s > a.seq);
+            }
         }
+    }
+}
+
+/// Keepalives waiting in a client's mux queue, at most.
+pub(crate) const MUX_QUEUE_MAX: usize = 16_384;
+
+/// Most keepalives in one message of the mux.
+const MUX_BATCH_MAX: usize = 4096;
+
+/// One keepalive for the mux to send, and where its answer goes.
+pub(crate) struct MuxRequest {
+    request: LeaseKeepAliveRequest,
+    /// Without any answer on the stream for this long after this keepalive
+    /// was sent, the stream is taken for dead.
+    stalled_after: Duration,
+    reply: mpsc::Sender<LeaseKeepAliveResponse>,
+}
+
+/// A sent keepalive, by the mux's own sequence number on its stream.
+struct InFlight {
+    seq: u64,
+    sent: Instant,
+    stalled_after: Duration,
+    reply: mpsc::Sender<LeaseKeepAliveResponse>,
+}
+
+/// The keepalives of every lease a client keeps, on one stream to the
+/// leader (a controller keeps one primary lease per shard: thousands of
+/// streams would pass HTTP/2's concurrent-stream limit, and their answers
+/// would each cost a write). Reconnects elsewhere when the stream breaks,
+/// or when it goes silent while a keepalive waits; keepalives sent while
+/// there is no stream are dropped, and their keepers send again on their
+/// next period. Runs until every clone of the client is gone.
+pub(crate) async fn run_keepalive_mux(client: Client, mut requests: mpsc::Receiver<MuxRequest>) {
+    let mut index = client.preferred_index();
+    loop {
         let (tx, rx) = mpsc::channel(IN_FLIGHT_MAX);
         let mut rpc = ControllerClient::new(client.channel(index));
-        let opened = tokio::time::timeout(every * 2, rpc.lease_keep_alive(ReceiverStream::new(rx))).await;
+        let opened = tokio::select! {
+            opened = tokio::time::timeout(Duration::from_secs(2), rpc.lease_keep_alive(ReceiverStream::new(rx))) => opened,
+            // Nobody is left to keep a lease.
+            _ = requests_closed(&mut requests) => return,
+        };
         let mut inbound = match opened {
             Ok(Ok(response)) => response.into_inner(),
             Ok(Err(status)) => {
                 index = client.next_endpoint(index, &status);
-                tokio::time::sleep(every.min(Duration::from_millis(100))).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
             Err(_) => {
@@ -266,43 +337,40 @@ async fn keep(
             }
         };
         client.set_preferred(index);
-        let mut sent: BTreeMap<u64, Instant> = BTreeMap::new();
-        let mut ticker = tokio::time::interval(every);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let (mut in_flight, mut next_seq) = (BTreeMap::<u64, InFlight>::new(), 0u64);
+        let mut last_answer = Instant::now();
+        let mut check = tokio::time::interval(Duration::from_millis(50));
         let broken = loop {
             tokio::select! {
-                _ = ticker.tick() => {
-                    if sent.first_key_value().is_some_and(|(_, at)| at.elapsed() > stalled_after) {
-                        index = (index + 1) % client.endpoints().len();
-                        break format!("no answer for {stalled_after:?}");
+                request = requests.recv() => {
+                    let Some(first) = request else { return };
+                    // Whatever else is queued goes in the same message.
+                    let mut batch = Vec::new();
+                    let mut next = Some(first);
+                    while let Some(MuxRequest { mut request, stalled_after, reply }) = next.take() {
+                        next_seq += 1;
+                        in_flight.insert(next_seq, InFlight { seq: request.seq, sent: Instant::now(), stalled_after, reply });
+                        request.seq = next_seq;
+                        batch.push(request);
+                        if batch.len() < MUX_BATCH_MAX {
+                            next = requests.try_recv().ok();
+                        }
                     }
-                    seq += 1;
-                    sent.insert(seq, Instant::now());
-                    while sent.len() > IN_FLIGHT_MAX {
-                        sent.pop_first();
-                    }
-                    if tx.try_send(LeaseKeepAliveRequest { key: key.clone(), token, seq }).is_err() {
+                    let message = LeaseKeepAliveRequest { batch, ..LeaseKeepAliveRequest::default() };
+                    if tx.try_send(message).is_err() {
                         break "the keepalive stream is not draining".to_string();
                     }
                 }
-                _ = tokio::time::sleep_until(deadline) => {
-                    state.send_replace(LeaseState::Lost { reason: "the deadline passed without a renewal".to_string() });
-                    return;
-                }
                 answer = inbound.message() => match answer {
-                    Ok(Some(a)) if a.ok => {
-                        if let Some(send) = sent.remove(&a.seq) {
-                            let renewed = deadline_from(send, a.ttl_ms, &options);
-                            if renewed > deadline {
-                                deadline = renewed;
-                                state.send_replace(LeaseState::Held { deadline });
+                    Ok(Some(a)) => {
+                        last_answer = Instant::now();
+                        let answers = if a.batch.is_empty() { vec![a] } else { a.batch };
+                        for mut a in answers {
+                            if let Some(sent) = in_flight.remove(&a.seq) {
+                                a.seq = sent.seq;
+                                let _ = sent.reply.try_send(a);
                             }
                         }
-                        sent.retain(|s, _| *s > a.seq);
-                    }
-                    Ok(Some(a)) => {
-                        state.send_replace(LeaseState::Lost { reason: a.error });
-                        return;
                     }
                     Ok(None) => break "the leader closed the keepalive stream".to_string(),
                     Err(status) => {
@@ -312,11 +380,37 @@ async fn keep(
                         break status.message().to_string();
                     }
                 },
+                _ = check.tick() => {
+                    let Some(oldest) = in_flight.values().next() else { continue };
+                    if oldest.sent.elapsed() > oldest.stalled_after && last_answer < oldest.sent {
+                        index = (index + 1) % client.endpoints().len();
+                        break format!("no answer for {:?}", oldest.stalled_after);
+                    }
+                    // Answers flow, but some keepalives were never answered
+                    // (dropped by a busy leader): forget them.
+                    while in_flight.values().next().is_some_and(|f| f.sent.elapsed() > f.stalled_after * 4) {
+                        in_flight.pop_first();
+                    }
+                }
             }
         };
-        tracing::debug!(key, "keepalive stream broke ({broken}); reconnecting");
-        tokio::time::sleep(every.min(Duration::from_millis(100))).await;
+        tracing::debug!("keepalive stream broke ({broken}); reconnecting");
+        let pause = tokio::time::sleep(Duration::from_millis(100));
+        tokio::pin!(pause);
+        // Keepalives that come meanwhile are dropped; their keepers send again.
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                request = requests.recv() => if request.is_none() { return },
+            }
+        }
     }
+}
+
+/// Resolves once every sender of `requests` is gone (dropping what comes
+/// meanwhile: there is no stream to send it on).
+async fn requests_closed(requests: &mut mpsc::Receiver<MuxRequest>) {
+    while requests.recv().await.is_some() {}
 }
 
 #[cfg(test)]

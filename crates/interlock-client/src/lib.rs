@@ -56,8 +56,9 @@ use interlock_proto::v1::{
 use interlock_proto::{LEADER_ADDR_METADATA, NOT_PROPOSED_METADATA};
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+use tokio::sync::{mpsc, Semaphore};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -116,6 +117,10 @@ pub(crate) enum Idempotence {
     NotIdempotent,
 }
 
+fn calls() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(CALLS_IN_FLIGHT_MAX))
+}
+
 /// A connection to an Interlock cluster. Cheap to clone: clones share the
 /// channels and the leader hint.
 #[derive(Clone)]
@@ -125,7 +130,21 @@ pub struct Client {
     /// Index of the endpoint that answered last; tried first.
     preferred: Arc<AtomicUsize>,
     options: ClientOptions,
+    /// The queue of the one keepalive stream all lease keepers of this
+    /// client (and its clones) share; started by the first keeper.
+    keepalives: Arc<OnceLock<mpsc::Sender<lease_keeper::MuxRequest>>>,
+    /// Bounds the calls in flight (see [`CALLS_IN_FLIGHT_MAX`]).
+    calls: Arc<Semaphore>,
 }
+
+/// Unary calls one client (with its clones) has in flight at once, at most;
+/// more wait for a turn. A controller of 10 000 replicas acknowledges them
+/// all at once when it starts: past the nodes' limit of concurrent streams
+/// per connection (4 096) the streams are refused, and a server that resets
+/// that many streams ends the whole connection, watches and keepalives
+/// included — the agent then starts over, and again (seen in
+/// `interlock-bench mass-failover` at 10 000 shards).
+pub const CALLS_IN_FLIGHT_MAX: usize = 1024;
 
 impl Client {
     /// A client for `endpoints` (`host:port`, optionally with `http://`).
@@ -169,7 +188,14 @@ impl Client {
                     .map_err(|err| ClientError::InvalidArgument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Client { endpoints, channels, preferred: Arc::new(AtomicUsize::new(0)), options })
+        Ok(Client {
+            endpoints,
+            channels,
+            preferred: Arc::new(AtomicUsize::new(0)),
+            options,
+            keepalives: Arc::default(),
+            calls: calls(),
+        })
     }
 
     /// A client over channels made elsewhere (one per endpoint, same order),
@@ -182,7 +208,14 @@ impl Client {
         if endpoints.is_empty() || endpoints.len() != channels.len() {
             return Err(ClientError::InvalidArgument("endpoints: one channel per endpoint, at least one".to_string()));
         }
-        Ok(Client { endpoints, channels, preferred: Arc::new(AtomicUsize::new(0)), options })
+        Ok(Client {
+            endpoints,
+            channels,
+            preferred: Arc::new(AtomicUsize::new(0)),
+            options,
+            keepalives: Arc::default(),
+            calls: calls(),
+        })
     }
 
     /// The endpoints this client dials.
@@ -207,6 +240,19 @@ impl Client {
         self.channels[index % self.channels.len()].clone()
     }
 
+    /// The queue of this client's shared keepalive stream, started on first use.
+    pub(crate) fn keepalive_mux(&self) -> mpsc::Sender<lease_keeper::MuxRequest> {
+        let start = || {
+            let (tx, rx) = mpsc::channel(lease_keeper::MUX_QUEUE_MAX);
+            // The mux's own clone shares the channels but not the queue, so
+            // the mux ends once every other clone and keeper is gone.
+            let own = Client { keepalives: Arc::default(), ..self.clone() };
+            tokio::spawn(lease_keeper::run_keepalive_mux(own, rx));
+            tx
+        };
+        self.keepalives.get_or_init(start).clone()
+    }
+
     /// Runs `call` against the endpoints, following leader hints and
     /// retrying as the module documentation describes.
     pub(crate) async fn call<T, F, Fut>(&self, idempotence: Idempotence, mut call: F) -> Result<T, ClientError>
@@ -219,7 +265,11 @@ impl Client {
         let mut index = self.preferred.load(Ordering::Relaxed) % self.channels.len();
         let mut last: Option<Status> = None;
         loop {
-            let attempt = tokio::time::timeout(self.options.request_timeout, call(self.channels[index].clone())).await;
+            let attempt = {
+                // The semaphore is never closed; without a permit the call simply goes on.
+                let _turn = self.calls.acquire().await.ok();
+                tokio::time::timeout(self.options.request_timeout, call(self.channels[index].clone())).await
+            };
             let status = match attempt {
                 Ok(Ok(reply)) => {
                     // A follower that forwarded the call names the leader: go

@@ -27,6 +27,8 @@
 //!     (live or drill), the planner of the leader's runbook loop, reports.
 //! - [`command`]: what can be proposed to the Raft log ([`Request`],
 //!   [`Command`]), with input validation.
+//! - [`changes`]: which shards an applied command touched, and a short
+//!   history of it, for watchers that resend only what changed.
 //! - `apply`: [`State::apply`], the thin dispatcher from command to capability.
 //!
 //! Architecture invariant: nothing in this crate performs IO, reads a clock,
@@ -39,6 +41,7 @@ mod apply;
 pub mod approval;
 pub mod audit;
 pub mod backup;
+pub mod changes;
 pub mod codec;
 pub mod command;
 pub mod failover;

@@ -8,6 +8,7 @@
 use crate::{
     read_err, write_err, Entry, LogId, Snapshot, SnapshotMeta, StoreError, StoreObserver, StoredMembership, TypeConfig,
 };
+use interlock_core::changes::ChangeJournal;
 use interlock_core::{codec, Response, State};
 use openraft::storage::RaftStateMachine;
 use openraft::{EntryPayload, OptionalSend, RaftSnapshotBuilder};
@@ -26,6 +27,9 @@ pub struct Applied {
     pub last_applied: Option<LogId>,
     pub membership: StoredMembership,
     pub state: State,
+    /// What the entries this node applied lately touched (watchers resend
+    /// only that); knows nothing before the snapshot it started from.
+    pub changes: ChangeJournal,
 }
 
 /// A snapshot as persisted: its openraft metadata and the encoded [`State`].
@@ -159,10 +163,12 @@ impl StateMachineStore {
     pub fn open(vault: SnapshotVault, observer: Arc<dyn StoreObserver>) -> Result<Self, StoreError> {
         let mut applied = Applied::default();
         if let Some(stored) = vault.load()? {
+            let state: State = codec::decode(&stored.data).map_err(|e| read_err(format!("snapshot state: {e}")))?;
             applied = Applied {
                 last_applied: stored.meta.last_log_id,
                 membership: stored.meta.last_membership.clone(),
-                state: codec::decode(&stored.data).map_err(|e| read_err(format!("snapshot state: {e}")))?,
+                changes: ChangeJournal::starting_at(state.revision),
+                state,
             };
         }
         let (applied_tx, _) = tokio::sync::watch::channel(applied.state.revision);
@@ -236,7 +242,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         applied.state.apply_marker(index);
                         Response::Applied { revision: index }
                     }
-                    EntryPayload::Normal(request) => applied.state.apply(index, &request),
+                    EntryPayload::Normal(request) => {
+                        let response = applied.state.apply(index, &request);
+                        let touched = applied.state.touched_by(&request.command);
+                        applied.changes.record(index, touched);
+                        response
+                    }
                     EntryPayload::Membership(membership) => {
                         applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                         applied.state.apply_marker(index);
@@ -270,7 +281,12 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let stored = StoredSnapshot { meta: meta.clone(), data };
         self.vault.save(codec::encode(&stored).map_err(write_err)?).await?;
         let revision = state.revision;
-        *self.write() = Applied { last_applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
+        *self.write() = Applied {
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            changes: ChangeJournal::starting_at(revision),
+            state,
+        };
         self.applied_tx.send_replace(revision);
         Ok(())
     }

@@ -7,7 +7,7 @@ use super::{
     ask_approval, awaiting_approval, invalid, linearizable, on_leader, propose, propose_here, revision_of, to_leader,
     BoxStream, Proposed,
 };
-use crate::control::leases::{KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
+use crate::control::leases::{Keepalive, KeepaliveBatcher, KeepaliveItem, LeaseMutations, LeaseTable};
 use crate::control::liveness::Liveness;
 use crate::control::routing_acks::RoutingAcks;
 use crate::ctx::NodeCtx;
@@ -185,18 +185,21 @@ impl Controller for ControllerService {
         tokio::spawn(async move {
             while let Ok(Some(keepalive)) = inbound.message().await {
                 let received_ms = ctx.clock.monotonic_ms();
-                if let Err(e) = validate_lease_key(&keepalive.key) {
-                    let _ = tx.send(Err(invalid(e))).await;
-                    return;
-                }
-                let item = KeepaliveItem {
-                    key: keepalive.key,
-                    token: keepalive.token,
-                    seq: keepalive.seq,
-                    received_ms,
-                    by: by.clone(),
-                    reply: tx.clone(),
+                // One message may carry the keepalives of many leases: a bad
+                // one is refused on its own, and the stream goes on.
+                let one = |k: LeaseKeepAliveRequest| Keepalive {
+                    invalid: validate_lease_key(&k.key).err().map(|e| e.to_string()),
+                    key: k.key,
+                    token: k.token,
+                    seq: k.seq,
                 };
+                let batched = !keepalive.batch.is_empty();
+                let keepalives = if batched {
+                    keepalive.batch.into_iter().map(one).collect()
+                } else {
+                    vec![one(LeaseKeepAliveRequest { batch: Vec::new(), ..keepalive })]
+                };
+                let item = KeepaliveItem { keepalives, batched, received_ms, by: by.clone(), reply: tx.clone() };
                 if !batcher.submit(item) {
                     tracing::warn!("keepalive queue full; dropping one (the holder retries)");
                 }

@@ -8,13 +8,18 @@
 //! message with `resync` set (it missed events) and continues from the oldest
 //! kept.
 
+use interlock_core::changes::{ChangeJournal, Touched};
+use interlock_core::model::Replica;
 use interlock_core::state::State;
 use interlock_core::vocab::ReplicaRole;
 use interlock_core::vocab::{primary_lease_key, shard_key, validate_id};
 use interlock_core::InvalidArgument;
 use interlock_proto::convert::{lease_info, role_name};
-use interlock_proto::v1::{Assignment, Event, LeaseInfo, ReplicaAssignment, RoutingTable, WatchResponse};
+use interlock_proto::v1::{
+    Assignment, Event, HookJob, LeaseInfo, ReplicaAssignment, RestoreJob, RoutingTable, WatchResponse,
+};
 use interlock_store::StateReader;
+use std::collections::{BTreeMap, BTreeSet};
 use tokio::sync::mpsc;
 use tonic::Status;
 
@@ -104,48 +109,125 @@ impl Filter {
     }
 }
 
-/// The assignment of controller `id` in `state`.
+/// The assignment of replica `r` (run by a controller) in `state`.
+fn replica_assignment(state: &State, r: &Replica) -> ReplicaAssignment {
+    let key = shard_key(&r.service, &r.shard);
+    let (epoch, primary) = state.shards.get(&key).map_or((0, None), |s| (s.epoch, s.primary.clone()));
+    let lease_key = primary_lease_key(&key);
+    let lease = state.leases.get(&lease_key).filter(|l| l.holder == r.id);
+    ReplicaAssignment {
+        replica_id: r.id.clone(),
+        service: r.service.clone(),
+        shard: r.shard.clone(),
+        role: role_name(r.role).to_string(),
+        epoch,
+        primary_lease_key: lease_key,
+        lease_token: if r.role == ReplicaRole::Primary { lease.map_or(0, |l| l.token) } else { 0 },
+        acknowledged: r.acked == Some((r.role, epoch)),
+        lease_ttl_ms: state.topology.failover.primary_lease_ttl_ms,
+        primary: primary.unwrap_or_default(),
+        primary_address: state.primary_address(&key),
+    }
+}
+
+/// The replicas controller `id` runs in `state`.
+fn replicas_of<'a>(state: &'a State, id: &str) -> impl Iterator<Item = &'a Replica> + 'a {
+    state.controllers.get(id).into_iter().flat_map(|c| c.replicas.iter()).filter_map(|r| state.replicas.get(r))
+}
+
+/// The whole assignment of controller `id` in `state`.
 pub fn assignment(state: &State, id: &str) -> Assignment {
-    let replicas = state
-        .controllers
-        .get(id)
-        .map(|c| {
-            c.replicas
-                .iter()
-                .filter_map(|r| state.replicas.get(r))
-                .map(|r| {
-                    let key = shard_key(&r.service, &r.shard);
-                    let (epoch, primary) = state.shards.get(&key).map_or((0, None), |s| (s.epoch, s.primary.clone()));
-                    let lease_key = primary_lease_key(&key);
-                    let lease = state.leases.get(&lease_key).filter(|l| l.holder == r.id);
-                    ReplicaAssignment {
-                        replica_id: r.id.clone(),
-                        service: r.service.clone(),
-                        shard: r.shard.clone(),
-                        role: role_name(r.role).to_string(),
-                        epoch,
-                        primary_lease_key: lease_key,
-                        lease_token: if r.role == ReplicaRole::Primary { lease.map_or(0, |l| l.token) } else { 0 },
-                        acknowledged: r.acked == Some((r.role, epoch)),
-                        lease_ttl_ms: state.topology.failover.primary_lease_ttl_ms,
-                        primary: primary.unwrap_or_default(),
-                        primary_address: state.primary_address(&key),
+    Assignment {
+        controller_id: id.to_string(),
+        replicas: replicas_of(state, id).map(|r| replica_assignment(state, r)).collect(),
+        restore_jobs: interlock_proto::convert::restore_jobs(state, id),
+        hook_jobs: interlock_proto::convert::hook_jobs(state, id),
+        partial: false,
+        removed: Vec::new(),
+    }
+}
+
+/// What a controller's watch last sent: each replica's assignment, and the
+/// jobs. After the first (full) message it sends only what differs, looking
+/// only at the shards the applied entries since touched.
+struct SentAssignment {
+    replicas: BTreeMap<String, ReplicaAssignment>,
+    restore_jobs: Vec<RestoreJob>,
+    hook_jobs: Vec<HookJob>,
+}
+
+impl SentAssignment {
+    /// What the first message of a watch, the `full` assignment, sent.
+    fn of(full: &Assignment) -> SentAssignment {
+        SentAssignment {
+            replicas: full.replicas.iter().map(|r| (r.replica_id.clone(), r.clone())).collect(),
+            restore_jobs: full.restore_jobs.clone(),
+            hook_jobs: full.hook_jobs.clone(),
+        }
+    }
+
+    /// The message that brings the watcher from what it was sent to
+    /// `state`, given what changed since (None: nothing did).
+    fn next(&mut self, state: &State, id: &str, touched: &Touched) -> Option<Assignment> {
+        let mut changed = Vec::new();
+        let mut removed = Vec::new();
+        let mut look_at = |r: &Replica, replicas: &mut BTreeMap<String, ReplicaAssignment>| {
+            let now = replica_assignment(state, r);
+            if replicas.get(&r.id) != Some(&now) {
+                replicas.insert(r.id.clone(), now.clone());
+                changed.push(now);
+            }
+        };
+        match touched {
+            // Which replicas the controller runs changes only here (a
+            // registration, a topology): the others keep the set last sent.
+            Touched::All => {
+                let assigned: BTreeSet<&str> = replicas_of(state, id).map(|r| r.id.as_str()).collect();
+                removed = self.replicas.keys().filter(|r| !assigned.contains(r.as_str())).cloned().collect();
+                for r in &removed {
+                    self.replicas.remove(r);
+                }
+                for r in replicas_of(state, id) {
+                    look_at(r, &mut self.replicas);
+                }
+            }
+            Touched::Shards(keys) => {
+                let replicas = keys.iter().filter_map(|k| state.shards.get(k)).flat_map(|s| s.replicas.iter());
+                for r in replicas.filter_map(|r| state.replicas.get(r)) {
+                    if self.replicas.contains_key(&r.id) {
+                        look_at(r, &mut self.replicas);
                     }
-                })
-                .collect()
+                }
+            }
+        }
+        let restore_jobs = interlock_proto::convert::restore_jobs(state, id);
+        let hook_jobs = interlock_proto::convert::hook_jobs(state, id);
+        if changed.is_empty() && removed.is_empty() && restore_jobs == self.restore_jobs && hook_jobs == self.hook_jobs
+        {
+            return None;
+        }
+        self.restore_jobs = restore_jobs.clone();
+        self.hook_jobs = hook_jobs.clone();
+        Some(Assignment {
+            controller_id: id.to_string(),
+            replicas: changed,
+            restore_jobs,
+            hook_jobs,
+            partial: true,
+            removed,
         })
-        .unwrap_or_default();
-    let restore_jobs = interlock_proto::convert::restore_jobs(state, id);
-    let hook_jobs = interlock_proto::convert::hook_jobs(state, id);
-    Assignment { controller_id: id.to_string(), replicas, restore_jobs, hook_jobs }
+    }
 }
 
 /// Where a watch is: what it sent last.
+#[derive(Default)]
 struct Cursor {
     /// Events: the version of the last event sent.
     after: u64,
     /// Level topics: the last value sent (None before the first message).
-    last_assignment: Option<Assignment>,
+    last_assignment: Option<SentAssignment>,
+    /// Controller: the revision its last message was computed at.
+    assignment_through: u64,
     last_leases: Option<Vec<LeaseInfo>>,
     /// Routing: the (service, version) pairs last sent.
     last_routing: Option<Vec<(String, u64)>>,
@@ -154,6 +236,7 @@ struct Cursor {
 /// The next message for `topic`, or None if nothing new.
 fn next_message(
     state: &State,
+    changes: &ChangeJournal,
     topic: &Topic,
     filter: &Filter,
     cursor: &mut Cursor,
@@ -182,12 +265,17 @@ fn next_message(
             Some(WatchResponse { version: cursor.after, resync, events, ..WatchResponse::default() })
         }
         Topic::Controller(id) => {
-            let current = assignment(state, id);
-            if cursor.last_assignment.as_ref() == Some(&current) {
-                return None;
-            }
-            cursor.last_assignment = Some(current.clone());
-            Some(WatchResponse { version: state.revision, assignment: Some(current), ..WatchResponse::default() })
+            let touched = changes.since(cursor.assignment_through);
+            cursor.assignment_through = state.revision;
+            let assignment = match cursor.last_assignment.as_mut() {
+                None => {
+                    let full = assignment(state, id);
+                    cursor.last_assignment = Some(SentAssignment::of(&full));
+                    full
+                }
+                Some(sent) => sent.next(state, id, &touched)?,
+            };
+            Some(WatchResponse { version: state.revision, assignment: Some(assignment), ..WatchResponse::default() })
         }
         Topic::Leases => {
             // Compare without the remaining time, which changes constantly.
@@ -239,11 +327,11 @@ pub async fn run_watch(
     remaining_ms: impl Fn(&str, u64) -> u64 + Send + 'static,
 ) {
     let mut changes = state.subscribe();
-    let mut cursor = Cursor { after: after_version, last_assignment: None, last_leases: None, last_routing: None };
+    let mut cursor = Cursor { after: after_version, ..Cursor::default() };
     loop {
         let message = {
             let applied = state.read();
-            next_message(&applied.state, &topic, &filter, &mut cursor, &remaining_ms)
+            next_message(&applied.state, &applied.changes, &topic, &filter, &mut cursor, &remaining_ms)
         };
         match message {
             // More may be pending (a capped batch): look again before waiting.
@@ -278,13 +366,21 @@ mod tests {
             grant(&mut state, i, &format!("k{i}"));
         }
         let none = |_: &str, ttl: u64| ttl;
-        let mut cursor = Cursor { after: 2, last_assignment: None, last_leases: None, last_routing: None };
-        let first = next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &none).expect("events");
+        let mut cursor = Cursor { after: 2, ..Cursor::default() };
+        let first =
+            next_message(&state, &ChangeJournal::default(), &Topic::Events, &Filter::default(), &mut cursor, &none)
+                .expect("events");
         assert_eq!(first.events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert!(!first.resync);
-        assert_eq!(next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &none), None, "nothing twice");
+        assert_eq!(
+            next_message(&state, &ChangeJournal::default(), &Topic::Events, &Filter::default(), &mut cursor, &none),
+            None,
+            "nothing twice"
+        );
         grant(&mut state, 6, "k6");
-        let next = next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &none).expect("new event");
+        let next =
+            next_message(&state, &ChangeJournal::default(), &Topic::Events, &Filter::default(), &mut cursor, &none)
+                .expect("new event");
         assert_eq!(next.events.iter().map(|e| e.version).collect::<Vec<_>>(), vec![6]);
     }
 
@@ -294,9 +390,16 @@ mod tests {
         for i in 1..=(interlock_core::state::EVENTS_KEPT as u64 + 10) {
             grant(&mut state, i, &format!("k{i}"));
         }
-        let mut cursor = Cursor { after: 3, last_assignment: None, last_leases: None, last_routing: None };
-        let message = next_message(&state, &Topic::Events, &Filter::default(), &mut cursor, &|_: &str, t: u64| t)
-            .expect("message");
+        let mut cursor = Cursor { after: 3, ..Cursor::default() };
+        let message = next_message(
+            &state,
+            &ChangeJournal::default(),
+            &Topic::Events,
+            &Filter::default(),
+            &mut cursor,
+            &|_: &str, t: u64| t,
+        )
+        .expect("message");
         assert!(message.resync);
         assert_eq!(message.events.first().map(|e| e.version), Some(11));
         assert_eq!(message.events.len(), WATCH_EVENTS_PER_MESSAGE);
@@ -311,29 +414,109 @@ mod tests {
         let kind = state.events_after(0).next().map(|e| e.kind.clone()).expect("a grant leaves an event");
         let none = |_: &str, ttl: u64| ttl;
         let filter = Filter::parse(&Topic::Events, "lock/", std::slice::from_ref(&kind)).expect("valid");
-        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
-        let message = next_message(&state, &Topic::Events, &filter, &mut cursor, &none).expect("events");
+        let mut cursor = Cursor::default();
+        let message = next_message(&state, &ChangeJournal::default(), &Topic::Events, &filter, &mut cursor, &none)
+            .expect("events");
         let subjects: Vec<&str> = message.events.iter().map(|e| e.subject.as_str()).collect();
         assert_eq!(subjects, ["lock/a", "lock/b"]);
         // Events it does not want move the cursor on, and send nothing.
         grant(&mut state, 5, "bench/3");
-        assert_eq!(next_message(&state, &Topic::Events, &filter, &mut cursor, &none), None);
+        assert_eq!(next_message(&state, &ChangeJournal::default(), &Topic::Events, &filter, &mut cursor, &none), None);
         assert_eq!(cursor.after, 5);
         // A family of kinds, and a kind it does not want.
         let family = format!("{}.", kind.split('.').next().unwrap_or_default());
-        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
+        let mut cursor = Cursor::default();
         let all = Filter::parse(&Topic::Events, "", &[family]).expect("valid");
-        assert_eq!(next_message(&state, &Topic::Events, &all, &mut cursor, &none).map(|m| m.events.len()), Some(5));
+        assert_eq!(
+            next_message(&state, &ChangeJournal::default(), &Topic::Events, &all, &mut cursor, &none)
+                .map(|m| m.events.len()),
+            Some(5)
+        );
         let other = Filter::parse(&Topic::Events, "", &["region.lost".to_string()]).expect("valid");
-        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
-        assert_eq!(next_message(&state, &Topic::Events, &other, &mut cursor, &none), None);
+        let mut cursor = Cursor::default();
+        assert_eq!(next_message(&state, &ChangeJournal::default(), &Topic::Events, &other, &mut cursor, &none), None);
         // Leases by key prefix.
         let leases = Filter::parse(&Topic::Leases, "lock/", &[]).expect("valid");
-        let mut cursor = Cursor { after: 0, last_assignment: None, last_leases: None, last_routing: None };
-        let message = next_message(&state, &Topic::Leases, &leases, &mut cursor, &none).expect("leases");
+        let mut cursor = Cursor::default();
+        let message = next_message(&state, &ChangeJournal::default(), &Topic::Leases, &leases, &mut cursor, &none)
+            .expect("leases");
         assert_eq!(message.leases.iter().map(|l| l.key.as_str()).collect::<Vec<_>>(), ["lock/a", "lock/b"]);
         grant(&mut state, 6, "bench/4");
-        assert_eq!(next_message(&state, &Topic::Leases, &leases, &mut cursor, &none), None, "not its keys");
+        assert_eq!(
+            next_message(&state, &ChangeJournal::default(), &Topic::Leases, &leases, &mut cursor, &none),
+            None,
+            "not its keys"
+        );
+    }
+
+    /// Applies `command` at `index` and records what it touched, as the
+    /// store does.
+    fn apply(state: &mut State, changes: &mut ChangeJournal, index: u64, command: Command) {
+        let request = Request::system(0, command);
+        state.apply(index, &request);
+        changes.record(index, state.touched_by(&request.command));
+    }
+
+    #[test]
+    fn a_controllers_watch_sends_its_assignment_once_then_only_what_changed() {
+        let (mut state, mut changes) = (State::default(), ChangeJournal::default());
+        let replica = |i: usize, region: &str| serde_json::json!({"id": format!("s{i}-{region}"), "region": region});
+        let shards: Vec<serde_json::Value> = (0..3)
+            .map(|i| serde_json::json!({"id": i.to_string(), "replicas": [replica(i, "eu"), replica(i, "us")]}))
+            .collect();
+        let topology = serde_json::from_value(serde_json::json!({
+            "regions": [{"id": "eu"}, {"id": "us"}],
+            "services": [{"name": "db", "shards": shards}],
+        }))
+        .expect("topology");
+        apply(&mut state, &mut changes, 1, Command::ApplyTopology { topology });
+        let register = |replicas: &[&str]| Command::RegisterController {
+            id: "ctl-eu".into(),
+            region: "eu".into(),
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+        };
+        apply(&mut state, &mut changes, 2, register(&["s0-eu", "s1-eu", "s2-eu"]));
+        let topic = Topic::Controller("ctl-eu".into());
+        let none = |_: &str, ttl: u64| ttl;
+        let mut cursor = Cursor::default();
+        let mut next = |state: &State, changes: &ChangeJournal| {
+            next_message(state, changes, &topic, &Filter::default(), &mut cursor, &none).and_then(|m| m.assignment)
+        };
+        let ids = |a: &Assignment| a.replicas.iter().map(|r| r.replica_id.clone()).collect::<Vec<_>>();
+        let first = next(&state, &changes).expect("the first message");
+        assert!(!first.partial);
+        assert_eq!(ids(&first), ["s0-eu", "s1-eu", "s2-eu"]);
+        assert_eq!(next(&state, &changes), None, "nothing changed");
+
+        // A promotion touches one shard: only its replica is sent.
+        let promote = |shard: &str, replica: &str| Command::Promote {
+            shard: shard.into(),
+            replica: replica.into(),
+            expected_epoch: 0,
+            mode: interlock_core::vocab::PromotionMode::Operator,
+            reason: "test".into(),
+        };
+        apply(&mut state, &mut changes, 3, promote("db/1", "s1-eu"));
+        let delta = next(&state, &changes).expect("the promotion");
+        assert!(delta.partial);
+        assert_eq!(ids(&delta), ["s1-eu"]);
+        assert_eq!((delta.replicas[0].role.as_str(), delta.replicas[0].epoch), ("PRIMARY", 1));
+        // A key-value write sends nothing; another region's promotion sends
+        // the standby of that shard (its new epoch and primary).
+        apply(&mut state, &mut changes, 4, promote("db/2", "s2-us"));
+        apply(&mut state, &mut changes, 5, Command::Put { key: "k".into(), value: vec![] });
+        let other = next(&state, &changes).expect("s2-eu follows s2-us now");
+        assert_eq!(ids(&other), ["s2-eu"]);
+        assert_eq!(next(&state, &changes), None);
+        // Fewer replicas registered: the dropped one is named as removed.
+        apply(&mut state, &mut changes, 6, register(&["s0-eu", "s1-eu"]));
+        let smaller = next(&state, &changes).expect("the registration");
+        assert_eq!((ids(&smaller), smaller.removed), (vec![], vec!["s2-eu".to_string()]));
+        // A journal that forgot (a snapshot installed) looks at everything again.
+        apply(&mut state, &mut changes, 7, promote("db/0", "s0-us"));
+        let forgot = ChangeJournal::starting_at(7);
+        let after_snapshot = next(&state, &forgot).expect("the promotion, found by looking at all");
+        assert_eq!(ids(&after_snapshot), ["s0-eu"]);
     }
 
     #[test]

@@ -150,11 +150,20 @@ pub async fn run_expiry_loop(ctx: Arc<NodeCtx>, table: Arc<LeaseTable>, mutation
     }
 }
 
-/// A keepalive waiting for a leadership round.
-pub struct KeepaliveItem {
+/// One keepalive of a [`KeepaliveItem`].
+pub struct Keepalive {
     pub key: String,
     pub token: u64,
     pub seq: u64,
+    /// Why it is refused before any round (a bad key), if it is.
+    pub invalid: Option<String>,
+}
+
+/// The keepalives of one request message, waiting for a leadership round.
+pub struct KeepaliveItem {
+    pub keepalives: Vec<Keepalive>,
+    /// Answered as one response's `batch` (else as a single response).
+    pub batched: bool,
     /// When this node received it, on its monotonic clock.
     pub received_ms: u64,
     /// The caller's identity: only the lease's owner renews it.
@@ -191,10 +200,14 @@ async fn run_batches(
     mutations: LeaseMutations,
 ) {
     while let Some(first) = rx.recv().await {
+        let mut count = first.keepalives.len();
         let mut batch = vec![first];
-        while batch.len() < KEEPALIVE_BATCH_MAX {
+        while count < KEEPALIVE_BATCH_MAX {
             match rx.try_recv() {
-                Ok(item) => batch.push(item),
+                Ok(item) => {
+                    count += item.keepalives.len();
+                    batch.push(item);
+                }
                 Err(_) => break,
             }
         }
@@ -215,39 +228,52 @@ async fn run_batches(
         }
         let now = ctx.clock.monotonic_ms();
         let mut inner = table.lock();
-        let keys: Vec<&str> = batch.iter().map(|item| item.key.as_str()).collect();
+        let keys: Vec<&str> = batch.iter().flat_map(|item| item.keepalives.iter().map(|k| k.key.as_str())).collect();
         sync_table(&ctx, &mut inner, now, mutations, Some(&keys));
         let applied = ctx.state.read();
-        for item in batch {
-            // The confirmation waited for this node to apply everything
-            // committed, so the replicated state says whether the lease exists.
-            // (A shard's primary lease is renewable only while its holder is still the primary.)
-            let held = interlock_core::lease::renewable(&applied.state, &item.key, item.token, &item.by);
-            let renewed = match (held, inner.term) {
-                (true, None) => {
-                    // Leadership confirmed, but this node's view of it has not
-                    // settled yet: the holder retries rather than losing it.
-                    let status = Status::unavailable(format!("node {} is still taking over leadership", ctx.id));
-                    let _ = item.reply.try_send(Err(status));
-                    continue;
-                }
-                (true, Some(_)) => inner.deadlines.refresh(&item.key, item.token, item.received_ms),
-                (false, _) => None,
-            };
-            let answer = LeaseKeepAliveResponse {
-                key: item.key.clone(),
-                token: item.token,
-                seq: item.seq,
-                ok: renewed.is_some(),
-                ttl_ms: renewed.unwrap_or(0),
-                error: if renewed.is_some() {
-                    String::new()
-                } else {
-                    format!(
+        'items: for item in batch {
+            let mut answers = Vec::with_capacity(item.keepalives.len());
+            for k in item.keepalives {
+                // The confirmation waited for this node to apply everything
+                // committed, so the replicated state says whether the lease exists.
+                // (A shard's primary lease is renewable only while its holder is still the primary.)
+                let held =
+                    k.invalid.is_none() && interlock_core::lease::renewable(&applied.state, &k.key, k.token, &item.by);
+                let renewed = match (held, inner.term) {
+                    (true, None) => {
+                        // Leadership confirmed, but this node's view of it has not
+                        // settled yet: the holder retries rather than losing it.
+                        let status = Status::unavailable(format!("node {} is still taking over leadership", ctx.id));
+                        let _ = item.reply.try_send(Err(status));
+                        continue 'items;
+                    }
+                    (true, Some(_)) => inner.deadlines.refresh(&k.key, k.token, item.received_ms),
+                    (false, _) => None,
+                };
+                let error = match (&renewed, k.invalid) {
+                    (Some(_), _) => String::new(),
+                    (None, Some(invalid)) => invalid,
+                    (None, None) => format!(
                         "lease {} with token {} is not held by {} (expired, revoked, re-granted, or another identity's)",
-                        item.key, item.token, item.by
-                    )
-                },
+                        k.key, k.token, item.by
+                    ),
+                };
+                answers.push(LeaseKeepAliveResponse {
+                    key: k.key,
+                    token: k.token,
+                    seq: k.seq,
+                    ok: renewed.is_some(),
+                    ttl_ms: renewed.unwrap_or(0),
+                    error,
+                    batch: Vec::new(),
+                });
+            }
+            let answer = match (item.batched, answers.pop()) {
+                (false, Some(single)) => single,
+                (_, last) => {
+                    answers.extend(last);
+                    LeaseKeepAliveResponse { batch: answers, ..LeaseKeepAliveResponse::default() }
+                }
             };
             // A full reply buffer means the holder is not reading; it will
             // see no answer and fall back on its own deadline.
