@@ -143,3 +143,25 @@ async fn the_holder_deadline_is_never_after_the_leaders() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_kept_on_one_clients_shared_stream_are_lost_one_at_a_time() {
+    let cluster = TestCluster::start(3, ClusterOptions::default()).await;
+    let client = cluster.client();
+    let ttl = Duration::from_secs(2);
+    let mut keepers = Vec::new();
+    for key in ["lock/a", "lock/b", "lock/c"] {
+        keepers.push(LeaseKeeper::acquire(&client, key, "h", ttl, LeaseOptions::default()).await.expect("acquire"));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Freed under the keeper of lock/b: only that keeper's next keepalive is refused.
+    client.lease_release("lock/b", keepers[1].token()).await.expect("release lock/b");
+    let reason = tokio::time::timeout(ttl, keepers[1].lost()).await.expect("lock/b is lost within a TTL");
+    assert!(reason.contains("lock/b"), "the refusal names the lease: {reason}");
+    // The others, on the same stream, stay held well past their TTL.
+    let until = Instant::now() + ttl * 2;
+    while Instant::now() < until {
+        assert!(keepers[0].is_held() && keepers[2].is_held(), "{:?} {:?}", keepers[0].state(), keepers[2].state());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

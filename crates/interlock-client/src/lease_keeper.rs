@@ -287,6 +287,11 @@ async fn keep(
 /// Keepalives waiting in a client's mux queue, at most.
 pub(crate) const MUX_QUEUE_MAX: usize = 16_384;
 
+/// How long the mux waits for a node to open its keepalive stream before it
+/// tries the next (a leader opens it at once; a 2 s primary lease has 1.5 s
+/// left when its keepalive is due).
+const MUX_OPEN_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// Most keepalives in one message of the mux.
 const MUX_BATCH_MAX: usize = 4096;
 
@@ -320,7 +325,7 @@ pub(crate) async fn run_keepalive_mux(client: Client, mut requests: mpsc::Receiv
         let (tx, rx) = mpsc::channel(IN_FLIGHT_MAX);
         let mut rpc = ControllerClient::new(client.channel(index));
         let opened = tokio::select! {
-            opened = tokio::time::timeout(Duration::from_secs(2), rpc.lease_keep_alive(ReceiverStream::new(rx))) => opened,
+            opened = tokio::time::timeout(MUX_OPEN_TIMEOUT, rpc.lease_keep_alive(ReceiverStream::new(rx))) => opened,
             // Nobody is left to keep a lease.
             _ = requests_closed(&mut requests) => return,
         };
