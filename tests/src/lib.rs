@@ -667,6 +667,11 @@ impl TestAgent {
         TestAgent { id, region: region.to_string(), config_path, acting_log, log_path, child: Some(child) }
     }
 
+    /// The agent's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();

@@ -52,7 +52,7 @@ fn acknowledged_in<'a>(shards: &'a [Shard], region: &'a str) -> impl Iterator<It
 /// Applies [`topology`] and starts an agent per region (the demo
 /// database); returns them once every shard has an acknowledged primary
 /// where it prefers one.
-async fn place(cluster: &TestCluster, shards: usize, lost: usize) -> anyhow::Result<Vec<TestAgent>> {
+async fn place(cluster: &TestCluster, shards: usize, lost: usize, nice: u8) -> anyhow::Result<Vec<TestAgent>> {
     anyhow::ensure!(lost <= shards, "--lost: {lost} is more than --shards {shards}");
     let admin = cluster.client();
     let started = Instant::now();
@@ -64,6 +64,15 @@ async fn place(cluster: &TestCluster, shards: usize, lost: usize) -> anyhow::Res
     // not the model database, is what is measured.
     let agents: Vec<TestAgent> =
         REGIONS.iter().map(|r| TestAgent::start_with(cluster, r, "write_every_ms = 1000\n")).collect();
+    if nice > 0 {
+        for pid in agents.iter().filter_map(TestAgent::pid) {
+            let status = std::process::Command::new("renice")
+                .args(["-n", &nice.to_string(), "-p", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "--agents-nice: renice of agent {pid} failed ({status})");
+        }
+    }
     while admin.controllers().await.map_or(0, |c| c.len()) < agents.len() {
         anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "the agents did not register within 60 s");
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -116,8 +125,13 @@ async fn place(cluster: &TestCluster, shards: usize, lost: usize) -> anyhow::Res
 /// agent per region (the demo database), everything acknowledged; then kill
 /// -9 that region's node and agent, and time until each of those shards has
 /// a primary elsewhere (promoted) and that primary is acknowledged.
-pub async fn mass_failover(cluster: &mut TestCluster, shards: usize, lost: usize) -> anyhow::Result<Vec<Row>> {
-    let mut agents = place(cluster, shards, lost).await?;
+pub async fn mass_failover(
+    cluster: &mut TestCluster,
+    shards: usize,
+    lost: usize,
+    nice: u8,
+) -> anyhow::Result<Vec<Row>> {
+    let mut agents = place(cluster, shards, lost, nice).await?;
     let admin = cluster.client();
     let leader = cluster.wait_for_leader(Duration::from_secs(30)).await;
     let survivors: Vec<String> = cluster.nodes.iter().filter(|n| n.id != 1).map(|n| n.grpc.clone()).collect();
@@ -177,8 +191,9 @@ pub async fn scale(
     shards: usize,
     controllers: usize,
     duration: Duration,
+    nice: u8,
 ) -> anyhow::Result<Vec<Row>> {
-    let _agents = place(cluster, shards, shards / 3).await?;
+    let _agents = place(cluster, shards, shards / 3, nice).await?;
     let admin = cluster.client();
     let extra = controllers.saturating_sub(REGIONS.len());
     for i in 0..extra {

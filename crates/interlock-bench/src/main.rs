@@ -125,6 +125,10 @@ enum Workload {
         controllers: usize,
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         duration: Duration,
+        /// Run the agents at this nice value (0-19): on a small machine the
+        /// nodes' work then comes first, as if the agents ran elsewhere.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+        agents_nice: u8,
     },
     /// A mass failover with real agents (the demo database, one per region):
     /// --shards shards, the first --lost with their primary in eu-west; kill
@@ -136,6 +140,9 @@ enum Workload {
         shards: usize,
         #[arg(long, default_value_t = 5_000)]
         lost: usize,
+        /// Run the agents at this nice value (0-19), as for `fleet`.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=19))]
+        agents_nice: u8,
     },
     /// One change (a lease grant) -> every watcher of "events" notified;
     /// latency from sending the change to each watcher receiving it.
@@ -337,10 +344,12 @@ async fn main() -> anyhow::Result<()> {
         Workload::ExpiryBurst { leases, controllers, changes } => {
             workloads::expiry_burst(&cluster, leases, controllers, changes).await?
         }
-        Workload::Fleet { shards, controllers, duration } => {
-            fleet::scale(&cluster, shards, controllers, duration).await?
+        Workload::Fleet { shards, controllers, duration, agents_nice } => {
+            fleet::scale(&cluster, shards, controllers, duration, agents_nice).await?
         }
-        Workload::MassFailover { shards, lost } => fleet::mass_failover(&mut cluster, shards, lost).await?,
+        Workload::MassFailover { shards, lost, agents_nice } => {
+            fleet::mass_failover(&mut cluster, shards, lost, agents_nice).await?
+        }
         Workload::Watch { watchers, changes } => vec![workloads::watch(&cluster, watchers, changes).await?],
         Workload::Routing { controllers, changes } => workloads::routing(&cluster, controllers, changes).await?,
         Workload::PgFailover { rounds, systems } => {
