@@ -117,10 +117,6 @@ pub(crate) enum Idempotence {
     NotIdempotent,
 }
 
-fn calls() -> Arc<Semaphore> {
-    Arc::new(Semaphore::new(CALLS_IN_FLIGHT_MAX))
-}
-
 /// A connection to an Interlock cluster. Cheap to clone: clones share the
 /// channels and the leader hint.
 #[derive(Clone)]
@@ -188,14 +184,7 @@ impl Client {
                     .map_err(|err| ClientError::InvalidArgument(format!("endpoints: {e:?} is not HOST:PORT: {err}")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Client {
-            endpoints,
-            channels,
-            preferred: Arc::new(AtomicUsize::new(0)),
-            options,
-            keepalives: Arc::default(),
-            calls: calls(),
-        })
+        Client::with_channels(endpoints, channels, options)
     }
 
     /// A client over channels made elsewhere (one per endpoint, same order),
@@ -214,7 +203,7 @@ impl Client {
             preferred: Arc::new(AtomicUsize::new(0)),
             options,
             keepalives: Arc::default(),
-            calls: calls(),
+            calls: Arc::new(Semaphore::new(CALLS_IN_FLIGHT_MAX)),
         })
     }
 

@@ -16,7 +16,9 @@ use std::collections::{BTreeSet, VecDeque};
 /// What one applied command may have changed in controllers' assignments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Touched {
-    /// Only these shards (by shard key; empty: none).
+    /// Only these shards' records, replicas and primary leases (by shard
+    /// key; empty: none): nothing else an assignment is made of — no
+    /// controller, topology, backup, restore test or runbook execution.
     Shards(BTreeSet<String>),
     /// Anything: look at every replica again.
     All,

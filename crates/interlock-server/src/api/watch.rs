@@ -151,15 +151,19 @@ pub fn assignment(state: &State, id: &str) -> Assignment {
 /// jobs. After the first (full) message it sends only what differs, looking
 /// only at the shards the applied entries since touched.
 struct SentAssignment {
+    /// The revision the last message was computed at.
+    through: u64,
     replicas: BTreeMap<String, ReplicaAssignment>,
     restore_jobs: Vec<RestoreJob>,
     hook_jobs: Vec<HookJob>,
 }
 
 impl SentAssignment {
-    /// What the first message of a watch, the `full` assignment, sent.
-    fn of(full: &Assignment) -> SentAssignment {
+    /// What the first message of a watch, the `full` assignment at
+    /// revision `through`, sent.
+    fn of(full: &Assignment, through: u64) -> SentAssignment {
         SentAssignment {
+            through,
             replicas: full.replicas.iter().map(|r| (r.replica_id.clone(), r.clone())).collect(),
             restore_jobs: full.restore_jobs.clone(),
             hook_jobs: full.hook_jobs.clone(),
@@ -167,8 +171,11 @@ impl SentAssignment {
     }
 
     /// The message that brings the watcher from what it was sent to
-    /// `state`, given what changed since (None: nothing did).
-    fn next(&mut self, state: &State, id: &str, touched: &Touched) -> Option<Assignment> {
+    /// `state`, looking at what `changes` says changed since (None: nothing
+    /// did).
+    fn next(&mut self, state: &State, changes: &ChangeJournal, id: &str) -> Option<Assignment> {
+        let touched = &changes.since(self.through);
+        self.through = state.revision;
         let mut changed = Vec::new();
         let mut removed = Vec::new();
         let mut look_at = |r: &Replica, replicas: &mut BTreeMap<String, ReplicaAssignment>| {
@@ -200,19 +207,23 @@ impl SentAssignment {
                 }
             }
         }
-        let restore_jobs = interlock_proto::convert::restore_jobs(state, id);
-        let hook_jobs = interlock_proto::convert::hook_jobs(state, id);
-        if changed.is_empty() && removed.is_empty() && restore_jobs == self.restore_jobs && hook_jobs == self.hook_jobs
-        {
+        // Restore and hook jobs change only with commands that touch
+        // everything (`Touched` names no shard for them).
+        let mut jobs_changed = false;
+        if *touched == Touched::All {
+            let restore_jobs = interlock_proto::convert::restore_jobs(state, id);
+            let hook_jobs = interlock_proto::convert::hook_jobs(state, id);
+            jobs_changed = restore_jobs != self.restore_jobs || hook_jobs != self.hook_jobs;
+            (self.restore_jobs, self.hook_jobs) = (restore_jobs, hook_jobs);
+        }
+        if changed.is_empty() && removed.is_empty() && !jobs_changed {
             return None;
         }
-        self.restore_jobs = restore_jobs.clone();
-        self.hook_jobs = hook_jobs.clone();
         Some(Assignment {
             controller_id: id.to_string(),
             replicas: changed,
-            restore_jobs,
-            hook_jobs,
+            restore_jobs: self.restore_jobs.clone(),
+            hook_jobs: self.hook_jobs.clone(),
             partial: true,
             removed,
         })
@@ -226,8 +237,6 @@ struct Cursor {
     after: u64,
     /// Level topics: the last value sent (None before the first message).
     last_assignment: Option<SentAssignment>,
-    /// Controller: the revision its last message was computed at.
-    assignment_through: u64,
     last_leases: Option<Vec<LeaseInfo>>,
     /// Routing: the (service, version) pairs last sent.
     last_routing: Option<Vec<(String, u64)>>,
@@ -265,15 +274,13 @@ fn next_message(
             Some(WatchResponse { version: cursor.after, resync, events, ..WatchResponse::default() })
         }
         Topic::Controller(id) => {
-            let touched = changes.since(cursor.assignment_through);
-            cursor.assignment_through = state.revision;
             let assignment = match cursor.last_assignment.as_mut() {
                 None => {
                     let full = assignment(state, id);
-                    cursor.last_assignment = Some(SentAssignment::of(&full));
+                    cursor.last_assignment = Some(SentAssignment::of(&full, state.revision));
                     full
                 }
-                Some(sent) => sent.next(state, id, &touched)?,
+                Some(sent) => sent.next(state, changes, id)?,
             };
             Some(WatchResponse { version: state.revision, assignment: Some(assignment), ..WatchResponse::default() })
         }

@@ -268,12 +268,11 @@ async fn run_batches(
                     batch: Vec::new(),
                 });
             }
-            let answer = match (item.batched, answers.pop()) {
-                (false, Some(single)) => single,
-                (_, last) => {
-                    answers.extend(last);
-                    LeaseKeepAliveResponse { batch: answers, ..LeaseKeepAliveResponse::default() }
-                }
+            let answer = if item.batched {
+                LeaseKeepAliveResponse { batch: answers, ..LeaseKeepAliveResponse::default() }
+            } else {
+                // A message that is not a batch carries exactly one keepalive.
+                answers.pop().unwrap_or_default()
             };
             // A full reply buffer means the holder is not reading; it will
             // see no answer and fall back on its own deadline.
