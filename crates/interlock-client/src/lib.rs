@@ -176,6 +176,12 @@ impl Client {
                             .http2_keep_alive_interval(Duration::from_secs(5))
                             .keep_alive_timeout(Duration::from_secs(3))
                             .keep_alive_while_idle(true)
+                            // A frame for a stream this client gave up on (a keepalive
+                            // stream it replaced, a call past its deadline) counts as a
+                            // local error; after hyper's 1 024 in a connection's life it
+                            // ends the connection, and every stream on it (seen at
+                            // 10 000 shards). The peers are our own nodes.
+                            .http2_max_local_error_reset_streams(None)
                     })
                     .map(|ep| match &options.tls {
                         Some(tls) => ep.connect_with_connector_lazy(interlock_tls::stream::tcp_connector(tls.clone())),

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub detection_seconds: Histogram,
     pub promotion_seconds: Histogram,
     pub routing_propagation_seconds: Histogram,
+    pub keepalive_wait_seconds: Histogram,
+    pub keepalive_rounds_failed: Counter,
     /// Backups and restore tests (SPEC §6), set by the leader's backup loop.
     pub backup: BackupMetrics,
     /// Runbook executions not yet final (set by the leader's runbook loop).
@@ -62,6 +64,9 @@ impl Metrics {
             detection_seconds: Histogram::new(exponential_buckets(0.05, 2.0, 13)),
             promotion_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 14)),
             routing_propagation_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            // 1 ms .. ~16 s
+            keepalive_wait_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            keepalive_rounds_failed: Counter::default(),
             backup: BackupMetrics::default(),
             runbook_executions_running: Gauge::default(),
             last_leader: AtomicU64::new(0),
@@ -127,6 +132,16 @@ impl Metrics {
             "routing_propagation_seconds",
             "From a routing version's commit to a controller's acknowledgement of it",
             metrics.routing_propagation_seconds.clone(),
+        );
+        registry.register(
+            "keepalive_wait_seconds",
+            "On the leader, from the arrival of a batch's first keepalive message to its answer (the leadership round and the wait for it)",
+            metrics.keepalive_wait_seconds.clone(),
+        );
+        registry.register(
+            "keepalive_rounds_failed",
+            "Leadership rounds for keepalives that missed their quorum within the heartbeat interval (each is tried again, up to 3 rounds)",
+            metrics.keepalive_rounds_failed.clone(),
         );
         metrics.backup.register(&mut registry);
         Metrics { registry, ..metrics }
