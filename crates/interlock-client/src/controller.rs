@@ -582,8 +582,7 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
         let mut next = Next::Retry;
         loop {
             if let Some(a) = &assignment {
-                let guarded = self.acting.as_ref().is_some_and(|x| x.promoted && !x.guard.is_finished());
-                next = if next == Next::Acting && guarded {
+                next = if next == Next::Acting && self.promoted_under_lease().is_some() {
                     self.watch_health();
                     Next::Acting
                 } else {
@@ -633,6 +632,11 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
                 false
             }
         }
+    }
+
+    /// What acts as primary here, promoted, while its lease's guard runs.
+    fn promoted_under_lease(&self) -> Option<&Acting> {
+        self.acting.as_ref().filter(|x| x.promoted && !x.guard.is_finished())
     }
 
     fn position(&self) -> u64 {
@@ -727,7 +731,7 @@ impl<D: ReplicaDriver> ReplicaActor<D> {
             return if healthy && acknowledged && following { Next::Settled } else { Next::Retry };
         }
         self.following = None;
-        let current = self.acting.as_ref().filter(|x| x.promoted && !x.guard.is_finished());
+        let current = self.promoted_under_lease();
         let same = current.is_some_and(|x| x.epoch == a.epoch && (a.lease_token == 0 || x.token == a.lease_token));
         if !same {
             // What acted under another lease or epoch (or failed to promote)
