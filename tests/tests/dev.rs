@@ -14,13 +14,14 @@ struct Dev {
 }
 
 impl Dev {
+    /// Runs `interlockd dev` in `dir` as the README has it: no `--data-dir`,
+    /// so everything goes to the relative default, [`data_dir`]`(dir)`.
     fn start(dir: &Path, extra: &[&str]) -> Dev {
         let log = std::fs::File::create(dir.join("dev.out")).expect("log");
         let child = Command::new(bin("interlockd"))
             .arg("dev")
-            .arg("--data-dir")
-            .arg(dir)
             .args(extra)
+            .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -43,6 +44,11 @@ impl Drop for Dev {
             self.stop();
         }
     }
+}
+
+/// Where `interlockd dev`, started in `dir`, keeps its files.
+fn data_dir(dir: &Path) -> std::path::PathBuf {
+    dir.join(".interlock-dev")
 }
 
 /// A client speaking as the dev cluster's operator alice, once it wrote
@@ -68,14 +74,16 @@ async fn every_shard_has_a_primary(client: &Client, shards: usize) {
     .await;
 }
 
-/// Processes whose command line mentions `dir` (what dev started there).
+/// Processes whose command line mentions `dir` or that run in it (what dev
+/// started there: its relative paths name no absolute directory).
 fn processes_under(dir: &Path) -> Vec<String> {
     let needle = dir.display().to_string();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
+        let runs_in = std::fs::read_link(entry.path().join("cwd")).is_ok_and(|cwd| cwd.starts_with(dir));
+        if cmdline.contains(&needle) || runs_in {
             found.push(format!("{}: {cmdline}", entry.file_name().to_string_lossy()));
         }
     }
@@ -120,7 +128,7 @@ async fn evacuate_eu_west(client: &Client) {
 async fn interlockd_dev_comes_up_with_primaries_and_stops_everything() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut dev = Dev::start(dir.path(), &[]);
-    let client = client(dir.path()).await;
+    let client = client(&data_dir(dir.path())).await;
     every_shard_has_a_primary(&client, 2).await;
     evacuate_eu_west(&client).await;
     assert!(dev.stop().success(), "{}", std::fs::read_to_string(dir.path().join("dev.out")).unwrap_or_default());
@@ -139,7 +147,7 @@ async fn interlockd_dev_postgres_runs_a_primary_and_two_streaming_standbys() {
     // The postgres user must reach the data directory.
     std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
     let mut dev = Dev::start(dir.path(), &["--postgres"]);
-    let client = client(dir.path()).await;
+    let client = client(&data_dir(dir.path())).await;
     every_shard_has_a_primary(&client, 1).await;
     eventually("every instance reported healthy", Duration::from_secs(90), || async {
         client.replicas().await.is_ok_and(|r| r.len() == 3 && r.iter().all(|r| r.healthy == Some(true)))

@@ -131,7 +131,10 @@ fn node_configs(dir: &Path) -> anyhow::Result<Vec<(u64, PathBuf, ConfigKeys)>> {
 
 /// Runs the dev cluster until Ctrl-C or SIGTERM.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
-    let dir = &args.data_dir;
+    // Absolute: the agents' backup directory becomes file:// URIs, and
+    // PostgreSQL runs as another user from elsewhere (the default is relative).
+    let dir =
+        &std::path::absolute(&args.data_dir).with_context(|| format!("--data-dir: {}", args.data_dir.display()))?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     write_certificates(dir)?;
     let configs = node_configs(dir)?;
